@@ -1,0 +1,181 @@
+"""`mba-dist prepare`: raw behavior logs -> the Parquet dataset of `mba_dist.dataset`.
+
+    mba-dist prepare --out DIR --target purchase \\
+        --train purchase=buy_train.csv --train cart=cart.csv.gz --test purchase=buy_test.csv \\
+        [--valid purchase=buy_valid.csv | --valid-fraction 0.1] [--seed 0]
+
+A behavior may be given several files (`--train click=pv.csv --train click=buy_train.csv` builds
+click = the union). Raw ids (integers or strings) are mapped to dense ids over all files
+(integers keep their numeric order, so already-dense ids map to themselves); the maps are saved.
+Duplicate pairs are dropped and counted. With no validation file, a validation split is carved
+from the target train pairs per user (seeded; every user keeps at least one train pair).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from data_prep.readers import RawInputError, read_pairs
+from mba_dist.dataset import FORMAT_VERSION, atomic_dir, dedup_sorted, write_pairs
+
+_INT_RE = re.compile(r"^-?\d+$")
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+
+
+@dataclass
+class Source:
+    split: str
+    behavior: str
+    path: Path
+
+
+@dataclass
+class PrepareSpec:
+    out: Path
+    target: str = "purchase"
+    sources: list[Source] = field(default_factory=list)
+    valid_fraction: float = 0.1
+    seed: int = 0
+    header: str = "auto"
+    overwrite: bool = False
+
+
+def parse_source(split: str, spec: str) -> Source:
+    """`"cart=path/to/cart.csv.gz"` -> Source; names the problem on bad input."""
+    if "=" not in spec:
+        raise RawInputError(f"--{split} {spec!r}: expected BEHAVIOR=FILE, e.g. purchase=buy.csv")
+    name, path = spec.split("=", 1)
+    if not _NAME_RE.match(name):
+        raise RawInputError(f"--{split} {spec!r}: behavior name {name!r} must be letters, digits, "
+                            "_ or -, starting with a letter")
+    return Source(split, name, Path(path))
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _dense_map(parts: list[np.ndarray]) -> tuple[np.ndarray, dict]:
+    """Sorted unique raw ids (int64 when every id is an integer, else str) and a lookup."""
+    allraw = np.unique(np.concatenate(parts))
+    if all(_INT_RE.match(x) for x in allraw):
+        vals = np.unique(allraw.astype(np.int64))
+        return vals, {"type": "int"}
+    return allraw.astype(str), {"type": "str"}
+
+
+def _to_dense(raw: np.ndarray, uniq: np.ndarray) -> np.ndarray:
+    key = raw.astype(np.int64) if uniq.dtype == np.int64 else raw
+    return np.searchsorted(uniq, key).astype(np.int64)
+
+
+def carve_valid(users: np.ndarray, items: np.ndarray, fraction: float, seed: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks (train, valid) over target pairs: per user, a `fraction` of the pairs.
+
+    A user with n pairs gives floor(n*f) pairs plus one more with probability frac(n*f), so the
+    expected share is f for every user; nobody gives their last pair.
+    """
+    rng = np.random.default_rng(seed)
+    order = np.lexsort((rng.random(len(users)), users))  # random order within each user
+    u_sorted = users[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(u_sorted)) + 1]
+    counts = np.diff(np.r_[starts, len(users)])
+    want = counts * fraction
+    take = np.floor(want).astype(np.int64) + (rng.random(len(counts)) < want % 1)
+    take = np.minimum(take, counts - 1)
+    rank = np.arange(len(users)) - np.repeat(starts, counts)
+    valid_sorted = rank < np.repeat(take, counts)
+    valid = np.zeros(len(users), dtype=bool)
+    valid[order] = valid_sorted
+    return ~valid, valid
+
+
+def prepare(spec: PrepareSpec, log=print) -> dict:
+    if not 0.0 <= spec.valid_fraction < 1.0:
+        raise RawInputError(f"--valid-fraction must be in [0, 1), got {spec.valid_fraction}")
+    by_split: dict[str, dict[str, list[Source]]] = {}
+    for s in spec.sources:
+        by_split.setdefault(s.split, {}).setdefault(s.behavior, []).append(s)
+    train = by_split.get("train", {})
+    if spec.target not in train:
+        raise RawInputError(f"--target {spec.target!r} has no --train file "
+                            f"(train behaviors: {sorted(train) or 'none'})")
+    for split in ("valid", "test"):
+        for b in by_split.get(split, {}):
+            if b != spec.target:
+                raise RawInputError(f"--{split} {b}=...: only the target behavior "
+                                    f"{spec.target!r} has {split} files")
+    if "test" not in by_split:
+        raise RawInputError(f"no --test {spec.target}=FILE given")
+
+    raw: list[tuple[Source, np.ndarray, np.ndarray]] = []
+    sources_meta = []
+    for s in spec.sources:
+        log(f"reading {s.split}/{s.behavior}: {s.path}")
+        u, i = read_pairs(s.path, spec.header)
+        raw.append((s, u, i))
+        sources_meta.append({"split": s.split, "behavior": s.behavior, "path": str(s.path),
+                             "sha256": sha256(s.path), "rows": int(len(u))})
+    user_vals, user_info = _dense_map([u for _, u, _ in raw])
+    item_vals, item_info = _dense_map([i for _, _, i in raw])
+    n_users, n_items = len(user_vals), len(item_vals)
+
+    # Union per (split, behavior), dense ids, duplicates dropped.
+    merged: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+    dup_counts: dict[str, int] = {}
+    for (split, b), group in _group(raw).items():
+        u = np.concatenate([_to_dense(x[1], user_vals) for x in group])
+        i = np.concatenate([_to_dense(x[2], item_vals) for x in group])
+        du, di = dedup_sorted(u, i, n_items)
+        dup_counts[f"{split}/{b}"] = int(len(u) - len(du))
+        merged[(split, b)] = (du, di)
+
+    valid_protocol: dict = {"source": "file"}
+    if ("valid", spec.target) not in merged:
+        tu, ti = merged[("train", spec.target)]
+        keep, val = carve_valid(tu, ti, spec.valid_fraction, spec.seed)
+        merged[("train", spec.target)] = (tu[keep], ti[keep])
+        merged[("valid", spec.target)] = (tu[val], ti[val])
+        valid_protocol = {"source": "carved from target train pairs, per user",
+                          "fraction": spec.valid_fraction, "seed": spec.seed}
+
+    splits_meta: dict[str, dict] = {}
+    with atomic_dir(spec.out, overwrite=spec.overwrite) as tmp:
+        for (split, b), (u, i) in sorted(merged.items()):
+            write_pairs(tmp / split / f"{b}.parquet", u, i)
+            splits_meta.setdefault(split, {})[b] = {
+                "rows": int(len(u)), "users": int(len(np.unique(u))),
+                "items": int(len(np.unique(i))), "duplicates_dropped": dup_counts.get(f"{split}/{b}", 0)}
+        for entity, vals in (("user", user_vals), ("item", item_vals)):
+            pq.write_table(pa.table({"raw": vals, "id": np.arange(len(vals), dtype=np.int64)}),
+                           tmp / f"{entity}_map.parquet")
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "num_users": n_users, "num_items": n_items, "target": spec.target,
+            "splits": splits_meta, "valid_protocol": valid_protocol,
+            "id_types": {"user": user_info["type"], "item": item_info["type"]},
+            "sources": sources_meta, "created_by": "mba-dist prepare",
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    log(f"wrote {spec.out}: {n_users} users, {n_items} items, "
+        + ", ".join(f"{s}/{b} {m['rows']}" for s, bs in splits_meta.items() for b, m in bs.items()))
+    return meta
+
+
+def _group(raw):
+    out: dict[tuple[str, str], list] = {}
+    for s, u, i in raw:
+        out.setdefault((s.split, s.behavior), []).append((s, u, i))
+    return out

@@ -1,0 +1,243 @@
+"""`mba-dist` command line: prepare, synth, run, recommend, demo.
+
+    mba-dist prepare --out DIR --target purchase --train purchase=F --train cart=F --test purchase=F
+    mba-dist synth --out DIR [--size tiny|small|medium|large] [--users N --items N]
+    mba-dist run --data DIR --config configs/X.yaml --out RUN_DIR [--model mf] [--set k=v ...]
+    mba-dist recommend --run RUN_DIR --users U1,U2 | --users-file F [--k 20] [--out F.parquet]
+    mba-dist demo [--out DIR]      synthetic data -> pretraining + MBA -> metrics table
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+
+
+def _progress_bar():
+    """A tqdm bar per stage over epochs (falls back to plain lines when stdout is no terminal)."""
+    from tqdm import tqdm
+
+    bars: dict[str, tqdm] = {}
+
+    def progress(stage: str, epoch: int, total: int, info: dict) -> None:
+        if stage not in bars:
+            for b in bars.values():
+                b.close()
+            bars[stage] = tqdm(total=total, desc=f"{stage:>10}", unit="ep", dynamic_ncols=True,
+                               mininterval=1.0, file=sys.stderr)
+        bar = bars[stage]
+        sel = info.get("valid") or info.get("test") or {}
+        post = {"loss": f"{info['loss']:.4f}", "trip/s": f"{info['triples_per_s']:,}"}
+        if sel:
+            post["R@20"] = f"{sel['recall@20']:.4f}"
+        bar.set_postfix(post, refresh=False)
+        bar.update(1)
+
+    def close() -> None:
+        for b in bars.values():
+            b.close()
+
+    return progress, close
+
+
+def format_table(metrics: dict) -> str:
+    """Markdown table of the run's model beside its baselines (test split, and truth if any)."""
+    splits = [s for s in ("test", "truth") if s in next(iter(metrics["baselines"].values()))]
+    cols = ["recall@10", "recall@20", "ndcg@10", "ndcg@20"]
+    head = "| model | " + " | ".join(f"{s} {c}" for s in splits for c in cols) + " |"
+    lines = [head, "|" + "---|" * (1 + len(splits) * len(cols))]
+    for name, row in metrics["baselines"].items():
+        mark = " **(this run)**" if name == metrics["model"] else ""
+        vals = " | ".join(f"{row[s][c]:.4f}" for s in splits for c in cols)
+        lines.append(f"| {name}{mark} | {vals} |")
+    lines.append("")
+    lines.append(f"model selection: {metrics['selected_on']}; best epoch {metrics['best_epoch']}; "
+                 f"train wall time {metrics['wall_seconds']:.1f} s")
+    return "\n".join(lines)
+
+
+def cmd_prepare(a) -> int:
+    from data_prep.prepare import PrepareSpec, parse_source, prepare
+
+    sources = ([parse_source("train", s) for s in a.train] + [parse_source("valid", s) for s in a.valid]
+               + [parse_source("test", s) for s in a.test])
+    prepare(PrepareSpec(out=Path(a.out), target=a.target, sources=sources,
+                        valid_fraction=a.valid_fraction, seed=a.seed, header=a.header,
+                        overwrite=a.overwrite), log=lambda m: print(m, file=sys.stderr))
+    return 0
+
+
+def cmd_synth(a) -> int:
+    from tqdm import tqdm
+
+    from data_prep.synthetic import SIZES, SynthSpec, generate
+
+    users, items = SIZES[a.size]
+    spec = SynthSpec(users=a.users or users, items=a.items or items, seed=a.seed,
+                     false_click_ratio=a.false_click_ratio)
+    bar = tqdm(total=spec.users, unit="user", desc="synth", file=sys.stderr, mininterval=1.0)
+
+    def progress(done: int, total: int) -> None:
+        bar.update(done - bar.n)
+
+    meta = generate(spec, a.out, overwrite=a.overwrite, progress=progress)
+    bar.close()
+    rows = {f"{s}/{b}": m["rows"] for s, bs in meta["splits"].items() for b, m in bs.items()}
+    print(f"wrote {a.out}: {spec.users} users, {spec.items} items, {rows}", file=sys.stderr)
+    return 0
+
+
+def _local_process_group(cfg):
+    """torchrec tables need a process group; outside Ray Train we start a 1-rank gloo one."""
+    if cfg.model.backend != "torchrec":
+        return nullcontext()
+    from mba_dist.distenv import local_process_group
+
+    return local_process_group()
+
+
+def cmd_run(a) -> int:
+    from mba_dist import config as C
+    from mba_dist.dataset import Dataset, atomic_write_bytes
+    from mba_dist.recommend import known_target_mask, top_n_table, write_table
+    from mba_dist.train import run_training
+
+    sets = list(a.set or [])
+    if a.model:
+        sets.append(f"method={a.model}")
+    cfg = C.load_config(a.config, sets)
+    out = Path(a.out)
+    ds = Dataset(a.data)  # fail early on a bad dataset, before creating the run directory
+    if (out / "metrics.json").exists() and not a.overwrite:
+        raise FileExistsError(f"{out} holds a finished run (metrics.json); pass --overwrite or "
+                              "choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "log.jsonl").unlink(missing_ok=True)
+    C.dump_config(cfg, out / "config.yaml")
+    run_info = {"data": str(Path(a.data).resolve()), "config_file": a.config, "sets": sets,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "python": platform.python_version()}
+    atomic_write_bytes(out / "run.json", json.dumps(run_info, indent=2).encode())
+    progress, close = _progress_bar()
+    try:
+        with _local_process_group(cfg):
+            metrics = run_training(cfg, a.data, out, progress)
+    finally:
+        close()
+    # Recommendations for every test user, raw ids, known purchases excluded.
+    from mba_dist.recommend import load_run
+
+    _, _, scorer = load_run(out)
+    users = np.unique(ds.pairs("test", ds.target).users)
+    table = top_n_table(scorer, ds, users, known_target_mask(cfg, ds), cfg.eval.top_n,
+                        cfg.eval.memory_mb)
+    write_table(out / "recommendations.parquet", table)
+    report = format_table(metrics)
+    atomic_write_bytes(out / "results.md", (report + "\n").encode())
+    print(report)
+    print(f"\noutputs in {out}/: metrics.json results.md recommendations.parquet log.jsonl "
+          "config.yaml checkpoints/")
+    return 0
+
+
+def cmd_recommend(a) -> int:
+    from mba_dist.recommend import known_target_mask, load_run, top_n_table, write_table
+
+    cfg, ds, scorer = load_run(a.run)
+    if a.users_file:
+        raw = [ln.strip() for ln in Path(a.users_file).read_text().splitlines() if ln.strip()]
+    elif a.users:
+        raw = [u.strip() for u in a.users.split(",") if u.strip()]
+    else:
+        raw = None
+    users = (np.arange(ds.num_users, dtype=np.int64) if raw is None else ds.dense_ids("user", raw))
+    table = top_n_table(scorer, ds, users, known_target_mask(cfg, ds), a.k, cfg.eval.memory_mb)
+    if a.out:
+        write_table(Path(a.out), table)
+        print(f"wrote {table.num_rows} rows to {a.out}", file=sys.stderr)
+    else:
+        for row in table.to_pylist():
+            print(f"{row['user']}\t{row['item']}\t{row['rank']}\t{row['score']:.6f}")
+    return 0
+
+
+def cmd_demo(a) -> int:
+    """The README's first command: synthetic data, pretraining + MBA, metrics table."""
+    from data_prep.synthetic import SynthSpec, generate
+
+    root = Path(a.out)
+    data = root / "data"
+    if not (data / "meta.json").exists():
+        generate(SynthSpec(users=3000, items=1500, seed=0), data)
+        print(f"synthetic dataset with planted preferences in {data}", file=sys.stderr)
+    ns = argparse.Namespace(data=str(data), config=a.config, out=str(root / "run"), model=None,
+                            set=a.set, overwrite=True)
+    return cmd_run(ns)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="mba-dist", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("prepare", help="raw behavior logs -> Parquet dataset")
+    s.add_argument("--out", required=True)
+    s.add_argument("--target", default="purchase")
+    s.add_argument("--train", action="append", default=[], metavar="BEHAVIOR=FILE")
+    s.add_argument("--valid", action="append", default=[], metavar="BEHAVIOR=FILE")
+    s.add_argument("--test", action="append", default=[], metavar="BEHAVIOR=FILE")
+    s.add_argument("--valid-fraction", type=float, default=0.1)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--header", choices=["auto", "yes", "no"], default="auto")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(fn=cmd_prepare)
+
+    s = sub.add_parser("synth", help="synthetic dataset with planted preferences")
+    s.add_argument("--out", required=True)
+    s.add_argument("--size", choices=["tiny", "small", "medium", "large"], default="small")
+    s.add_argument("--users", type=int, default=0)
+    s.add_argument("--items", type=int, default=0)
+    s.add_argument("--false-click-ratio", type=float, default=1.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(fn=cmd_synth)
+
+    for name, fn, helptext in (("run", cmd_run, "train every stage and evaluate"),
+                               ("demo", cmd_demo, "synthetic data end to end (README)")):
+        s = sub.add_parser(name, help=helptext)
+        if name == "run":
+            s.add_argument("--data", required=True)
+            s.add_argument("--out", required=True)
+            s.add_argument("--model", choices=["mba", "mf"], default=None,
+                           help="mf: BPR baseline on the target behavior only")
+            s.add_argument("--overwrite", action="store_true")
+        else:
+            s.add_argument("--out", default="runs/demo")
+        s.add_argument("--config", default=None)
+        s.add_argument("--set", action="append", metavar="KEY=VALUE")
+        s.set_defaults(fn=fn)
+
+    s = sub.add_parser("recommend", help="top-N items for users of a finished run")
+    s.add_argument("--run", required=True)
+    s.add_argument("--users", default=None, help="comma-separated raw user ids (default: all)")
+    s.add_argument("--users-file", default=None)
+    s.add_argument("--k", type=int, default=20)
+    s.add_argument("--out", default=None, help="Parquet file (default: TSV on stdout)")
+    s.set_defaults(fn=cmd_recommend)
+
+    a = p.parse_args(argv)
+    try:
+        return a.fn(a)
+    except (ValueError, FileExistsError, FileNotFoundError) as e:
+        # Input problems (config, dataset, raw files, run dirs) end with one clear line.
+        print(f"mba-dist {a.cmd}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

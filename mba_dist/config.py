@@ -1,0 +1,222 @@
+"""Typed run configuration.
+
+The frozen dataclasses below are the config; every default is visible here with its reason.
+YAML files under `configs/` and `--set key=value` flags hold overrides only. An unknown key is an
+error that names the key and where it came from; the resolved config is written next to every
+run's outputs (`config.yaml`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be applied (unknown key, wrong type or value)."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    target: str = "purchase"  # behavior we predict; must be a train behavior of the dataset
+    aux: str | None = "cart"  # auxiliary behavior g; None only for `method: mf`
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    dim: int = 32  # embedding size of every MF model (paper §4)
+    init_std: float = 0.01  # N(0, 0.01) init, as the authors' code
+    backend: Literal["torch", "torchrec"] = "torch"  # torchrec: EmbeddingBagCollection tables
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    # dense_adam: Adam over whole tables, the authors' behaviour (reference, small scale).
+    # sparse_adam: lazy Adam, only the rows a batch touches move (scalable).
+    # adagrad / rowwise_adagrad / sgd: the fused torchrec kernels on CPU (scalable).
+    mode: Literal["dense_adam", "sparse_adam", "adagrad", "rowwise_adagrad", "sgd"] = "sparse_adam"
+    lr: float = 1e-3  # paper: Adam lr 1e-3; Adagrad-family modes need a larger one (~0.05)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    lambda0: float = 1e-4  # L2 weight of BPR pretraining: lambda0 * 0.5 * ||W||^2 / num_users
+    epochs: int = 300  # upper bound; early stopping usually ends sooner
+    patience: int = 20  # epochs without a better validation Recall@20 (paper: 20)
+
+
+@dataclass(frozen=True)
+class MBAConfig:
+    alpha: float = 10.0  # weight of the two KL alignment terms
+    c1: float = 100.0  # replaces -lg h(u,i) for the dropped model in the DN step
+    c2: float = 100.0  # replaces -lg(1-h(u,i)) for the dropped model in the DP step
+    lambda_t: float = 1e-4  # L2 weight on t's rows (authors' code: lambda0; DESIGN §1)
+    beta: float = 0.7  # score = beta*sigma(t) + (1-beta)*sigma(pre_f)
+    # sequential: every epoch runs all target (kind-B) batches, then all auxiliary-only (kind-A)
+    # batches, as the authors' code; interleaved: the two kinds' batches in one shuffled order.
+    batch_order: Literal["sequential", "interleaved"] = "sequential"
+    epochs: int = 200
+    patience: int = 20
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 2048  # paper §4
+    negatives: Literal["exclude", "uniform"] = "exclude"  # exclude observed pairs (paper) or not
+    seed: int = 0
+    eval_every: int = 1  # validate every N epochs (early stopping counts evaluations x N epochs)
+    select_on: Literal["valid", "test"] = "valid"  # "test" = authors' protocol, reproduction only
+    merged_baseline: bool = True  # also train MF-BPR on all behaviors merged (a baseline row)
+    max_steps_per_epoch: int = 0  # 0 = all; >0 caps an epoch, for smoke runs and benchmarks
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    ks: tuple[int, ...] = (10, 20)
+    memory_mb: int = 256  # budget for one score chunk (users x items x 4 bytes, plus top-K)
+    top_n: int = 20  # length of the exported recommendation lists
+
+
+@dataclass(frozen=True)
+class Config:
+    method: Literal["mba", "mf"] = "mba"  # mf: BPR on `mf_train_on` behaviors only (baseline)
+    mf_train_on: Literal["target", "aux", "all"] = "target"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    mba: MBAConfig = field(default_factory=MBAConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _coerce(value: Any, tp: Any, key: str, origin: str) -> Any:
+    """Check/convert one leaf value against its annotated type."""
+    args = typing.get_args(tp)
+    kind = typing.get_origin(tp)
+    if kind is Literal:
+        if value not in args:
+            raise ConfigError(f"{origin}: {key} must be one of {list(args)}, got {value!r}")
+        return value
+    if kind in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key, origin)
+    if kind is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{origin}: {key} must be a list, got {value!r}")
+        return tuple(_coerce(v, args[0], key, origin) for v in value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{origin}: {key} must be true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{origin}: {key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{origin}: {key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{origin}: {key} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{origin}: {key}: unsupported type {tp}")
+
+
+def apply_overrides(cfg: Any, overrides: dict[str, Any], origin: str, prefix: str = "") -> Any:
+    """Return a copy of the dataclass `cfg` with nested `overrides` applied; unknown keys raise."""
+    hints = typing.get_type_hints(type(cfg))
+    by_name = {f.name: f for f in dataclasses.fields(cfg)}
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        full = f"{prefix}{key}"
+        if key in by_name:
+            f = by_name[key]
+        else:
+            known = sorted(by_name)
+            raise ConfigError(f"{origin}: unknown key {full!r} (known here: {', '.join(known)})")
+        tp = hints[f.name]
+        current = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{origin}: {full} is a section; give a mapping, got {value!r}")
+            changes[f.name] = apply_overrides(current, value, origin, prefix=f"{full}.")
+        else:
+            changes[f.name] = _coerce(value, tp, full, origin)
+    return dataclasses.replace(cfg, **changes)
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """`["mba.alpha=10", "model.backend=torchrec"]` -> nested dict; values parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {p} is not a section")
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, sets: list[str] | None = None) -> Config:
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        cfg = apply_overrides(cfg, raw, str(path))
+    if sets:
+        cfg = apply_overrides(cfg, parse_set(sets), "--set")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    if cfg.method == "mba" and not cfg.data.aux:
+        raise ConfigError("method: mba needs data.aux (the auxiliary behavior)")
+    if cfg.data.aux == cfg.data.target:
+        raise ConfigError(f"data.aux and data.target are both {cfg.data.target!r}")
+    if cfg.model.dim <= 0 or cfg.train.batch_size <= 0 or cfg.train.eval_every <= 0:
+        raise ConfigError("model.dim, train.batch_size and train.eval_every must be positive")
+    if not 0.0 <= cfg.mba.beta <= 1.0:
+        raise ConfigError(f"mba.beta must be in [0, 1], got {cfg.mba.beta}")
+    if 20 not in cfg.eval.ks:
+        raise ConfigError("eval.ks must contain 20 (early stopping uses Recall@20)")
+    if cfg.model.backend == "torchrec" and cfg.optim.mode in ("dense_adam", "sparse_adam"):
+        raise ConfigError(
+            f"optim.mode {cfg.optim.mode} is not a fused torchrec kernel on CPU; "
+            "use adagrad, rowwise_adagrad or sgd with model.backend=torchrec"
+        )
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Nested plain dict (round-trips through `apply_overrides`)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        out[f.name] = to_dict(v) if dataclasses.is_dataclass(v) else (
+            list(v) if isinstance(v, tuple) else v)
+    return out
+
+
+def dump_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,121 @@
+r"""Losses of MBA and of BPR pretraining, as plain functions of logits.
+
+Notation (DESIGN §1): sigma = sigmoid, lg(x) = ln(x + 1e-5). For a pair (u, x):
+t = sigma(t(u,x)) (target recommender), a = sigma(h1(u,x)), b = sigma(h2(u,x)),
+p = sigma(pre(u,x)) (frozen pretrained model of f or g).
+
+    KL(p || t) = p lg p - p lg t + (1-p) lg(1-p) - (1-p) lg(1-t)
+    DN step:   POS = lg(a) t - C1 (1-t)          NEG = lg(1-a) t
+    DP step:   POS = lg(b) (1-t)                 NEG = lg(1-b) (1-t) - C2 t
+
+Kind-B batch (u, i, j), i bought (and so also clicked/carted):
+    alpha [KL(p_g||t)(i) + KL(p_g||t)(j) + KL(p_f||t)(i) + KL(p_f||t)(j)]
+      - [POS_f(i) + NEG_f(j) + POS_g(i) + NEG_g(j)]
+Kind-A batch (u, c, j), c in the auxiliary behavior only: the same KL terms at c and j, minus
+    [POS_g(c) + NEG_g(j) + NEG_f(c) + NEG_f(j)]
+Each bracketed term is a batch mean. The L2 term on t is added by the trainer (`l2`).
+
+All functions take logits of shape [B] and compute in float64: the terms mix lg of values near 0
+and 1 with C up to 1000, and a [B]-vector in float64 costs nothing next to the embedding lookups.
+1 - sigma(x) is computed as sigma(-x), exact where 1 - sigma(x) would round to 0.
+"""
+from __future__ import annotations
+
+from enum import Enum
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+LG_EPS = 1e-5
+
+
+class Kind(Enum):
+    B = "both"  # target pair (a purchase counts as an auxiliary interaction too)
+    A = "aux_only"  # auxiliary pair that is not a target pair
+
+
+class Phase(Enum):
+    DN = "DN"  # updates t, h1_f, h1_g
+    DP = "DP"  # updates t, h2_f, h2_g
+
+
+def phase_of_step(global_step: int) -> Phase:
+    """The alternation: flips every mini-batch, starting with DP (authors' code).
+
+    A pure function of the global step, so every rank computes the same phase in lockstep.
+    """
+    return Phase.DP if global_step % 2 == 0 else Phase.DN
+
+
+def lg(x: torch.Tensor) -> torch.Tensor:
+    return torch.log(x + LG_EPS)
+
+
+def _probs(logit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = logit.double()
+    return torch.sigmoid(x), torch.sigmoid(-x)
+
+
+def bpr_loss(pos_logit: torch.Tensor, neg_logit: torch.Tensor) -> torch.Tensor:
+    """mean softplus(s(u,j) - s(u,i)) = -mean log sigma(s(u,i) - s(u,j))."""
+    return F.softplus(neg_logit.double() - pos_logit.double()).mean()
+
+
+def l2(tensors: list[torch.Tensor], num_users: int) -> torch.Tensor:
+    """The authors' regulariser 0.5 * sum ||W||^2 / |U| over `tensors`.
+
+    Dense mode passes whole tables (the authors' code: every row decays every step); the
+    scalable modes pass the rows a batch reads, so only touched rows get a gradient.
+    """
+    return 0.5 * sum(w.double().pow(2).sum() for w in tensors) / num_users
+
+
+def bernoulli_kl(p_logit: torch.Tensor, t_logit: torch.Tensor) -> torch.Tensor:
+    """Elementwise KL(Bernoulli(p) || Bernoulli(t)) with the authors' lg; shape [B]."""
+    p, p1 = _probs(p_logit)
+    t, t1 = _probs(t_logit)
+    return p * lg(p) - p * lg(t) + p1 * lg(p1) - p1 * lg(t1)
+
+
+def pos_term(phase: Phase, t_logit: torch.Tensor, h_logit: torch.Tensor, c1: float) -> torch.Tensor:
+    """POS of the step: DN lg(a) t - C1 (1-t); DP lg(b) (1-t). h is h1 in DN, h2 in DP."""
+    t, t1 = _probs(t_logit)
+    h, _ = _probs(h_logit)
+    if phase is Phase.DN:
+        return lg(h) * t - c1 * t1
+    return lg(h) * t1
+
+
+def neg_term(phase: Phase, t_logit: torch.Tensor, h_logit: torch.Tensor, c2: float) -> torch.Tensor:
+    """NEG of the step: DN lg(1-a) t; DP lg(1-b) (1-t) - C2 t."""
+    t, t1 = _probs(t_logit)
+    _, h1 = _probs(h_logit)
+    if phase is Phase.DN:
+        return lg(h1) * t
+    return lg(h1) * t1 - c2 * t
+
+
+class Logits(NamedTuple):
+    """Logits of every model a step reads, at one side of the pair (positive or negative); [B]."""
+
+    t: torch.Tensor
+    pre_f: torch.Tensor
+    pre_g: torch.Tensor
+    h_f: torch.Tensor  # h1_f in a DN step, h2_f in a DP step
+    h_g: torch.Tensor
+
+
+def mba_loss(kind: Kind, phase: Phase, pos: Logits, neg: Logits,
+             alpha: float, c1: float, c2: float) -> torch.Tensor:
+    """The kind-B / kind-A batch loss of the module docstring (without the L2 term); scalar."""
+    kl = (bernoulli_kl(pos.pre_g, pos.t).mean() + bernoulli_kl(neg.pre_g, neg.t).mean()
+          + bernoulli_kl(pos.pre_f, pos.t).mean() + bernoulli_kl(neg.pre_f, neg.t).mean())
+    neg_f = neg_term(phase, neg.t, neg.h_f, c2).mean()
+    neg_g = neg_term(phase, neg.t, neg.h_g, c2).mean()
+    pos_g = pos_term(phase, pos.t, pos.h_g, c1).mean()
+    if kind is Kind.B:
+        likelihood = pos_term(phase, pos.t, pos.h_f, c1).mean() + neg_f + pos_g + neg_g
+    else:  # clicked-not-bought: a positive for g, a negative for f
+        likelihood = pos_g + neg_g + neg_term(phase, pos.t, pos.h_f, c2).mean() + neg_f
+    return alpha * kl - likelihood

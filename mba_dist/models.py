@@ -1,0 +1,153 @@
+"""The seven MF models of MBA and the embedding tables that hold them.
+
+Every model is matrix factorisation: logit(u, i) = <user_emb[u], item_emb[i]>, dim 32.
+
+    model    role                                   trained
+    pre_f    P(R_f): BPR on target train pairs       stage 1, then frozen
+    pre_g    P(R_g): BPR on auxiliary train pairs    stage 1, then frozen
+    t        the target recommender t_theta          every MBA step
+    h1_f/g   P(r=1 | true preference 1)              DN steps
+    h2_f/g   P(r=1 | true preference 0)              DP steps
+
+Tables are grouped by *when they move*: a `TableGroup` holds the user and item tables of models
+that are always updated together (frozen {pre_f, pre_g}; {t}; DN {h1_f, h1_g}; DP {h2_f, h2_g}).
+A step runs forward only through the groups it reads and builds gradients only for the groups it
+trains, so off-phase models and their optimizer state cannot move, whatever the optimizer
+(row-wise Adagrad and Adam included). Two backends share this interface:
+
+- `torch`: one `nn.Embedding` per (model, entity); sparse gradients for the scalable optimizers.
+- `torchrec`: one `EmbeddingBagCollection` per group (tables `<model>_user`, `<model>_item`,
+  bags of one id), sharded table-wise by `DistributedModelParallel`, optimizer fused into the
+  backward pass (FBGEMM kernels: SGD, Adagrad, row-wise Adagrad on CPU). Needs a process group.
+"""
+from __future__ import annotations
+
+from enum import Enum
+from typing import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class Model(str, Enum):
+    PRE_F = "pre_f"
+    PRE_G = "pre_g"
+    T = "t"
+    H1_F = "h1_f"
+    H1_G = "h1_g"
+    H2_F = "h2_f"
+    H2_G = "h2_g"
+
+
+FROZEN = (Model.PRE_F, Model.PRE_G)
+DN_MODELS = (Model.H1_F, Model.H1_G)
+DP_MODELS = (Model.H2_F, Model.H2_G)
+ENTITIES = ("user", "item")
+
+
+def init_weights(num: int, dim: int, std: float, seed: int, model: str, entity: str) -> torch.Tensor:
+    """N(0, std) weights from a generator keyed by (seed, model, entity): the same on every
+    backend and rank, so runs differ only by what they compute, not how they were initialised."""
+    key = f"{seed}/{model}/{entity}".encode()
+    g = torch.Generator().manual_seed(int.from_bytes(__import__("hashlib").sha256(key).digest()[:8], "little") >> 1)
+    return torch.randn(num, dim, generator=g) * std
+
+
+class TableGroup(nn.Module):
+    """User and item tables of several models, looked up together.
+
+    `forward(users [B], items [N])` -> {model name: (user rows [B, d], item rows [N, d])}.
+    """
+
+    models: tuple[str, ...]
+
+    def weights(self, model: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full (user, item) weight matrices of one model, as CPU float32 copies."""
+        raise NotImplementedError
+
+    def load(self, model: str, user: torch.Tensor, item: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def full_tables(self, model: str) -> list[torch.Tensor]:
+        """The autograd-visible whole tables of a model (dense optimizer mode only)."""
+        raise NotImplementedError(f"{type(self).__name__} has no dense whole-table mode")
+
+    def step(self) -> None:
+        """Apply the optimizer after backward (a no-op where it is fused into backward)."""
+
+    def optimizer_state(self) -> dict:
+        return {}
+
+
+class TorchTableGroup(TableGroup):
+    """Plain `nn.Embedding` tables with a torch optimizer over the group."""
+
+    def __init__(self, models: Iterable[str], num_users: int, num_items: int, dim: int,
+                 optim_mode: str | None, lr: float, device: torch.device):
+        super().__init__()
+        self.models = tuple(str(m.value if isinstance(m, Model) else m) for m in models)
+        sparse = optim_mode not in (None, "dense_adam")
+        self.tables = nn.ModuleDict({
+            f"{m}_{e}": nn.Embedding(num_users if e == "user" else num_items, dim, sparse=sparse,
+                                     device=device)
+            for m in self.models for e in ENTITIES})
+        params = list(self.tables.parameters())
+        if optim_mode is None:
+            self.requires_grad_(False)
+            self.opt = None
+        elif optim_mode == "dense_adam":
+            self.opt = torch.optim.Adam(params, lr=lr)
+        elif optim_mode == "sparse_adam":
+            self.opt = torch.optim.SparseAdam(params, lr=lr)
+        elif optim_mode == "adagrad":
+            self.opt = torch.optim.Adagrad(params, lr=lr)
+        elif optim_mode == "sgd":
+            self.opt = torch.optim.SGD(params, lr=lr)
+        else:
+            raise ValueError(f"optim.mode {optim_mode!r} is not available with model.backend=torch "
+                             "(use dense_adam, sparse_adam, adagrad or sgd, or model.backend=torchrec)")
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        return {m: (self.tables[f"{m}_user"](users), self.tables[f"{m}_item"](items))
+                for m in self.models}
+
+    def weights(self, model: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(self.tables[f"{model}_{e}"].weight.detach().cpu().clone() for e in ENTITIES)
+
+    def load(self, model: str, user: torch.Tensor, item: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.tables[f"{model}_user"].weight.copy_(user)
+            self.tables[f"{model}_item"].weight.copy_(item)
+
+    def full_tables(self, model: str) -> list[torch.Tensor]:
+        return [self.tables[f"{model}_{e}"].weight for e in ENTITIES]
+
+    def step(self) -> None:
+        if self.opt is not None:
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+
+    def optimizer_state(self) -> dict:
+        return self.opt.state_dict() if self.opt is not None else {}
+
+
+def build_group(backend: str, models: Iterable[Model | str], num_users: int, num_items: int,
+                dim: int, optim_mode: str | None, lr: float, device: torch.device) -> TableGroup:
+    """A table group on the chosen backend; `optim_mode=None` builds a frozen group."""
+    if backend == "torch":
+        return TorchTableGroup(models, num_users, num_items, dim, optim_mode, lr, device)
+    if backend == "torchrec":
+        from mba_dist.torchrec_tables import TorchrecTableGroup
+        return TorchrecTableGroup(models, num_users, num_items, dim, optim_mode, lr, device)
+    raise ValueError(f"unknown model.backend {backend!r}")
+
+
+def logits(u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+    """MF logit per row: <u_b, i_b>; [B, d] x [B, d] -> [B]."""
+    return (u * i).sum(-1)
+
+
+def save_weights(groups: Iterable[TableGroup]) -> dict[str, dict[str, np.ndarray]]:
+    return {m: dict(zip(ENTITIES, (w.numpy() for w in g.weights(m))))
+            for g in groups for m in g.models}

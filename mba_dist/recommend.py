@@ -1,0 +1,74 @@
+"""Top-N recommendations in raw ids, from a finished run directory.
+
+A run directory holds `run.json` (dataset path), `config.yaml` (resolved config) and
+`checkpoints/*.pt`; `load_run_scorer` rebuilds the scorer the run was selected with.
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from mba_dist import config as C
+from mba_dist.dataset import CSR, Dataset, atomic_write_bytes
+from mba_dist.evaluate import Scorer, mba_scorer, mf_scorer, rank_top_k
+from mba_dist.models import Model
+from mba_dist.train import TrainData, load_checkpoint
+
+
+class RunError(ValueError):
+    """A run directory that is missing or incomplete."""
+
+
+def load_run(run_dir: str | Path) -> tuple[C.Config, Dataset, Scorer]:
+    run = Path(run_dir)
+    for name in ("run.json", "config.yaml", "metrics.json"):
+        if not (run / name).is_file():
+            raise RunError(f"{run / name} is missing: {run} is not a finished mba-dist run")
+    info = json.loads((run / "run.json").read_text())
+    cfg = C.load_config(run / "config.yaml")
+    ds = Dataset(info["data"])
+    if cfg.method == "mf":
+        name = f"mf_{cfg.mf_train_on}"
+        scorer = mf_scorer(load_checkpoint(run / "checkpoints" / f"{name}.pt")[name])
+    else:
+        t = load_checkpoint(run / "checkpoints" / "mba.pt")[Model.T.value]
+        pre_f = load_checkpoint(run / "checkpoints" / "pre_f.pt")[Model.PRE_F.value]
+        scorer = mba_scorer(t, pre_f, cfg.mba.beta)
+    return cfg, ds, scorer
+
+
+def top_n_table(scorer: Scorer, ds: Dataset, users: np.ndarray, mask: CSR, n: int,
+                memory_mb: int) -> pa.Table:
+    """(user, item, rank, score) in raw ids; rank 1 is the best; masked items never appear."""
+    cols: dict[str, list] = {"user": [], "item": [], "rank": [], "score": []}
+    for uc, v, i in rank_top_k(scorer, users, n, mask, ds.num_items, memory_mb):
+        keep = torch.isfinite(v).numpy()  # fewer than n unmasked items: shorter list
+        k = v.shape[1]
+        cols["user"].append(np.repeat(uc, k)[keep.ravel()])
+        cols["item"].append(i.numpy().ravel()[keep.ravel()])
+        cols["rank"].append(np.tile(np.arange(1, k + 1), len(uc))[keep.ravel()])
+        cols["score"].append(v.numpy().ravel()[keep.ravel()])
+    u = np.concatenate(cols["user"]) if cols["user"] else np.zeros(0, np.int64)
+    it = np.concatenate(cols["item"]) if cols["item"] else np.zeros(0, np.int64)
+    return pa.table({
+        "user": ds.raw_ids("user", u), "item": ds.raw_ids("item", it),
+        "rank": np.concatenate(cols["rank"]).astype(np.int32) if cols["rank"] else np.zeros(0, np.int32),
+        "score": np.concatenate(cols["score"]).astype(np.float32) if cols["score"] else np.zeros(0, np.float32),
+    })
+
+
+def write_table(path: Path, table: pa.Table) -> None:
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def known_target_mask(cfg: C.Config, ds: Dataset) -> CSR:
+    """Every known train purchase of each user (train + validation pairs): never recommended."""
+    return TrainData.load(ds, cfg).test_mask()

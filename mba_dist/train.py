@@ -1,0 +1,375 @@
+"""Training: stage 1 (BPR pretraining of pre_f and pre_g) and stage 2 (MBA), as worker functions.
+
+`run_training(cfg, data_dir, out_dir)` is the worker function: it takes a typed config, reads the
+prepared dataset, trains every stage, and writes checkpoints, `log.jsonl` and `metrics.json`. It
+never creates a process group (a launcher or Ray Train does), so tests call it directly.
+
+Model selection: early stopping on validation Recall@20 (patience in epochs); the best epoch's
+weights are kept and the test set is read once, at the end. `train.select_on: test` is the
+authors' protocol (validation pairs folded back into training, selection on the test set); every
+output of such a run says so.
+"""
+from __future__ import annotations
+
+import io
+import json
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from mba_dist import config as C
+from mba_dist.dataset import CSR, Dataset, Pairs, atomic_write_bytes, merge_pairs, subtract_pairs
+from mba_dist.evaluate import MemoryScorer, Scorer, evaluate, mba_scorer, mf_scorer, popularity
+from mba_dist.losses import Kind, Logits, Phase, bpr_loss, l2, mba_loss, phase_of_step
+from mba_dist.models import (DN_MODELS, DP_MODELS, FROZEN, Model, TableGroup, build_group,
+                             init_weights, logits)
+from mba_dist.sampler import NegativeSampler
+
+Progress = Callable[[str, int, int, dict], None]  # (stage, epoch, max_epochs, info)
+TEST_SELECTION_LABEL = "test (authors' protocol: reproduction only, not a clean estimate)"
+
+
+def _no_progress(stage: str, epoch: int, total: int, info: dict) -> None:
+    pass
+
+
+@dataclass
+class TrainData:
+    """Everything the stages read, built once from the dataset."""
+
+    num_users: int
+    num_items: int
+    target: Pairs  # target train pairs (plus validation pairs when selecting on test)
+    aux: Pairs | None
+    valid: Pairs | None  # None when selecting on test
+    test: Pairs
+    truth: Pairs | None  # planted preferences (synthetic data only)
+    mask: CSR  # target train items of each user, masked in every ranking
+
+    @classmethod
+    def load(cls, ds: Dataset, cfg: C.Config) -> "TrainData":
+        tgt = cfg.data.target
+        if tgt != ds.target:
+            raise C.ConfigError(f"data.target is {tgt!r} but {ds.root} was prepared with target "
+                                f"{ds.target!r}")
+        aux = None
+        if cfg.data.aux and (cfg.method == "mba" or cfg.mf_train_on != "target"):
+            aux = ds.pairs("train", cfg.data.aux)
+        target, valid = ds.pairs("train", tgt), ds.pairs("valid", tgt)
+        # Test rankings mask all known train purchases, validation pairs included (authors'
+        # protocol masks every train purchase); validation rankings mask the train pairs only.
+        if cfg.train.select_on == "test":
+            target, valid = merge_pairs([target, valid], ds.num_items), None
+        truth = ds.pairs("truth", tgt) if ds.has("truth", tgt) else None
+        return cls(ds.num_users, ds.num_items, target, aux, valid, ds.pairs("test", tgt), truth,
+                   CSR(target, ds.num_users))
+
+    def test_mask(self) -> CSR:
+        known = [self.target] + ([self.valid] if self.valid is not None else [])
+        return CSR(merge_pairs(known, self.num_items), self.num_users)
+
+
+@dataclass
+class StageResult:
+    name: str
+    weights: dict[str, tuple[torch.Tensor, torch.Tensor]]  # best epoch, per model
+    best_epoch: int
+    best_select: dict[str, float]
+    epochs_run: int
+    seconds: float
+    triples: int
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def triples_per_s(self) -> float:
+        return self.triples / max(self.seconds, 1e-9)
+
+
+class Trainer:
+    """Runs the stages of one config on one dataset; one instance per worker."""
+
+    def __init__(self, cfg: C.Config, data: TrainData, out_dir: Path | None,
+                 progress: Progress = _no_progress, device: torch.device | None = None):
+        self.cfg, self.data, self.out = cfg, data, out_dir
+        self.progress = progress
+        self.device = device or torch.device("cpu")
+        self.log_path = out_dir / "log.jsonl" if out_dir else None
+        self.global_step = 0
+
+    # ---- helpers -------------------------------------------------------------------------
+    def _group(self, models, optim_mode: str | None) -> TableGroup:
+        c, d = self.cfg, self.data
+        g = build_group(c.model.backend, models, d.num_users, d.num_items, c.model.dim,
+                        optim_mode, c.optim.lr, self.device)
+        for m in g.models:
+            g.load(m, init_weights(d.num_users, c.model.dim, c.model.init_std, c.train.seed, m, "user"),
+                   init_weights(d.num_items, c.model.dim, c.model.init_std, c.train.seed, m, "item"))
+        return g
+
+    def _log(self, record: dict) -> None:
+        if self.log_path is not None:
+            with self.log_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _selection(self) -> tuple[Pairs, CSR, str]:
+        if self.cfg.train.select_on == "test":
+            return self.data.test, self.data.test_mask(), "test"
+        return self.data.valid, self.data.mask, "valid"
+
+    def _select_metrics(self, scorer: Scorer) -> dict[str, float]:
+        truth, mask, _ = self._selection()
+        return evaluate(scorer, truth, mask, self.data.num_users, self.data.num_items,
+                        self.cfg.eval.ks, self.cfg.eval.memory_mb)
+
+    def _batches(self, n: int, rng: np.random.Generator) -> list[np.ndarray]:
+        perm = rng.permutation(n)
+        bs = self.cfg.train.batch_size
+        return [perm[a:a + bs] for a in range(0, n, bs)]
+
+    def _fit(self, name: str, max_epochs: int, patience: int, epoch_fn, scorer_fn,
+             groups: list[TableGroup]) -> StageResult:
+        """Shared epoch loop: train, validate every `eval_every` epochs, keep the best weights."""
+        best = {"recall@20": -1.0}
+        best_epoch, best_weights, stale, history = -1, None, 0, []
+        seconds, triples, epoch = 0.0, 0, 0
+        every = self.cfg.train.eval_every
+        for epoch in range(1, max_epochs + 1):
+            t0 = time.perf_counter()
+            info = epoch_fn(epoch)
+            dt = time.perf_counter() - t0
+            seconds += dt
+            triples += info["triples"]
+            record = {"stage": name, "epoch": epoch, "step": self.global_step, **info,
+                      "seconds": round(dt, 3), "triples_per_s": round(info["triples"] / max(dt, 1e-9))}
+            if epoch % every == 0 or epoch == max_epochs:
+                weights = {m: g.weights(m) for g in groups for m in g.models}
+                metrics = self._select_metrics(scorer_fn(weights))
+                record[self._selection()[2]] = metrics
+                if metrics["recall@20"] > best["recall@20"]:
+                    best, best_epoch, best_weights, stale = metrics, epoch, weights, 0
+                else:
+                    stale += every
+            self._log(record)
+            history.append(record)
+            self.progress(name, epoch, max_epochs, record)
+            if stale >= patience:
+                break
+        return StageResult(name, best_weights, best_epoch, best, epoch, seconds, triples, history)
+
+    # ---- stage 1: BPR --------------------------------------------------------------------
+    def fit_bpr(self, name: str, pairs: Pairs, exclude: Pairs) -> StageResult:
+        """BPR-MF on `pairs`; negatives avoid `exclude` (in `exclude` mode). Model name: `name`."""
+        c = self.cfg
+        if len(pairs) == 0:
+            raise ValueError(f"stage {name}: no training pairs")
+        group = self._group([name], c.optim.mode)
+        sampler = self._sampler(exclude, offset=zlib.crc32(name.encode()) % 1000)
+        rng = np.random.default_rng(c.train.seed + 17)
+        lam = c.pretrain.lambda0
+
+        def epoch_fn(epoch: int) -> dict:
+            total, n = 0.0, 0
+            for idx in self._limit(self._batches(len(pairs), rng)):
+                u = pairs.users[idx]
+                j = sampler.sample(u)
+                ut = torch.from_numpy(u).to(self.device)
+                it = torch.from_numpy(np.concatenate([pairs.items[idx], j])).to(self.device)
+                U, I = group(ut, it)[name]
+                b = len(u)
+                loss = bpr_loss(logits(U, I[:b]), logits(U, I[b:])) + lam * self._l2(group, name, U, I)
+                loss.backward()
+                group.step()
+                self.global_step += 1
+                total += float(loss.detach()) * b
+                n += b
+            return {"loss": total / max(n, 1), "triples": n}
+
+        return self._fit(name, c.pretrain.epochs, c.pretrain.patience, epoch_fn,
+                         lambda w: mf_scorer(w[name]), [group])
+
+    def _l2(self, group: TableGroup, model: str, *rows: torch.Tensor) -> torch.Tensor:
+        """L2 of the authors' form: whole tables in dense mode, the batch rows otherwise."""
+        tensors = group.full_tables(model) if self.cfg.optim.mode == "dense_adam" else list(rows)
+        return l2(tensors, self.data.num_users)
+
+    def _sampler(self, exclude: Pairs, offset: int) -> NegativeSampler:
+        keys = exclude.keys(self.data.num_items) if self.cfg.train.negatives == "exclude" else None
+        return NegativeSampler(self.data.num_items, keys, self.cfg.train.seed * 1000 + offset)
+
+    def _limit(self, batches: list) -> list:
+        cap = self.cfg.train.max_steps_per_epoch
+        return batches[:cap] if cap > 0 else batches
+
+    # ---- stage 2: MBA --------------------------------------------------------------------
+    def fit_mba(self, pre_f: tuple[torch.Tensor, torch.Tensor],
+                pre_g: tuple[torch.Tensor, torch.Tensor]) -> StageResult:
+        c, d = self.cfg, self.data
+        m = c.mba
+        frozen = self._group(FROZEN, None)
+        frozen.load(Model.PRE_F.value, *pre_f)
+        frozen.load(Model.PRE_G.value, *pre_g)
+        t = self._group([Model.T], c.optim.mode)
+        dn = self._group(DN_MODELS, c.optim.mode)
+        dp = self._group(DP_MODELS, c.optim.mode)
+        kind_b = d.target
+        kind_a = subtract_pairs(d.aux, d.target, d.num_items)
+        if len(kind_b) == 0 or len(kind_a) == 0:
+            raise ValueError(f"MBA needs both kinds of pairs: {len(kind_b)} target pairs, "
+                             f"{len(kind_a)} auxiliary-only pairs")
+        sampler = self._sampler(merge_pairs([d.target, d.aux], d.num_items), offset=999)
+        rng = np.random.default_rng(c.train.seed + 29)
+        self.global_step = 0  # the alternation starts with DP at the first MBA step
+
+        def epoch_fn(epoch: int) -> dict:
+            # Homogeneous batches of each kind (the loss differs by kind).
+            batches = ([(Kind.B, b) for b in self._batches(len(kind_b), rng)]
+                       + [(Kind.A, b) for b in self._batches(len(kind_a), rng)])
+            order = (np.arange(len(batches)) if m.batch_order == "sequential"
+                     else rng.permutation(len(batches)))
+            total, n, phases = 0.0, 0, {Phase.DN: 0, Phase.DP: 0}
+            for bi in self._limit(list(order)):
+                kind, idx = batches[bi]
+                pairs = kind_b if kind is Kind.B else kind_a
+                phase = phase_of_step(self.global_step)
+                loss = self.mba_step(kind, phase, pairs.users[idx], pairs.items[idx],
+                                     sampler.sample(pairs.users[idx]), frozen, t,
+                                     dn if phase is Phase.DN else dp)
+                self.global_step += 1
+                phases[phase] += 1
+                total += loss * len(idx)
+                n += len(idx)
+            return {"loss": total / max(n, 1), "triples": n, "dn_steps": phases[Phase.DN],
+                    "dp_steps": phases[Phase.DP]}
+
+        def scorer(w):
+            return mba_scorer(w[Model.T.value], pre_f, m.beta)
+
+        return self._fit("mba", m.epochs, m.patience, epoch_fn, scorer, [t, dn, dp])
+
+    def mba_step(self, kind: Kind, phase: Phase, u: np.ndarray, pos: np.ndarray, neg: np.ndarray,
+                 frozen: TableGroup, t: TableGroup, h: TableGroup) -> float:
+        """One MBA step on a homogeneous batch; moves only t and the phase's h group."""
+        m = self.cfg.mba
+        b = len(u)
+        ut = torch.from_numpy(u).to(self.device)
+        it = torch.from_numpy(np.concatenate([pos, neg])).to(self.device)
+        rows = {**frozen(ut, it), **t(ut, it), **h(ut, it)}
+        hf, hg = (Model.H1_F, Model.H1_G) if phase is Phase.DN else (Model.H2_F, Model.H2_G)
+
+        def side(sl: slice) -> Logits:
+            return Logits(*(logits(rows[k.value][0], rows[k.value][1][sl])
+                            for k in (Model.T, Model.PRE_F, Model.PRE_G, hf, hg)))
+
+        Ut, It = rows[Model.T.value]
+        loss = (mba_loss(kind, phase, side(slice(0, b)), side(slice(b, 2 * b)), m.alpha, m.c1, m.c2)
+                + m.lambda_t * self._l2(t, Model.T.value, Ut, It))
+        loss.backward()
+        t.step()
+        h.step()
+        return float(loss.detach())
+
+
+def _tensor_state(weights: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict:
+    return {m: {"user": u, "item": i} for m, (u, i) in weights.items()}
+
+
+def save_checkpoint(path: Path, stage: StageResult, cfg: C.Config) -> None:
+    buf = io.BytesIO()
+    torch.save({"stage": stage.name, "best_epoch": stage.best_epoch, "config": C.to_dict(cfg),
+                "weights": _tensor_state(stage.weights)}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return {m: (w["user"], w["item"]) for m, w in state["weights"].items()}
+    except Exception as e:
+        raise ValueError(f"checkpoint {path} is not readable ({type(e).__name__}: {e})") from None
+
+
+def run_training(cfg: C.Config, data_dir: str | Path, out_dir: str | Path,
+                 progress: Progress = _no_progress) -> dict:
+    """The worker function: every stage of `cfg` on `data_dir`, outputs under `out_dir`.
+
+    Returns the content of `metrics.json`.
+    """
+    out = Path(out_dir)
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    ds = Dataset(data_dir)
+    data = TrainData.load(ds, cfg)
+    tr = Trainer(cfg, data, out, progress)
+    stages: dict[str, StageResult] = {}
+    scorers: dict[str, Scorer] = {}
+    t0 = time.perf_counter()
+    target_name = f"mf_{cfg.data.target}"
+    if cfg.method == "mf":
+        train_on = {"target": data.target, "aux": data.aux,
+                    "all": merge_pairs([p for p in (data.target, data.aux) if p is not None],
+                                       data.num_items)}[cfg.mf_train_on]
+        if train_on is None:
+            raise C.ConfigError("mf_train_on: aux/all needs data.aux")
+        name = f"mf_{cfg.mf_train_on}"
+        st = tr.fit_bpr(name, train_on, train_on)
+        stages[name] = st
+        main_name = name
+        scorers[name] = mf_scorer(st.weights[name])
+    else:
+        merged = merge_pairs([data.target, data.aux], data.num_items)
+        pf = tr.fit_bpr(Model.PRE_F.value, data.target, data.target)
+        pg = tr.fit_bpr(Model.PRE_G.value, data.aux, data.aux)
+        stages.update({"pre_f": pf, "pre_g": pg})
+        if cfg.train.merged_baseline:
+            stages["mf_merged"] = tr.fit_bpr("mf_merged", merged, merged)
+        pre_f, pre_g = pf.weights[Model.PRE_F.value], pg.weights[Model.PRE_G.value]
+        stages["mba"] = tr.fit_mba(pre_f, pre_g)
+        main_name = "mba"
+        scorers["mba"] = mba_scorer(stages["mba"].weights[Model.T.value], pre_f, cfg.mba.beta)
+        scorers[target_name] = mf_scorer(pre_f)
+        scorers[f"mf_{cfg.data.aux}"] = mf_scorer(pre_g)
+        if "mf_merged" in stages:
+            scorers["mf_merged"] = mf_scorer(stages["mf_merged"].weights["mf_merged"])
+    for name, st in stages.items():
+        save_checkpoint(out / "checkpoints" / f"{name}.pt", st, cfg)
+    wall = time.perf_counter() - t0
+
+    # The test set is read here, once, for the selected epochs.
+    test_mask = data.test_mask()
+    pop = popularity(data.target, data.num_items)
+    scorers["mostpop"] = MemoryScorer(pop)
+    if data.aux is not None:
+        scorers[f"aux_memory_{cfg.data.aux}"] = MemoryScorer(pop, CSR(data.aux, data.num_users))
+
+    def ev(scorer: Scorer, truth: Pairs) -> dict:
+        return evaluate(scorer, truth, test_mask, data.num_users, data.num_items,
+                        cfg.eval.ks, cfg.eval.memory_mb)
+
+    table = {name: {"test": ev(s, data.test)} for name, s in scorers.items()}
+    if data.truth is not None:
+        for name, s in scorers.items():
+            table[name]["truth"] = ev(s, data.truth)
+    main = stages[main_name]
+    selected = TEST_SELECTION_LABEL if cfg.train.select_on == "test" else "valid"
+    metrics = {
+        "method": cfg.method, "model": main_name,
+        "valid": main.best_select if cfg.train.select_on == "valid" else None,
+        "test": table[main_name]["test"],
+        "selected_on": selected, "best_epoch": main.best_epoch,
+        "stages": {n: {"best_epoch": s.best_epoch, "epochs_run": s.epochs_run,
+                       "train_seconds": round(s.seconds, 2), "triples": s.triples,
+                       "triples_per_s": round(s.triples_per_s), "selection": s.best_select}
+                   for n, s in stages.items()},
+        "baselines": table, "wall_seconds": round(wall, 2),
+    }
+    if data.truth is not None:
+        metrics["truth"] = table[main_name]["truth"]
+    atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=2).encode())
+    return metrics

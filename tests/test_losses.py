@@ -1,0 +1,112 @@
+"""Torch losses against the float64 numpy oracle, extreme logits included."""
+import numpy as np
+import pytest
+import torch
+
+from mba_dist.losses import (Kind, Logits, Phase, bernoulli_kl, bpr_loss, l2, mba_loss, neg_term,
+                             phase_of_step, pos_term)
+from tests import oracle
+
+RTOL, ATOL = 1e-6, 1e-9
+FIELDS = ("t", "pre_f", "pre_g", "h_f", "h_g")
+
+
+def _logits(rng, n, scale):
+    return {f: rng.uniform(-scale, scale, n) for f in FIELDS}
+
+
+def _torch(d, dtype=torch.float64, grad=False):
+    return Logits(*(torch.tensor(d[f], dtype=dtype, requires_grad=grad and f in ("t", "h_f", "h_g"))
+                    for f in FIELDS))
+
+
+@pytest.mark.parametrize("scale", [3.0, 30.0])
+def test_kl_matches_oracle(scale):
+    rng = np.random.default_rng(1)
+    p, t = rng.uniform(-scale, scale, 500), rng.uniform(-scale, scale, 500)
+    got = bernoulli_kl(torch.tensor(p), torch.tensor(t)).numpy()
+    np.testing.assert_allclose(got, oracle.kl(p, t), rtol=RTOL, atol=ATOL)
+
+
+def test_kl_extremes_exact_points():
+    x = np.array([-30.0, -10.0, 0.0, 10.0, 30.0])
+    got = bernoulli_kl(torch.tensor(x), torch.tensor(x[::-1].copy())).numpy()
+    np.testing.assert_allclose(got, oracle.kl(x, x[::-1]), rtol=RTOL, atol=ATOL)
+    # KL of a distribution with itself is ~0 (up to the lg epsilon), never negative-large.
+    same = bernoulli_kl(torch.tensor(x), torch.tensor(x)).numpy()
+    assert np.all(np.abs(same) < 1e-4)
+
+
+@pytest.mark.parametrize("phase", ["DN", "DP"])
+@pytest.mark.parametrize("c", [1.0, 100.0, 1000.0])
+def test_pos_neg_terms(phase, c):
+    rng = np.random.default_rng(2)
+    t, h = rng.uniform(-30, 30, 400), rng.uniform(-30, 30, 400)
+    ph = Phase(phase)
+    np.testing.assert_allclose(pos_term(ph, torch.tensor(t), torch.tensor(h), c).numpy(),
+                               oracle.pos(phase, t, h, c), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(neg_term(ph, torch.tensor(t), torch.tensor(h), c).numpy(),
+                               oracle.neg(phase, t, h, c), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("kind", ["B", "A"])
+@pytest.mark.parametrize("phase", ["DN", "DP"])
+@pytest.mark.parametrize("scale,alpha,c1,c2", [(3.0, 10.0, 100.0, 100.0), (30.0, 1.0, 1000.0, 1.0),
+                                               (30.0, 1000.0, 1.0, 1000.0)])
+def test_mba_batch_loss_matches_oracle_with_finite_grads(kind, phase, scale, alpha, c1, c2):
+    rng = np.random.default_rng(3)
+    P, N = _logits(rng, 256, scale), _logits(rng, 256, scale)
+    for dtype in (torch.float64, torch.float32):
+        tp, tn = _torch(P, dtype, grad=True), _torch(N, dtype, grad=True)
+        loss = mba_loss(Kind.B if kind == "B" else Kind.A, Phase(phase), tp, tn, alpha, c1, c2)
+        # float32 inputs are rounded before the float64 maths: compare with the oracle on them.
+        Pr = {f: getattr(tp, f).detach().double().numpy() for f in FIELDS}
+        Nr = {f: getattr(tn, f).detach().double().numpy() for f in FIELDS}
+        want = oracle.mba_batch(kind, phase, Pr, Nr, alpha, c1, c2)
+        np.testing.assert_allclose(float(loss.detach()), want, rtol=RTOL, atol=ATOL)
+        loss.backward()
+        for side in (tp, tn):
+            for f in ("t", "h_f", "h_g"):
+                g = getattr(side, f).grad
+                assert g is not None and torch.isfinite(g).all()
+
+
+def test_mba_loss_gradient_matches_finite_difference():
+    rng = np.random.default_rng(4)
+    P, N = _logits(rng, 8, 4.0), _logits(rng, 8, 4.0)
+    tp, tn = _torch(P, grad=True), _torch(N, grad=True)
+    mba_loss(Kind.A, Phase.DP, tp, tn, 10.0, 100.0, 100.0).backward()
+    eps = 1e-6
+    for i in range(3):
+        Pp = {k: v.copy() for k, v in P.items()}
+        Pm = {k: v.copy() for k, v in P.items()}
+        Pp["t"][i] += eps
+        Pm["t"][i] -= eps
+        fd = (oracle.mba_batch("A", "DP", Pp, N, 10, 100, 100)
+              - oracle.mba_batch("A", "DP", Pm, N, 10, 100, 100)) / (2 * eps)
+        assert abs(float(tp.t.grad[i]) - fd) < 1e-5 * max(1.0, abs(fd))
+
+
+def test_kind_a_treats_clicked_item_as_negative_for_f():
+    """In a kind-A batch the positive item enters f's terms only through NEG_f."""
+    rng = np.random.default_rng(5)
+    P, N = _logits(rng, 16, 2.0), _logits(rng, 16, 2.0)
+    tp, tn = _torch(P), _torch(N)
+    a = float(mba_loss(Kind.A, Phase.DN, tp, tn, 1.0, 10.0, 10.0))
+    b = float(mba_loss(Kind.B, Phase.DN, tp, tn, 1.0, 10.0, 10.0))
+    t, hf = P["t"], P["h_f"]
+    diff = np.mean(oracle.pos("DN", t, hf, 10.0)) - np.mean(oracle.neg("DN", t, hf, 10.0))
+    np.testing.assert_allclose(a - b, diff, rtol=1e-9)
+
+
+def test_bpr_and_l2():
+    rng = np.random.default_rng(6)
+    p, n = rng.normal(0, 10, 100), rng.normal(0, 10, 100)
+    np.testing.assert_allclose(float(bpr_loss(torch.tensor(p), torch.tensor(n))), oracle.bpr(p, n),
+                               rtol=RTOL)
+    w = [torch.ones(3, 2), 2 * torch.ones(1, 2)]
+    assert float(l2(w, num_users=4)) == pytest.approx(0.5 * (6 + 8) / 4)
+
+
+def test_phase_schedule_starts_with_dp_and_alternates():
+    assert [phase_of_step(s) for s in range(4)] == [Phase.DP, Phase.DN, Phase.DP, Phase.DN]
