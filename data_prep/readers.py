@@ -29,11 +29,9 @@ class RawInputError(ValueError):
     """Malformed raw input; the message names the file, the line and the problem."""
 
 
-def _open_text(path: Path) -> io.TextIOBase:
+def _open_binary(path: Path) -> io.BufferedIOBase:
     raw = path.open("rb")
-    if path.suffix == ".gz":
-        raw = gzip.GzipFile(fileobj=raw)
-    return io.TextIOWrapper(raw, encoding="utf-8", newline=None)
+    return gzip.GzipFile(fileobj=raw) if path.suffix == ".gz" else raw
 
 
 def _split(line: str, sep: str | None) -> list[str]:
@@ -95,9 +93,10 @@ def _read_text(path: Path, header: str) -> tuple[np.ndarray, np.ndarray]:
     first = True
     lineno = 0
     try:
-        with _open_text(path) as f:
-            for lineno, line in enumerate(f, start=1):
-                line = line.rstrip("\n\r")
+        with _open_binary(path) as f:
+            # Lines are decoded one by one so an encoding error names its own line.
+            for lineno, raw_line in enumerate(f, start=1):
+                line = raw_line.decode("utf-8").rstrip("\n\r")
                 if not line.strip():
                     continue  # blank lines (e.g. a trailing newline) carry nothing
                 if first:
@@ -117,7 +116,7 @@ def _read_text(path: Path, header: str) -> tuple[np.ndarray, np.ndarray]:
                 users.append(u)
                 items.append(i)
     except UnicodeDecodeError:
-        raise RawInputError(f"{path}: line {lineno + 1}: not UTF-8 text (binary file?)") from None
+        raise RawInputError(f"{path}: line {lineno}: not UTF-8 text (binary file?)") from None
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise RawInputError(f"{path}: cannot read ({e})") from None
     if not users:

@@ -4,8 +4,9 @@ The generative story, per user u (vectorised over a chunk of users at a time, so
 of rows stream to Parquet with bounded memory):
 
 1. Items are split into `topics` groups; u likes two topics (weights 0.7 / 0.3).
-2. True preferences: L_u ~ 1 + Poisson(true_per_user - 1) items, each from a topic of u, uniform
-   within the topic.                                     -> `truth` (minus train purchases)
+2. True preferences: L_u ~ 1 + Poisson(true_per_user - 1) items, each from a topic of u, drawn
+   by a Zipf(`topic_zipf`) over the topic's items (some items are liked by most of the topic's
+   fans: structure an MF model can learn).               -> `truth` (minus train purchases)
 3. Target behavior (purchase, sparse): each true item with probability `p_buy`.
 4. Auxiliary behavior (click, dense and noisy): every purchased item, each other true item with
    probability `p_click_true` (the rest are missed), plus Poisson(false_click_ratio * L_u)
@@ -42,7 +43,8 @@ class SynthSpec:
     p_buy: float = 0.3  # a true item is bought with this probability
     p_click_true: float = 0.5  # a true, not bought item is clicked with this probability
     false_click_ratio: float = 1.0  # false clicks per true item (popularity-biased)
-    zipf: float = 1.1  # popularity exponent of false clicks
+    zipf: float = 1.1  # popularity exponent of false clicks (over all items)
+    topic_zipf: float = 0.8  # exponent of true preference within a topic
     test_fraction: float = 0.2
     valid_fraction: float = 0.1
     seed: int = 0
@@ -58,7 +60,7 @@ SIZES = {  # name -> (users, items)
 
 
 def _chunk(spec: SynthSpec, lo: int, hi: int, rng: np.random.Generator, topic_items: np.ndarray,
-           pop_cdf: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+           topic_cdf: np.ndarray, pop_cdf: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     n = hi - lo
     n_items = spec.items
     topic_pair = np.stack([rng.integers(0, spec.topics, n), rng.integers(0, spec.topics, n)], 1)
@@ -66,8 +68,7 @@ def _chunk(spec: SynthSpec, lo: int, hi: int, rng: np.random.Generator, topic_it
     u_true = np.repeat(np.arange(lo, hi), L)
     which = (rng.random(len(u_true)) >= 0.7).astype(np.int64)
     topic = topic_pair[u_true - lo, which]
-    per_topic = topic_items.shape[1]
-    i_true = topic_items[topic, rng.integers(0, per_topic, len(u_true))]
+    i_true = topic_items[topic, np.searchsorted(topic_cdf, rng.random(len(u_true)))]
     keys = np.unique(u_true * n_items + i_true)  # drop repeats
     u_true, i_true = keys // n_items, keys % n_items
 
@@ -100,6 +101,10 @@ def generate(spec: SynthSpec, out: str | Path, overwrite: bool = False,
     pop = 1.0 / np.arange(1, spec.items + 1) ** spec.zipf
     pop = pop[np.argsort(rng.permutation(spec.items))]  # popularity not aligned with ids
     pop_cdf = np.cumsum(pop / pop.sum())
+    pop_cdf[-1] = 1.0
+    in_topic = 1.0 / np.arange(1, per_topic + 1) ** spec.topic_zipf
+    topic_cdf = np.cumsum(in_topic / in_topic.sum())
+    topic_cdf[-1] = 1.0
     schema = pa.schema([("user", pa.int64()), ("item", pa.int64())])
     counts: dict[str, dict] = {}
     with atomic_dir(Path(out), overwrite=overwrite) as tmp:
@@ -107,7 +112,7 @@ def generate(spec: SynthSpec, out: str | Path, overwrite: bool = False,
         try:
             for lo in range(0, spec.users, spec.chunk_users):
                 hi = min(spec.users, lo + spec.chunk_users)
-                for name, (u, i) in _chunk(spec, lo, hi, rng, topic_items, pop_cdf).items():
+                for name, (u, i) in _chunk(spec, lo, hi, rng, topic_items, topic_cdf, pop_cdf).items():
                     if name not in writers:
                         (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                         writers[name] = pq.ParquetWriter(tmp / f"{name}.parquet", schema)

@@ -166,6 +166,9 @@ def cmd_recommend(a) -> int:
     return 0
 
 
+DEMO_SETS = ["data.aux=click"]  # the synthetic data's auxiliary behavior
+
+
 def cmd_demo(a) -> int:
     """The README's first command: synthetic data, pretraining + MBA, metrics table."""
     from data_prep.synthetic import SynthSpec, generate
@@ -175,8 +178,10 @@ def cmd_demo(a) -> int:
     if not (data / "meta.json").exists():
         generate(SynthSpec(users=3000, items=1500, seed=0), data)
         print(f"synthetic dataset with planted preferences in {data}", file=sys.stderr)
-    ns = argparse.Namespace(data=str(data), config=a.config, out=str(root / "run"), model=None,
-                            set=a.set, overwrite=True)
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml"
+    config = a.config or (str(shipped) if shipped.is_file() else None)
+    ns = argparse.Namespace(data=str(data), config=config, out=str(root / "run"), model=None,
+                            set=DEMO_SETS + list(a.set or []), overwrite=True)
     return cmd_run(ns)
 
 

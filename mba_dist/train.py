@@ -296,6 +296,21 @@ def load_checkpoint(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         raise ValueError(f"checkpoint {path} is not readable ({type(e).__name__}: {e})") from None
 
 
+def reuse_pretrained(run: Path, merged: bool) -> dict[str, StageResult]:
+    """Stage-1 results of an earlier run (`pretrain.from_run`), weights from its checkpoints."""
+    ckpt = run / "checkpoints"
+    names = ["pre_f", "pre_g"] + (["mf_merged"] if merged and (ckpt / "mf_merged.pt").is_file() else [])
+    metrics_path = run / "metrics.json"
+    earlier = json.loads(metrics_path.read_text())["stages"] if metrics_path.is_file() else {}
+    out = {}
+    for n in names:
+        weights = load_checkpoint(ckpt / f"{n}.pt")
+        info = earlier.get(n, {})
+        out[n] = StageResult(n, weights, info.get("best_epoch", -1), info.get("selection", {}),
+                             0, 0.0, 0)
+    return out
+
+
 def run_training(cfg: C.Config, data_dir: str | Path, out_dir: str | Path,
                  progress: Progress = _no_progress) -> dict:
     """The worker function: every stage of `cfg` on `data_dir`, outputs under `out_dir`.
@@ -324,12 +339,15 @@ def run_training(cfg: C.Config, data_dir: str | Path, out_dir: str | Path,
         scorers[name] = mf_scorer(st.weights[name])
     else:
         merged = merge_pairs([data.target, data.aux], data.num_items)
-        pf = tr.fit_bpr(Model.PRE_F.value, data.target, data.target)
-        pg = tr.fit_bpr(Model.PRE_G.value, data.aux, data.aux)
-        stages.update({"pre_f": pf, "pre_g": pg})
-        if cfg.train.merged_baseline:
-            stages["mf_merged"] = tr.fit_bpr("mf_merged", merged, merged)
-        pre_f, pre_g = pf.weights[Model.PRE_F.value], pg.weights[Model.PRE_G.value]
+        if cfg.pretrain.from_run:
+            stages.update(reuse_pretrained(Path(cfg.pretrain.from_run), cfg.train.merged_baseline))
+        else:
+            stages["pre_f"] = tr.fit_bpr(Model.PRE_F.value, data.target, data.target)
+            stages["pre_g"] = tr.fit_bpr(Model.PRE_G.value, data.aux, data.aux)
+            if cfg.train.merged_baseline:
+                stages["mf_merged"] = tr.fit_bpr("mf_merged", merged, merged)
+        pre_f = stages["pre_f"].weights[Model.PRE_F.value]
+        pre_g = stages["pre_g"].weights[Model.PRE_G.value]
         stages["mba"] = tr.fit_mba(pre_f, pre_g)
         main_name = "mba"
         scorers["mba"] = mba_scorer(stages["mba"].weights[Model.T.value], pre_f, cfg.mba.beta)

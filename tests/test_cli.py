@@ -1,0 +1,123 @@
+"""End to end through the CLI on tiny synthetic data, and config handling."""
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from mba_dist import config as C
+from mba_dist.cli import main
+from mba_dist.dataset import Dataset
+
+FAST = ["pretrain.epochs=3", "mba.epochs=3", "optim.mode=adagrad", "optim.lr=0.05",
+        "train.batch_size=256"]
+
+
+def _sets(*extra):
+    out = []
+    for s in FAST + list(extra):
+        out += ["--set", s]
+    return out
+
+
+def test_run_mba_end_to_end(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["run", "--data", str(tiny_dataset), "--config", "configs/synthetic.yaml",
+               "--out", str(out)] + _sets())
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| mba **(this run)** |" in printed and "aux_memory_click" in printed
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["selected_on"] == "valid" and m["model"] == "mba"
+    assert set(m["test"]) >= {"recall@10", "recall@20", "ndcg@10", "ndcg@20"}
+    assert 0.0 <= m["test"]["recall@20"] <= 1.0 and "truth" in m
+    assert set(m["baselines"]) == {"mba", "mf_purchase", "mf_click", "mf_merged", "mostpop",
+                                   "aux_memory_click"}
+    for name in ("pre_f", "pre_g", "mf_merged", "mba"):
+        assert (out / "checkpoints" / f"{name}.pt").is_file()
+    stages = [json.loads(line)["stage"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert stages.count("mba") == 3 and stages.count("pre_f") == 3
+    # resolved config round-trips, with the overrides applied
+    cfg = C.load_config(out / "config.yaml")
+    assert cfg.optim.mode == "adagrad" and cfg.data.aux == "click" and cfg.mba.c1 == 10
+
+    # recommendations: raw ids, top-20 per test user, no known purchase recommended
+    rec = pq.read_table(out / "recommendations.parquet").to_pandas()
+    ds = Dataset(tiny_dataset)
+    test_users = np.unique(ds.pairs("test", "purchase").users)
+    assert set(rec["user"]) == set(test_users)
+    assert rec.groupby("user")["rank"].max().max() == 20
+    known = set(zip(ds.pairs("train", "purchase").users, ds.pairs("train", "purchase").items))
+    known |= set(zip(ds.pairs("valid", "purchase").users, ds.pairs("valid", "purchase").items))
+    assert not any((u, i) in known for u, i in zip(rec["user"], rec["item"]))
+    assert (rec.sort_values(["user", "rank"]).groupby("user")["score"].diff().dropna() <= 0).all()
+
+    # recommend for chosen users
+    rc = main(["recommend", "--run", str(out), "--users", "3,5", "--k", "4"])
+    assert rc == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 8 and {ln.split("\t")[0] for ln in lines} == {"3", "5"}
+    assert main(["recommend", "--run", str(out), "--users", "99999"]) == 2
+    assert "unknown user id" in capsys.readouterr().err
+
+    # a finished run is never overwritten by accident
+    assert main(["run", "--data", str(tiny_dataset), "--out", str(out)] + _sets()) == 2
+    assert "holds a finished run" in capsys.readouterr().err
+
+
+def test_run_mf_baseline_with_test_selection_is_labelled(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "mf"
+    rc = main(["run", "--data", str(tiny_dataset), "--model", "mf", "--out", str(out)]
+              + _sets("train.select_on=test", "data.aux=click"))
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["selected_on"].startswith("test (authors' protocol")
+    assert m["valid"] is None
+    assert "reproduction only" in capsys.readouterr().out
+
+
+def test_run_torchrec_backend(tiny_dataset, tmp_path):
+    out = tmp_path / "trec"
+    rc = main(["run", "--data", str(tiny_dataset), "--config", "configs/synthetic.yaml",
+               "--out", str(out)] + _sets("model.backend=torchrec", "train.merged_baseline=false",
+                                          "optim.mode=rowwise_adagrad"))
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["stages"]["mba"]["triples"] > 0
+
+
+def test_config_errors(tmp_path, tiny_dataset, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mba:\n  alfa: 3\n")
+    with pytest.raises(C.ConfigError, match=r"bad\.yaml: unknown key 'mba\.alfa'"):
+        C.load_config(bad)
+    with pytest.raises(C.ConfigError, match="must be one of"):
+        C.load_config(None, ["optim.mode=adam"])
+    with pytest.raises(C.ConfigError, match="must be a number"):
+        C.load_config(None, ["mba.alpha=lots"])
+    with pytest.raises(C.ConfigError, match="does not exist"):
+        C.load_config(tmp_path / "missing.yaml")
+    with pytest.raises(C.ConfigError, match="not a fused torchrec kernel"):
+        C.load_config(None, ["model.backend=torchrec", "optim.mode=sparse_adam"])
+    assert main(["run", "--data", str(tiny_dataset), "--config", str(bad), "--out",
+                 str(tmp_path / "r")]) == 2
+    assert "unknown key 'mba.alfa'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    assert main(["run", "--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "r")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    for p in sorted(Path("configs").glob("*.yaml")):
+        C.load_config(p)
+
+
+def test_missing_checkpoint_is_a_clear_error(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--data", str(tiny_dataset), "--model", "mf", "--out", str(out)]
+                + _sets("data.aux=click")) == 0
+    (out / "checkpoints" / "mf_target.pt").unlink()
+    assert main(["recommend", "--run", str(out)]) == 2
+    assert "mf_target.pt does not exist" in capsys.readouterr().err

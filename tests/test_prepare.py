@@ -1,0 +1,175 @@
+"""`mba-dist prepare`: formats, id mapping, validation carving, and malformed inputs."""
+import gzip
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from data_prep.prepare import PrepareSpec, carve_valid, parse_source, prepare
+from data_prep.readers import RawInputError, read_pairs
+from mba_dist.cli import main
+from mba_dist.dataset import Dataset
+
+
+def write(path, text, gz=False):
+    data = text.encode()
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+def spec(tmp_path, files):
+    sources = [parse_source(split, f"{b}={p}") for (split, b), p in files.items()]
+    return PrepareSpec(out=tmp_path / "ds", sources=sources, valid_fraction=0.0)
+
+
+def test_formats_all_read_the_same_pairs(tmp_path):
+    want = (["1", "1", "2"], ["10", "11", "10"])
+    files = [
+        write(tmp_path / "a.tsv", "uid\tsid\n1\t10\n1\t11\n2\t10\n"),
+        write(tmp_path / "b.csv", "user,item\n1,10\n1,11\n2,10\n"),
+        write(tmp_path / "c.txt", "1 10\n1 11\n\n2 10\n"),
+        write(tmp_path / "d.tsv.gz", "1\t10\n1\t11\n2\t10\n", gz=True),
+        write(tmp_path / "e.csv", "1,10,extra\n1,11,x\n2,10,y\n"),
+    ]
+    pq.write_table(pa.table({"user": [1, 1, 2], "item": [10, 11, 10]}), tmp_path / "f.parquet")
+    files.append(tmp_path / "f.parquet")
+    for f in files:
+        u, i = read_pairs(f)
+        assert (list(u), list(i)) == want, f
+
+
+def test_string_ids_dense_maps_duplicates_and_raw_ids_roundtrip(tmp_path):
+    tr = write(tmp_path / "buy.tsv", "u\ti\nalice\tx\nalice\tx\nbob\ty\ncarol\tz\n")
+    cart = write(tmp_path / "cart.tsv", "alice\ty\nbob\tz\nbob\ty\n")
+    te = write(tmp_path / "test.tsv", "alice\tz\ndave\tx\n")
+    meta = prepare(spec(tmp_path, {("train", "purchase"): tr, ("train", "cart"): cart,
+                                     ("test", "purchase"): te}), log=lambda m: None)
+    assert meta["num_users"] == 4 and meta["num_items"] == 3
+    assert meta["splits"]["train"]["purchase"]["duplicates_dropped"] == 1
+    assert meta["splits"]["train"]["purchase"]["rows"] == 3
+    ds = Dataset(tmp_path / "ds")
+    p = ds.pairs("train", "purchase")
+    assert list(ds.raw_ids("user", p.users)) == ["alice", "bob", "carol"]
+    assert list(ds.raw_ids("item", p.items)) == ["x", "y", "z"]
+    assert list(ds.dense_ids("user", ["dave", "alice"])) == [3, 0]
+    with pytest.raises(ValueError, match="unknown user id.*zed"):
+        ds.dense_ids("user", ["zed"])
+    assert len(meta["sources"][0]["sha256"]) == 64
+
+
+def test_integer_ids_keep_numeric_order(tmp_path):
+    tr = write(tmp_path / "buy.txt", "10 2\n2 10\n")
+    te = write(tmp_path / "test.txt", "1 2\n")
+    prepare(spec(tmp_path, {("train", "purchase"): tr, ("test", "purchase"): te}), log=lambda m: None)
+    ds = Dataset(tmp_path / "ds")
+    assert list(ds.raw_ids("user", np.arange(3))) == [1, 2, 10]  # numeric, not "1","10","2"
+
+
+def test_valid_carved_per_user_seeded_and_keeps_a_train_pair():
+    users = np.repeat(np.arange(200), np.arange(200) % 7 + 1)
+    items = np.arange(len(users))
+    a_tr, a_va = carve_valid(users, items, 0.3, seed=5)
+    b_tr, b_va = carve_valid(users, items, 0.3, seed=5)
+    assert (a_va == b_va).all()
+    assert abs(a_va.mean() - 0.3) < 0.05
+    assert set(users[a_tr]) == set(users)  # nobody loses all train pairs
+
+
+def test_valid_file_used_when_given(tmp_path):
+    tr = write(tmp_path / "tr.txt", "1 1\n1 2\n2 1\n")
+    va = write(tmp_path / "va.txt", "1 3\n")
+    te = write(tmp_path / "te.txt", "2 3\n")
+    meta = prepare(spec(tmp_path, {("train", "purchase"): tr, ("valid", "purchase"): va,
+                                     ("test", "purchase"): te}), log=lambda m: None)
+    assert meta["valid_protocol"]["source"] == "file"
+    assert meta["splits"]["valid"]["purchase"]["rows"] == 1
+
+
+# ---- malformed inputs: each must fail with the file, the line and the problem ----------------
+BAD_TEXT = [
+    ("one_col.tsv", "uid\tsid\n1\t2\n3\n", r"one_col\.tsv: line 3: expected at least 2 columns"),
+    ("empty.tsv", "", r"empty\.tsv: no rows"),
+    ("header_only.csv", "user,item\n", r"header_only\.csv: no rows"),
+    ("empty_field.csv", "1,2\n,5\n", r"empty_field\.csv: line 2: empty user id"),
+    ("empty_item.csv", "1,2\n4,\n", r"empty_item\.csv: line 2: empty item id"),
+]
+
+
+@pytest.mark.parametrize("name,text,msg", BAD_TEXT)
+def test_malformed_text(tmp_path, name, text, msg):
+    with pytest.raises(RawInputError, match=msg):
+        read_pairs(write(tmp_path / name, text))
+
+
+def test_binary_file(tmp_path):
+    p = tmp_path / "bin.tsv"
+    p.write_bytes(b"1\t2\n\xff\xfe\x00\x81\n")
+    with pytest.raises(RawInputError, match=r"bin\.tsv: line 2: not UTF-8"):
+        read_pairs(p)
+
+
+def test_corrupt_gzip(tmp_path):
+    p = tmp_path / "bad.tsv.gz"
+    text = "".join(f"{u}\t{u * 7919 % 1000}\n" for u in range(5000)).encode()
+    p.write_bytes(gzip.compress(text)[:200])  # cut in the middle of the deflate stream
+    with pytest.raises(RawInputError, match=r"bad\.tsv\.gz: cannot read"):
+        read_pairs(p)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(RawInputError, match=r"nope\.csv: file does not exist"):
+        read_pairs(tmp_path / "nope.csv")
+
+
+def test_parquet_wrong_columns_and_nulls(tmp_path):
+    pq.write_table(pa.table({"a": [1], "b": [2], "c": [3]}), tmp_path / "x.parquet")
+    with pytest.raises(RawInputError, match=r"x\.parquet: Parquet needs columns"):
+        read_pairs(tmp_path / "x.parquet")
+    pq.write_table(pa.table({"user": [1, None], "item": [2, 3]}), tmp_path / "n.parquet")
+    with pytest.raises(RawInputError, match=r"n\.parquet: row 2: empty user id"):
+        read_pairs(tmp_path / "n.parquet")
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(RawInputError, match=r"junk\.parquet: not a readable Parquet"):
+        read_pairs(tmp_path / "junk.parquet")
+
+
+def test_bad_specs(tmp_path):
+    tr = write(tmp_path / "tr.txt", "1 1\n")
+    te = write(tmp_path / "te.txt", "1 2\n")
+    with pytest.raises(RawInputError, match="expected BEHAVIOR=FILE"):
+        parse_source("train", str(tr))
+    with pytest.raises(RawInputError, match="behavior name"):
+        parse_source("train", f"1bad={tr}")
+    with pytest.raises(RawInputError, match="--target 'purchase' has no --train file"):
+        prepare(spec(tmp_path, {("train", "cart"): tr, ("test", "purchase"): te}))
+    with pytest.raises(RawInputError, match="no --test purchase=FILE"):
+        prepare(spec(tmp_path, {("train", "purchase"): tr}))
+    with pytest.raises(RawInputError, match="only the target behavior"):
+        prepare(spec(tmp_path, {("train", "purchase"): tr, ("test", "cart"): te}))
+    s = spec(tmp_path, {("train", "purchase"): tr, ("test", "purchase"): te})
+    s.valid_fraction = 1.5
+    with pytest.raises(RawInputError, match="--valid-fraction"):
+        prepare(s)
+
+
+def test_failed_prepare_leaves_nothing_and_keeps_existing_output(tmp_path, capsys):
+    tr = write(tmp_path / "tr.txt", "1 1\n2 2\n")
+    te = write(tmp_path / "te.txt", "1 2\n")
+    bad = write(tmp_path / "bad.txt", "1 2\n3\n")
+    out = tmp_path / "ds"
+    args = ["prepare", "--out", str(out), "--train", f"purchase={tr}", "--test", f"purchase={te}"]
+    assert main(args) == 0
+    before = (out / "meta.json").read_text()
+    # An existing dataset is not replaced without --overwrite...
+    assert main(args) == 2
+    assert "already exists" in capsys.readouterr().err
+    # ...and a failing --overwrite leaves the old one intact and no temporary directory behind.
+    assert main(["prepare", "--out", str(out), "--overwrite", "--train", f"purchase={tr}",
+                 "--train", f"cart={bad}", "--test", f"purchase={te}"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.txt: line 2" in err
+    assert (out / "meta.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.txt", "ds", "te.txt", "tr.txt"]
+    assert json.loads(before)["num_users"] == 2
