@@ -4,8 +4,11 @@
         --train purchase=buy_train.csv --train cart=cart.csv.gz --test purchase=buy_test.csv \\
         [--valid purchase=buy_valid.csv | --valid-fraction 0.1] [--seed 0]
 
-A behavior may be given several files (`--train click=pv.csv --train click=buy_train.csv` builds
-click = the union). Raw ids (integers or strings) are mapped to dense ids over all files
+A behavior may be given several files (`--train click=pv.csv --train click=other.csv` builds
+click = the union). `--train click=@purchase` adds the target's *train* pairs (after the
+validation carve) to click: a click log known to contain every train purchase (Taobao's
+click = pv_test ∪ buy_train) must not contain the purchases held out for validation, or
+validation would see them as clicks while the test purchases are not. Raw ids (integers or strings) are mapped to dense ids over all files
 (integers keep their numeric order, so already-dense ids map to themselves); the maps are saved.
 Duplicate pairs are dropped and counted. With no validation file, a validation split is carved
 from the target train pairs per user (seeded; every user keeps at least one train pair).
@@ -33,7 +36,8 @@ _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 class Source:
     split: str
     behavior: str
-    path: Path
+    path: Path | None  # None: a reference to the train pairs of behavior `ref`
+    ref: str | None = None
 
 
 @dataclass
@@ -55,6 +59,10 @@ def parse_source(split: str, spec: str) -> Source:
     if not _NAME_RE.match(name):
         raise RawInputError(f"--{split} {spec!r}: behavior name {name!r} must be letters, digits, "
                             "_ or -, starting with a letter")
+    if path.startswith("@"):
+        if split != "train":
+            raise RawInputError(f"--{split} {spec!r}: @BEHAVIOR references are for --train only")
+        return Source(split, name, None, ref=path[1:])
     return Source(split, name, Path(path))
 
 
@@ -120,9 +128,18 @@ def prepare(spec: PrepareSpec, log=print) -> dict:
     if "test" not in by_split:
         raise RawInputError(f"no --test {spec.target}=FILE given")
 
+    refs = [s for s in spec.sources if s.ref is not None]
+    for s in refs:
+        if s.ref != spec.target or s.behavior == spec.target:
+            raise RawInputError(f"--train {s.behavior}=@{s.ref}: only the target's train pairs "
+                                f"(@{spec.target}) can be added to another behavior")
     raw: list[tuple[Source, np.ndarray, np.ndarray]] = []
     sources_meta = []
     for s in spec.sources:
+        if s.ref is not None:
+            sources_meta.append({"split": s.split, "behavior": s.behavior,
+                                 "reference": f"train pairs of {s.ref} after the validation carve"})
+            continue
         log(f"reading {s.split}/{s.behavior}: {s.path}")
         u, i = read_pairs(s.path, spec.header)
         raw.append((s, u, i))
@@ -150,6 +167,10 @@ def prepare(spec: PrepareSpec, log=print) -> dict:
         merged[("valid", spec.target)] = (tu[val], ti[val])
         valid_protocol = {"source": "carved from target train pairs, per user",
                           "fraction": spec.valid_fraction, "seed": spec.seed}
+    for s in refs:  # @target references resolve to the target's final train pairs
+        tu, ti = merged[("train", spec.target)]
+        ou, oi = merged.get(("train", s.behavior), (np.zeros(0, np.int64), np.zeros(0, np.int64)))
+        merged[("train", s.behavior)] = dedup_sorted(np.r_[ou, tu], np.r_[oi, ti], n_items)
 
     splits_meta: dict[str, dict] = {}
     with atomic_dir(spec.out, overwrite=spec.overwrite) as tmp:

@@ -124,6 +124,11 @@ def _coerce(value: Any, tp: Any, key: str, origin: str) -> Any:
             raise ConfigError(f"{origin}: {key} must be an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "3e-3" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{origin}: {key} must be a number, got {value!r}")
         return float(value)

@@ -22,6 +22,7 @@ trains, so off-phase models and their optimizer state cannot move, whatever the 
 """
 from __future__ import annotations
 
+import hashlib
 from enum import Enum
 from typing import Iterable
 
@@ -49,8 +50,8 @@ ENTITIES = ("user", "item")
 def init_weights(num: int, dim: int, std: float, seed: int, model: str, entity: str) -> torch.Tensor:
     """N(0, std) weights from a generator keyed by (seed, model, entity): the same on every
     backend and rank, so runs differ only by what they compute, not how they were initialised."""
-    key = f"{seed}/{model}/{entity}".encode()
-    g = torch.Generator().manual_seed(int.from_bytes(__import__("hashlib").sha256(key).digest()[:8], "little") >> 1)
+    digest = hashlib.sha256(f"{seed}/{model}/{entity}".encode()).digest()
+    g = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
     return torch.randn(num, dim, generator=g) * std
 
 

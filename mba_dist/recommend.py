@@ -71,4 +71,4 @@ def write_table(path: Path, table: pa.Table) -> None:
 
 def known_target_mask(cfg: C.Config, ds: Dataset) -> CSR:
     """Every known train purchase of each user (train + validation pairs): never recommended."""
-    return TrainData.load(ds, cfg).test_mask()
+    return TrainData.load(ds, cfg).test_mask

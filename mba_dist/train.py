@@ -16,6 +16,7 @@ import json
 import time
 import zlib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -69,7 +70,9 @@ class TrainData:
         return cls(ds.num_users, ds.num_items, target, aux, valid, ds.pairs("test", tgt), truth,
                    CSR(target, ds.num_users))
 
+    @cached_property
     def test_mask(self) -> CSR:
+        """All known target pairs (train + validation): masked in test rankings."""
         known = [self.target] + ([self.valid] if self.valid is not None else [])
         return CSR(merge_pairs(known, self.num_items), self.num_users)
 
@@ -118,7 +121,7 @@ class Trainer:
 
     def _selection(self) -> tuple[Pairs, CSR, str]:
         if self.cfg.train.select_on == "test":
-            return self.data.test, self.data.test_mask(), "test"
+            return self.data.test, self.data.test_mask, "test"
         return self.data.valid, self.data.mask, "valid"
 
     def _select_metrics(self, scorer: Scorer) -> dict[str, float]:
@@ -296,18 +299,46 @@ def load_checkpoint(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         raise ValueError(f"checkpoint {path} is not readable ({type(e).__name__}: {e})") from None
 
 
-def reuse_pretrained(run: Path, merged: bool) -> dict[str, StageResult]:
-    """Stage-1 results of an earlier run (`pretrain.from_run`), weights from its checkpoints."""
+class _SavedStages(dict):
+    """Stage results by name; each is checkpointed as soon as it is stored, so a later failure
+    never loses a finished stage (and `pretrain.from_run` can use a run still in progress)."""
+
+    def __init__(self, ckpt_dir: Path, cfg: C.Config):
+        super().__init__()
+        self.ckpt_dir, self.cfg = ckpt_dir, cfg
+
+    def __setitem__(self, name: str, st: StageResult) -> None:
+        save_checkpoint(self.ckpt_dir / f"{name}.pt", st, self.cfg)
+        super().__setitem__(name, st)
+
+    def update(self, other: dict) -> None:
+        for k, v in other.items():
+            self[k] = v
+
+
+def reuse_pretrained(run: Path, cfg: C.Config) -> dict[str, StageResult]:
+    """Stage-1 results of an earlier run (`pretrain.from_run`), weights from its checkpoints.
+
+    pre_f is reused when the earlier run had the same target; pre_g and mf_merged only when it
+    also had the same auxiliary behavior (otherwise the caller trains them).
+    """
     ckpt = run / "checkpoints"
-    names = ["pre_f", "pre_g"] + (["mf_merged"] if merged and (ckpt / "mf_merged.pt").is_file() else [])
+    earlier_cfg = C.load_config(run / "config.yaml")
+    if earlier_cfg.data.target != cfg.data.target:
+        raise C.ConfigError(f"pretrain.from_run {run}: target {earlier_cfg.data.target!r} differs "
+                            f"from data.target {cfg.data.target!r}")
+    names = ["pre_f"]
+    if earlier_cfg.data.aux == cfg.data.aux:
+        names.append("pre_g")
+        if cfg.train.merged_baseline and (ckpt / "mf_merged.pt").is_file():
+            names.append("mf_merged")
     metrics_path = run / "metrics.json"
     earlier = json.loads(metrics_path.read_text())["stages"] if metrics_path.is_file() else {}
     out = {}
     for n in names:
-        weights = load_checkpoint(ckpt / f"{n}.pt")
         info = earlier.get(n, {})
-        out[n] = StageResult(n, weights, info.get("best_epoch", -1), info.get("selection", {}),
-                             0, 0.0, 0)
+        out[n] = StageResult(n, load_checkpoint(ckpt / f"{n}.pt"), info.get("best_epoch", -1),
+                             info.get("selection", {}), 0, 0.0, 0)
     return out
 
 
@@ -322,7 +353,7 @@ def run_training(cfg: C.Config, data_dir: str | Path, out_dir: str | Path,
     ds = Dataset(data_dir)
     data = TrainData.load(ds, cfg)
     tr = Trainer(cfg, data, out, progress)
-    stages: dict[str, StageResult] = {}
+    stages = _SavedStages(out / "checkpoints", cfg)
     scorers: dict[str, Scorer] = {}
     t0 = time.perf_counter()
     target_name = f"mf_{cfg.data.target}"
@@ -340,9 +371,10 @@ def run_training(cfg: C.Config, data_dir: str | Path, out_dir: str | Path,
     else:
         merged = merge_pairs([data.target, data.aux], data.num_items)
         if cfg.pretrain.from_run:
-            stages.update(reuse_pretrained(Path(cfg.pretrain.from_run), cfg.train.merged_baseline))
-        else:
+            stages.update(reuse_pretrained(Path(cfg.pretrain.from_run), cfg))
+        if "pre_f" not in stages:
             stages["pre_f"] = tr.fit_bpr(Model.PRE_F.value, data.target, data.target)
+        if "pre_g" not in stages:
             stages["pre_g"] = tr.fit_bpr(Model.PRE_G.value, data.aux, data.aux)
             if cfg.train.merged_baseline:
                 stages["mf_merged"] = tr.fit_bpr("mf_merged", merged, merged)
@@ -355,12 +387,10 @@ def run_training(cfg: C.Config, data_dir: str | Path, out_dir: str | Path,
         scorers[f"mf_{cfg.data.aux}"] = mf_scorer(pre_g)
         if "mf_merged" in stages:
             scorers["mf_merged"] = mf_scorer(stages["mf_merged"].weights["mf_merged"])
-    for name, st in stages.items():
-        save_checkpoint(out / "checkpoints" / f"{name}.pt", st, cfg)
     wall = time.perf_counter() - t0
 
     # The test set is read here, once, for the selected epochs.
-    test_mask = data.test_mask()
+    test_mask = data.test_mask
     pop = popularity(data.target, data.num_items)
     scorers["mostpop"] = MemoryScorer(pop)
     if data.aux is not None:

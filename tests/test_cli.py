@@ -121,3 +121,21 @@ def test_missing_checkpoint_is_a_clear_error(tiny_dataset, tmp_path, capsys):
     (out / "checkpoints" / "mf_target.pt").unlink()
     assert main(["recommend", "--run", str(out)]) == 2
     assert "mf_target.pt does not exist" in capsys.readouterr().err
+
+
+def test_pretrained_models_reused_from_an_earlier_run(tiny_dataset, tmp_path):
+    first = tmp_path / "first"
+    assert main(["run", "--data", str(tiny_dataset), "--config", "configs/synthetic.yaml",
+                 "--out", str(first)] + _sets()) == 0
+    second = tmp_path / "second"
+    assert main(["run", "--data", str(tiny_dataset), "--config", "configs/synthetic.yaml",
+                 "--out", str(second)] + _sets(f"pretrain.from_run={first}")) == 0
+    stages = {json.loads(line)["stage"] for line in (second / "log.jsonl").read_text().splitlines()}
+    assert stages == {"mba"}  # nothing pretrained again
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (first, second))
+    # the reused stage-1 models give the same baseline rows
+    assert a["baselines"]["mf_click"] == b["baselines"]["mf_click"]
+    # a config that cannot reuse them is refused before anything is trained
+    third = tmp_path / "third"
+    assert main(["run", "--data", str(tiny_dataset), "--config", "configs/synthetic.yaml",
+                 "--out", str(third)] + _sets(f"pretrain.from_run={first}", "data.aux=purchase")) == 2

@@ -173,3 +173,27 @@ def test_failed_prepare_leaves_nothing_and_keeps_existing_output(tmp_path, capsy
     assert (out / "meta.json").read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.txt", "ds", "te.txt", "tr.txt"]
     assert json.loads(before)["num_users"] == 2
+
+
+def test_target_reference_adds_train_pairs_after_the_carve(tmp_path):
+    rows = "".join(f"{u} {i}\n" for u in range(30) for i in range(u % 5 + 4))
+    tr = write(tmp_path / "tr.txt", rows)
+    pv = write(tmp_path / "pv.txt", "0 100\n1 101\n")
+    te = write(tmp_path / "te.txt", "0 99\n")
+    s = PrepareSpec(out=tmp_path / "ds", sources=[
+        parse_source("train", f"purchase={tr}"), parse_source("train", f"click={pv}"),
+        parse_source("train", "click=@purchase"), parse_source("test", f"purchase={te}")],
+        valid_fraction=0.3)
+    prepare(s, log=lambda m: None)
+    ds = Dataset(tmp_path / "ds")
+    n = ds.num_items
+    keys = {name: set((p.users * n + p.items).tolist()) for name, p in (
+        ("train", ds.pairs("train", "purchase")), ("valid", ds.pairs("valid", "purchase")),
+        ("click", ds.pairs("train", "click")))}
+    assert keys["valid"] and keys["train"] <= keys["click"]
+    assert not (keys["valid"] & keys["click"])  # held-out purchases are not clicks
+    assert len(keys["click"]) == len(keys["train"]) + 2
+    with pytest.raises(RawInputError, match="only the target's train pairs"):
+        prepare(PrepareSpec(out=tmp_path / "x", sources=[
+            parse_source("train", f"purchase={tr}"), parse_source("train", "click=@cart"),
+            parse_source("test", f"purchase={te}")]))
