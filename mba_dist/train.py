@@ -299,23 +299,6 @@ def load_checkpoint(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         raise ValueError(f"checkpoint {path} is not readable ({type(e).__name__}: {e})") from None
 
 
-class _SavedStages(dict):
-    """Stage results by name; each is checkpointed as soon as it is stored, so a later failure
-    never loses a finished stage (and `pretrain.from_run` can use a run still in progress)."""
-
-    def __init__(self, ckpt_dir: Path, cfg: C.Config):
-        super().__init__()
-        self.ckpt_dir, self.cfg = ckpt_dir, cfg
-
-    def __setitem__(self, name: str, st: StageResult) -> None:
-        save_checkpoint(self.ckpt_dir / f"{name}.pt", st, self.cfg)
-        super().__setitem__(name, st)
-
-    def update(self, other: dict) -> None:
-        for k, v in other.items():
-            self[k] = v
-
-
 def reuse_pretrained(run: Path, cfg: C.Config) -> dict[str, StageResult]:
     """Stage-1 results of an earlier run (`pretrain.from_run`), weights from its checkpoints.
 
@@ -353,7 +336,14 @@ def run_training(cfg: C.Config, data_dir: str | Path, out_dir: str | Path,
     ds = Dataset(data_dir)
     data = TrainData.load(ds, cfg)
     tr = Trainer(cfg, data, out, progress)
-    stages = _SavedStages(out / "checkpoints", cfg)
+    stages: dict[str, StageResult] = {}
+
+    def keep(name: str, st: StageResult) -> None:
+        # Checkpointed as soon as it exists: a later failure never loses a finished stage, and
+        # `pretrain.from_run` can use a run still in progress.
+        save_checkpoint(out / "checkpoints" / f"{name}.pt", st, cfg)
+        stages[name] = st
+
     scorers: dict[str, Scorer] = {}
     t0 = time.perf_counter()
     target_name = f"mf_{cfg.data.target}"
@@ -365,22 +355,23 @@ def run_training(cfg: C.Config, data_dir: str | Path, out_dir: str | Path,
             raise C.ConfigError("mf_train_on: aux/all needs data.aux")
         name = f"mf_{cfg.mf_train_on}"
         st = tr.fit_bpr(name, train_on, train_on)
-        stages[name] = st
+        keep(name, st)
         main_name = name
         scorers[name] = mf_scorer(st.weights[name])
     else:
-        merged = merge_pairs([data.target, data.aux], data.num_items)
         if cfg.pretrain.from_run:
-            stages.update(reuse_pretrained(Path(cfg.pretrain.from_run), cfg))
+            for name, st in reuse_pretrained(Path(cfg.pretrain.from_run), cfg).items():
+                keep(name, st)
         if "pre_f" not in stages:
-            stages["pre_f"] = tr.fit_bpr(Model.PRE_F.value, data.target, data.target)
+            keep("pre_f", tr.fit_bpr(Model.PRE_F.value, data.target, data.target))
         if "pre_g" not in stages:
-            stages["pre_g"] = tr.fit_bpr(Model.PRE_G.value, data.aux, data.aux)
+            keep("pre_g", tr.fit_bpr(Model.PRE_G.value, data.aux, data.aux))
             if cfg.train.merged_baseline:
-                stages["mf_merged"] = tr.fit_bpr("mf_merged", merged, merged)
+                merged = merge_pairs([data.target, data.aux], data.num_items)
+                keep("mf_merged", tr.fit_bpr("mf_merged", merged, merged))
         pre_f = stages["pre_f"].weights[Model.PRE_F.value]
         pre_g = stages["pre_g"].weights[Model.PRE_G.value]
-        stages["mba"] = tr.fit_mba(pre_f, pre_g)
+        keep("mba", tr.fit_mba(pre_f, pre_g))
         main_name = "mba"
         scorers["mba"] = mba_scorer(stages["mba"].weights[Model.T.value], pre_f, cfg.mba.beta)
         scorers[target_name] = mf_scorer(pre_f)

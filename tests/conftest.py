@@ -1,9 +1,10 @@
 import os
 
-# Keep every socket of tests on loopback and the 2-core CI machine uncontended.
-os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+from mba_dist.ray_train import LOOPBACK_ENV  # noqa: E402  (imports no Ray)
+
+# Keep every socket of tests on loopback (set before anything imports ray).
+for _k, _v in LOOPBACK_ENV.items():
+    os.environ.setdefault(_k, _v)
 
 import pytest  # noqa: E402
 
