@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import pickle
 import socket
+import tempfile
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -28,3 +30,30 @@ def local_process_group() -> Iterator[None]:
         yield
     finally:
         dist.destroy_process_group()
+
+
+def _rank_entry(rank: int, fn, world: int, port: int, args: tuple, out_dir: str) -> None:
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    try:
+        result = fn(*args)
+    finally:
+        dist.destroy_process_group()
+    with open(os.path.join(out_dir, f"{rank}.pkl"), "wb") as f:
+        pickle.dump(result, f)
+
+
+def run_local_ranks(fn, world: int, *args) -> list:
+    """Run `fn(*args)` in `world` fresh processes joined in a gloo group on loopback; returns
+    the results by rank. `fn` must be importable (a module-level function)."""
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as out_dir:
+        mp.start_processes(_rank_entry, args=(fn, world, free_loopback_port(), args, out_dir),
+                           nprocs=world, start_method="spawn")
+        results = []
+        for r in range(world):
+            with open(os.path.join(out_dir, f"{r}.pkl"), "rb") as f:
+                results.append(pickle.load(f))
+        return results

@@ -1,8 +1,25 @@
-"""Full-ranking evaluation and top-N export, chunked over users and items.
+"""Full-ranking evaluation and top-N export: exact, distributed over ranks, bounded in memory.
 
-For each chunk of users and each chunk of items: scores by matrix product, the user's target
-train items masked (CSR, never a dense user x item mask), and a running top-K merged across item
-chunks. Memory is bounded by `memory_mb` (one score chunk plus top-K buffers).
+Layout of one evaluation (W ranks, E users with at least one evaluation item, I items):
+
+    users, in blocks of W*b:  [ block 0 ........ | block 1 ........ | ... ]   same on every rank
+    rank r scores block[r::W] (b users) against item chunks [lo, hi) of n items:
+        scores  = sum_k w_k * sigma(U_k[users] . I_k[lo:hi]^T)      one [b, n] buffer per part
+        scores[user's target train items] = -inf                    CSR cells, no dense mask
+        running top-K  <- merge(running top-K, top-K of the chunk)
+    Recall/NDCG sums and user counts: all-reduced (float64) at the end.
+
+Item and user factors come from a `Factors` source: local tensors (`LocalFactors`), or the
+torchrec shards (`torchrec_tables.ShardedFactors`), which assemble one item chunk (or one user
+block) at a time from the shards every rank holds; every rank therefore walks the same blocks
+and chunks, in the same order, whether or not it has users left in a block.
+
+Ties are broken by item id (lower first), in every chunking and on every rank, so the metrics do
+not depend on `memory_mb` or the number of ranks; they agree with a brute-force stable argsort
+exactly as long as the matrix product rounds a user's scores the same way in every batch shape.
+
+Chunk sizes follow `memory_mb`: the score buffers (`BYTES_PER_SCORE` per user x item cell) fit in
+it; the top-K buffers, the chunk's item factors and the CSR cells of the block are the overhead.
 
 Metrics (DESIGN §1), averaged over users with at least one evaluation item:
     Recall@K = |top-K  ∩  eval items of u| / |eval items of u|
@@ -10,62 +27,110 @@ Metrics (DESIGN §1), averaged over users with at least one evaluation item:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Protocol
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from mba_dist.dataset import CSR, Pairs
 from mba_dist.sampler import contains
 
 BYTES_PER_SCORE = 8  # two float32 score buffers (t and pre_f), per (user, item) cell
+MAX_ITEM_CHUNK = 1 << 16
+
+
+class Factors(Protocol):
+    """User and item factors of one MF model. With sharded tables both calls are collective:
+    every rank makes them with the same arguments."""
+
+    device: torch.device
+
+    def users(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows of `ids` [b] -> [b, d]."""
+
+    def items(self, lo: int, hi: int) -> torch.Tensor:
+        """Rows lo..hi-1 -> [hi-lo, d]."""
+
+
+@dataclass
+class LocalFactors:
+    """Factors held whole by this process (any device)."""
+
+    user: torch.Tensor
+    item: torch.Tensor
+
+    @property
+    def device(self) -> torch.device:
+        return self.item.device
+
+    def users(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.user[ids.to(self.user.device)]
+
+    def items(self, lo: int, hi: int) -> torch.Tensor:
+        return self.item[lo:hi]
+
+
+def as_factors(f) -> Factors:
+    """A (user, item) tensor pair or a `Factors` source."""
+    return LocalFactors(*f) if isinstance(f, (tuple, list)) else f
 
 
 class Scorer(Protocol):
-    def scores(self, users: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        """Scores of `users` [b] against items lo..hi-1; float32 [b, hi-lo]."""
+    device: torch.device
+
+    def set_users(self, block: torch.Tensor, mine: torch.Tensor) -> None:
+        """Start a user block (same on every rank); this rank scores `block[mine]`."""
+
+    def scores(self, lo: int, hi: int) -> torch.Tensor:
+        """Scores of this rank's users against items lo..hi-1; float32 [b, hi-lo], writable."""
 
 
 @dataclass
 class FactorScorer:
     """sum_k w_k * sigma(U_k[u] . I_k[i]), or the raw logit of one model when `raw=True`."""
 
-    parts: list[tuple[float, torch.Tensor, torch.Tensor]]
+    parts: list[tuple[float, Factors]]
     raw: bool = False
+    _users: list[torch.Tensor] = field(default_factory=list, init=False, repr=False)
+    _bufs: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self):
-        # Score chunks are written into reused buffers: a fresh [users, items] tensor per chunk
-        # costs as much in page faults as the matrix product itself (K = 32 is write-bound).
-        self._bufs: dict[tuple[int, int], list[torch.Tensor]] = {}
+        self.parts = [(w, as_factors(f)) for w, f in self.parts]
+        self.device = self.parts[0][1].device
+
+    def set_users(self, block: torch.Tensor, mine: torch.Tensor) -> None:
+        self._users = [f.users(block)[mine.to(self.device)] for _, f in self.parts]
 
     def _buffers(self, b: int, n: int) -> list[torch.Tensor]:
+        # Score chunks are written into reused buffers: a fresh [users, items] tensor per chunk
+        # costs as much in page faults as the matrix product itself (d = 32 is write-bound).
         if (b, n) not in self._bufs:
-            self._bufs = {(b, n): [torch.empty(b, n) for _ in self.parts[:2]]}
+            self._bufs = {(b, n): [torch.empty(b, n, device=self.device) for _ in self.parts[:2]]}
         return self._bufs[(b, n)]
 
-    def scores(self, users: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        bufs = self._buffers(len(users), hi - lo)
+    def scores(self, lo: int, hi: int) -> torch.Tensor:
+        bufs = self._buffers(len(self._users[0]), hi - lo)
         out = None
-        for k, (w, U, I) in enumerate(self.parts):
-            s = torch.mm(U[users], I[lo:hi].T, out=bufs[min(k, 1)])
+        for k, ((w, f), U) in enumerate(zip(self.parts, self._users)):
+            s = torch.mm(U, f.items(lo, hi).T, out=bufs[min(k, 1)])
             if not self.raw:
                 s = torch.sigmoid_(s).mul_(w)
             out = s if out is None else out.add_(s)
         return out
 
 
-def mba_scorer(t: tuple[torch.Tensor, torch.Tensor], pre_f: tuple[torch.Tensor, torch.Tensor],
-               beta: float) -> FactorScorer:
+def mba_scorer(t, pre_f, beta: float) -> FactorScorer:
     """score = beta * sigma(t) + (1 - beta) * sigma(pre_f) (paper Eq. 3)."""
-    parts = [(beta, *t)]
+    parts = [(beta, t)]
     if beta < 1.0:
-        parts.append((1.0 - beta, *pre_f))
+        parts.append((1.0 - beta, pre_f))
     return FactorScorer(parts)
 
 
-def mf_scorer(weights: tuple[torch.Tensor, torch.Tensor]) -> FactorScorer:
-    return FactorScorer([(1.0, *weights)], raw=True)  # sigma is monotone: same ranking
+def mf_scorer(weights) -> FactorScorer:
+    return FactorScorer([(1.0, weights)], raw=True)  # sigma is monotone: same ranking
 
 
 @dataclass
@@ -75,11 +140,15 @@ class MemoryScorer:
 
     popularity: torch.Tensor  # [num_items], in [0, 1)
     boost: CSR | None = None
+    device: torch.device = torch.device("cpu")
 
-    def scores(self, users: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        s = self.popularity[lo:hi].expand(len(users), hi - lo).clone()
+    def set_users(self, block: torch.Tensor, mine: torch.Tensor) -> None:
+        self._users = block[mine].numpy()
+
+    def scores(self, lo: int, hi: int) -> torch.Tensor:
+        s = self.popularity[lo:hi].expand(len(self._users), hi - lo).clone()
         if self.boost is not None:
-            rows, cols = _csr_cells(self.boost, users.numpy(), lo, hi)
+            rows, cols = _csr_cells(self.boost, self._users, lo, hi)
             s[rows, cols] += 1.0
         return s
 
@@ -101,48 +170,112 @@ def _csr_cells(csr: CSR, users: np.ndarray, lo: int, hi: int) -> tuple[np.ndarra
 
 
 def chunk_sizes(num_users: int, num_items: int, memory_mb: int) -> tuple[int, int]:
+    """(users per rank per block, items per chunk): one block's score buffers fit `memory_mb`."""
     budget = memory_mb * 2**20
-    item_chunk = min(num_items, 1 << 16)
+    item_chunk = max(1, min(num_items, MAX_ITEM_CHUNK))
     user_chunk = max(1, min(num_users, budget // (item_chunk * BYTES_PER_SCORE)))
     return user_chunk, item_chunk
 
 
+def _by_score_then_item(v: torch.Tensor, i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of (value, item) reordered by value descending, ties by item ascending."""
+    i, p = torch.sort(i, dim=1)
+    v = torch.gather(v, 1, p)
+    v, q = torch.sort(v, dim=1, descending=True, stable=True)
+    return v, torch.gather(i, 1, q)
+
+
+def chunk_top_k(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of each row of `s` [b, n] by (score desc, column asc), exactly.
+
+    `torch.topk` picks arbitrarily among equal scores at the k-th place; rows where the (k+1)-th
+    score equals the k-th take their k from every column scoring at least the k-th score.
+    """
+    b, n = s.shape
+    if k >= n:
+        return _by_score_then_item(s, torch.arange(n, device=s.device).expand(b, n))
+    v, i = torch.topk(s, k + 1, dim=1)
+    tied = (v[:, k] == v[:, k - 1]).nonzero().squeeze(1)
+    v, i = v[:, :k].contiguous(), i[:, :k].contiguous()
+    if len(tied):
+        # Candidates (row, col) come out of nonzero row-major, columns ascending; two stable
+        # sorts order them by (row, score desc, col asc); the first k of each row are kept.
+        sub = s[tied]
+        r, c = (sub >= v[tied, k - 1:k]).nonzero(as_tuple=True)
+        val = sub[r, c]
+        o = torch.sort(val, descending=True, stable=True).indices
+        r, c, val = r[o], c[o], val[o]
+        o = torch.sort(r, stable=True).indices
+        r, c, val = r[o], c[o], val[o]
+        counts = torch.bincount(r, minlength=len(tied))
+        pos = torch.arange(len(r), device=s.device) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        keep = pos < k
+        v[tied[r[keep]], pos[keep]] = val[keep]
+        i[tied[r[keep]], pos[keep]] = c[keep]
+    return _by_score_then_item(v, i)
+
+
+class RunningTopK:
+    """Top-k across item chunks visited in ascending item order, ties by item id."""
+
+    def __init__(self, b: int, k: int, device: torch.device):
+        self.k = k
+        self.values = torch.full((b, 0), -torch.inf, device=device)
+        self.items = torch.zeros((b, 0), dtype=torch.int64, device=device)
+
+    def push(self, s: torch.Tensor, lo: int) -> None:
+        v, i = chunk_top_k(s, self.k)
+        # Earlier chunks hold lower item ids: a stable sort of [kept | new] by score keeps ties
+        # in item order.
+        v, i = torch.cat([self.values, v], 1), torch.cat([self.items, i + lo], 1)
+        v, q = torch.sort(v, dim=1, descending=True, stable=True)
+        self.values, self.items = v[:, :self.k], torch.gather(i, 1, q[:, :self.k])
+
+
+def _rank_world(group) -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(group), dist.get_world_size(group)
+    return 0, 1
+
+
 def rank_top_k(scorer: Scorer, users: np.ndarray, k: int, mask: CSR | None, num_items: int,
-               memory_mb: int) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
-    """Yield (user chunk, top-k scores [b, k], top-k items [b, k]), masked items excluded."""
+               memory_mb: int, group=None) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+    """Yield (this rank's user chunk, top-k scores [b, k], top-k items [b, k]) on the CPU,
+    masked items excluded. `users` is the full list, the same on every rank."""
+    rank, world = _rank_world(group)
     k = min(k, num_items)
-    user_chunk, item_chunk = chunk_sizes(len(users), num_items, memory_mb)
-    for a in range(0, len(users), user_chunk):
-        uc = users[a:a + user_chunk]
-        ut = torch.from_numpy(uc)
-        best_v = torch.full((len(uc), 0), -torch.inf)
-        best_i = torch.zeros((len(uc), 0), dtype=torch.int64)
+    user_chunk, item_chunk = chunk_sizes(-(-len(users) // world), num_items, memory_mb)
+    block = user_chunk * world
+    dev = scorer.device
+    for a in range(0, len(users), block):
+        bu = users[a:a + block]
+        mine = np.arange(rank, len(bu), world)
+        uc = bu[mine]
+        scorer.set_users(torch.from_numpy(bu), torch.from_numpy(mine))
+        top = RunningTopK(len(uc), k, dev)
         for lo in range(0, num_items, item_chunk):
             hi = min(num_items, lo + item_chunk)
-            s = scorer.scores(ut, lo, hi)
+            s = scorer.scores(lo, hi)
             if mask is not None:
                 rows, cols = _csr_cells(mask, uc, lo, hi)
-                s[rows, cols] = -torch.inf
-            v, i = torch.topk(s, min(k, hi - lo), dim=1)
-            best_v = torch.cat([best_v, v], 1)
-            best_i = torch.cat([best_i, i + lo], 1)
-            if best_v.shape[1] > k:
-                best_v, idx = torch.topk(best_v, k, dim=1)
-                best_i = torch.gather(best_i, 1, idx)
-        yield uc, best_v, best_i
+                s[torch.from_numpy(rows).to(dev), torch.from_numpy(cols).to(dev)] = -torch.inf
+            top.push(s, lo)
+        yield uc, top.values.cpu(), top.items.cpu()
 
 
 def evaluate(scorer: Scorer, truth: Pairs, mask: CSR | None, num_users: int, num_items: int,
-             ks: tuple[int, ...] = (10, 20), memory_mb: int = 256) -> dict[str, float]:
-    """Recall@K and NDCG@K over users with at least one `truth` pair."""
+             ks: tuple[int, ...] = (10, 20), memory_mb: int = 256, group=None) -> dict[str, float]:
+    """Recall@K and NDCG@K over users with at least one `truth` pair; with a process group,
+    every rank ranks its share of the users and the sums are all-reduced."""
     n_truth = np.bincount(truth.users, minlength=num_users)
     users = np.flatnonzero(n_truth).astype(np.int64)
     keys = truth.keys(num_items)
     kmax = max(ks)
     discount = 1.0 / np.log2(np.arange(2, kmax + 2))
     cum_discount = np.r_[0.0, np.cumsum(discount)]
-    sums = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg")}
-    for uc, _, top in rank_top_k(scorer, users, kmax, mask, num_items, memory_mb):
+    names = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg")]
+    sums = dict.fromkeys(names, 0.0)
+    for uc, _, top in rank_top_k(scorer, users, kmax, mask, num_items, memory_mb, group):
         hits = contains(keys, (uc[:, None] * num_items + top.numpy()).ravel()).reshape(top.shape)
         n = n_truth[uc]
         for k in ks:
@@ -150,6 +283,9 @@ def evaluate(scorer: Scorer, truth: Pairs, mask: CSR | None, num_users: int, num
             sums[f"recall@{k}"] += float((h.sum(1) / n).sum())
             idcg = cum_discount[np.minimum(n, k)]
             sums[f"ndcg@{k}"] += float(((h * discount[:h.shape[1]]).sum(1) / idcg).sum())
-    out = {key: v / max(len(users), 1) for key, v in sums.items()}
+    total = torch.tensor([sums[n] for n in names], dtype=torch.float64)
+    if _rank_world(group)[1] > 1:
+        dist.all_reduce(total, group=group)
+    out = {n: float(v) / max(len(users), 1) for n, v in zip(names, total)}
     out["users"] = int(len(users))
     return out

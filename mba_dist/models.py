@@ -70,6 +70,10 @@ class TableGroup(nn.Module):
     def load(self, model: str, user: torch.Tensor, item: torch.Tensor) -> None:
         raise NotImplementedError
 
+    def factors(self, model: str):
+        """An `evaluate.Factors` source over the live tables of one model (no full copy)."""
+        raise NotImplementedError
+
     def full_tables(self, model: str) -> list[torch.Tensor]:
         """The autograd-visible whole tables of a model (dense optimizer mode only)."""
         raise NotImplementedError(f"{type(self).__name__} has no dense whole-table mode")
@@ -120,6 +124,10 @@ class TorchTableGroup(TableGroup):
         with torch.no_grad():
             self.tables[f"{model}_user"].weight.copy_(user)
             self.tables[f"{model}_item"].weight.copy_(item)
+
+    def factors(self, model: str):
+        from mba_dist.evaluate import LocalFactors
+        return LocalFactors(*(self.tables[f"{model}_{e}"].weight.detach() for e in ENTITIES))
 
     def full_tables(self, model: str) -> list[torch.Tensor]:
         return [self.tables[f"{model}_{e}"].weight for e in ENTITIES]

@@ -69,6 +69,7 @@ class TorchrecTableGroup(TableGroup):
         plan = planner.collective_plan(ebc, sharders, dist.GroupMember.WORLD)
         self.dmp = DistributedModelParallel(ebc, device=device, plan=plan, sharders=sharders)
         self.num_users, self.num_items, self.dim = num_users, num_items, dim
+        self.device = device
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         k, b, n = len(self.models), len(users), len(items)
@@ -91,16 +92,11 @@ class TorchrecTableGroup(TableGroup):
         return self.dmp.state_dict()[f"embedding_bags.{key}.weight"]
 
     def _full(self, key: str) -> torch.Tensor:
-        """The whole table on every rank: local shards placed at their offsets, then summed."""
-        st = self._sharded(key)
-        full = torch.zeros(self.sizes[key], self.dim)
-        for shard in st.local_shards():
-            r, c = shard.metadata.shard_offsets
-            h, w = shard.metadata.shard_sizes
-            full[r:r + h, c:c + w] = shard.tensor.detach().cpu()
-        if dist.get_world_size() > 1:
-            dist.all_reduce(full)
-        return full
+        """The whole table on every rank (checkpoints; the evaluator reads `factors` instead)."""
+        return ShardedFactors(self, key.rsplit("_", 1)[0]).rows(key, 0, self.sizes[key])
+
+    def factors(self, model: str) -> "ShardedFactors":
+        return ShardedFactors(self, model)
 
     def weights(self, model: str) -> tuple[torch.Tensor, torch.Tensor]:
         return tuple(self._full(f"{model}_{e}") for e in ENTITIES)
@@ -115,3 +111,44 @@ class TorchrecTableGroup(TableGroup):
 
     def optimizer_state(self) -> dict:
         return {} if self.frozen else self.dmp.fused_optimizer.state_dict()
+
+
+class ShardedFactors:
+    """`evaluate.Factors` read from the shards: every rank places the rows it holds into a
+    zeroed buffer and the buffers are summed, so a call materialises only the rows asked for
+    (one item chunk, one user block) beyond the plan's own shards. Collective: every rank calls
+    with the same arguments. Works for any sharding (table-, row- or column-wise)."""
+
+    def __init__(self, group: TorchrecTableGroup, model: str):
+        self.group, self.model = group, model
+        # gloo reduces CPU tensors; NCCL needs the buffers on the GPU.
+        nccl = dist.get_backend() == "nccl"
+        self.device = group.device if nccl else torch.device("cpu")
+
+    def _gather(self, key: str, n: int, place) -> torch.Tensor:
+        buf = torch.zeros(n, self.group.dim, device=self.device)
+        for shard in self.group._sharded(key).local_shards():
+            r, c = shard.metadata.shard_offsets
+            h, w = shard.metadata.shard_sizes
+            place(buf, shard.tensor.detach().to(self.device), r, h, slice(c, c + w))
+        if dist.get_world_size() > 1:
+            dist.all_reduce(buf)
+        return buf
+
+    def rows(self, key: str, lo: int, hi: int) -> torch.Tensor:
+        def place(buf, t, r, h, cols):
+            a, b = max(lo, r), min(hi, r + h)
+            if a < b:
+                buf[a - lo:b - lo, cols] = t[a - r:b - r]
+        return self._gather(key, hi - lo, place)
+
+    def items(self, lo: int, hi: int) -> torch.Tensor:
+        return self.rows(f"{self.model}_item", lo, hi)
+
+    def users(self, ids: torch.Tensor) -> torch.Tensor:
+        ids = ids.to(self.device)
+
+        def place(buf, t, r, h, cols):
+            sel = ((ids >= r) & (ids < r + h)).nonzero().squeeze(1)
+            buf[sel, cols] = t[ids[sel] - r]
+        return self._gather(f"{self.model}_user", len(ids), place)

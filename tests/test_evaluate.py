@@ -12,8 +12,13 @@ class DenseScorer:
     def __init__(self, s):
         self.s = torch.as_tensor(s, dtype=torch.float32)
 
-    def scores(self, users, lo, hi):
-        return self.s[users, lo:hi].clone()
+    device = torch.device("cpu")
+
+    def set_users(self, block, mine):
+        self.users = block[mine]
+
+    def scores(self, lo, hi):
+        return self.s[self.users, lo:hi].clone()
 
 
 def pairs(rows):
@@ -49,18 +54,28 @@ def test_idcg_uses_min_of_k_and_test_count():
     assert m["recall@20"] == pytest.approx(1.0)  # K beyond the catalog: every item is ranked
 
 
-@pytest.mark.parametrize("memory_mb", [0, 1, 64])
-def test_matches_brute_force_across_chunkings(memory_mb, monkeypatch):
-    import mba_dist.evaluate as ev
-
-    rng = np.random.default_rng(0)
-    U, I = 37, 150
-    s = rng.normal(size=(U, I)).astype(np.float32)
-    train_sets = [set(rng.choice(I, rng.integers(0, 30), replace=False)) for _ in range(U)]
+def random_case(seed: int, U: int = 37, I: int = 150, ties: bool = False):
+    """Scores, train/test item sets; with `ties`, integer scores in 0..3 (most ranks tie).
+    Some users have no train items, some more test items than K = 10."""
+    rng = np.random.default_rng(seed)
+    s = (rng.integers(0, 4, size=(U, I)) if ties else rng.normal(size=(U, I))).astype(np.float32)
+    train_sets = [set(rng.choice(I, rng.integers(0, 30), replace=False)) if u % 5 else set()
+                  for u in range(U)]
     test_sets = [set(rng.choice(sorted(set(range(I)) - tr), rng.integers(0, 25), replace=False))
                  for tr in train_sets]
+    assert any(len(t) > 10 for t in test_sets)
     train = pairs([(u, i) for u in range(U) for i in sorted(train_sets[u])])
     test = pairs([(u, i) for u in range(U) for i in sorted(test_sets[u])])
+    return s, train_sets, test_sets, train, test
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("memory_mb", [0, 1, 64])
+def test_matches_brute_force_across_chunkings(memory_mb, ties, monkeypatch):
+    import mba_dist.evaluate as ev
+
+    s, train_sets, test_sets, train, test = random_case(0, ties=ties)
+    U, I = s.shape
     # Small item chunks too, so the running top-K merge across chunks is exercised.
     monkeypatch.setattr(ev, "chunk_sizes", lambda nu, ni, mb: (max(1, mb * 3), 16 if mb < 64 else ni))
     got = evaluate(DenseScorer(s), test, CSR(train, U), U, I, ks=(10, 20), memory_mb=memory_mb)
@@ -69,11 +84,34 @@ def test_matches_brute_force_across_chunkings(memory_mb, monkeypatch):
         assert got[k] == pytest.approx(v, abs=1e-9), k
 
 
+def test_ties_broken_by_item_id_within_and_across_chunks():
+    # All scores equal except item 6: the top-4 is item 6, then the lowest unmasked ids.
+    s = torch.zeros(1, 9)
+    s[0, 6] = 1.0
+    mask = CSR(pairs([(0, 1)]), 1)
+    for item_chunk in (2, 3, 9):
+        top = ev_top(s, mask, 4, item_chunk)
+        assert top == [6, 0, 2, 3], item_chunk
+
+
+def ev_top(s, mask, k, item_chunk):
+    import mba_dist.evaluate as ev
+    orig = ev.chunk_sizes
+    ev.chunk_sizes = lambda nu, ni, mb: (1, item_chunk)
+    try:
+        [(_, _, i)] = list(rank_top_k(DenseScorer(s), np.array([0]), k, mask, s.shape[1], 1))
+    finally:
+        ev.chunk_sizes = orig
+    return i[0].tolist()
+
+
 def test_mba_scorer_blends_sigmoids():
     rng = np.random.default_rng(1)
     t = (torch.randn(4, 3), torch.randn(5, 3))
     f = (torch.randn(4, 3), torch.randn(5, 3))
-    s = mba_scorer(t, f, 0.7).scores(torch.arange(4), 0, 5)
+    sc = mba_scorer(t, f, 0.7)
+    sc.set_users(torch.arange(4), torch.arange(4))
+    s = sc.scores(0, 5)
     want = 0.7 * torch.sigmoid(t[0] @ t[1].T) + 0.3 * torch.sigmoid(f[0] @ f[1].T)
     torch.testing.assert_close(s, want)
     assert rng is not None
@@ -90,5 +128,6 @@ def test_masked_items_never_ranked_and_memory_scorer():
 
 def test_factor_scorer_raw_is_logit():
     U, I = torch.randn(2, 4), torch.randn(3, 4)
-    torch.testing.assert_close(FactorScorer([(1.0, U, I)], raw=True).scores(torch.arange(2), 0, 3),
-                               U @ I.T)
+    sc = FactorScorer([(1.0, (U, I))], raw=True)
+    sc.set_users(torch.tensor([1, 0]), torch.tensor([1]))
+    torch.testing.assert_close(sc.scores(1, 3), U[:1] @ I[1:3].T)
