@@ -1,8 +1,10 @@
-"""`mba-dist` command line: prepare, synth, run, recommend, demo.
+"""`mba-dist` command line: prepare, synth, run, evaluate, recommend, demo.
 
     mba-dist prepare --out DIR --target purchase --train purchase=F --train cart=F --test purchase=F
     mba-dist synth --out DIR [--size tiny|small|medium|large] [--users N --items N]
     mba-dist run --data DIR --config configs/X.yaml --out RUN_DIR [--model mf] [--set k=v ...]
+    mba-dist evaluate --run RUN_DIR [--baselines] [--workers N] [--out DIR]
+    mba-dist bench-eval [--device cuda] [--out DIR]    evaluator speed and memory
     mba-dist recommend --run RUN_DIR --users U1,U2 | --users-file F [--k 20] [--out F.parquet]
     mba-dist demo [--out DIR]      synthetic data -> pretraining + MBA -> metrics table
 """
@@ -47,19 +49,12 @@ def _progress_bar():
 
 
 def format_table(metrics: dict) -> str:
-    """Markdown table of the run's model beside its baselines (test split, and truth if any)."""
-    splits = [s for s in ("test", "truth") if s in next(iter(metrics["baselines"].values()))]
-    cols = ["recall@10", "recall@20", "ndcg@10", "ndcg@20"]
-    head = "| model | " + " | ".join(f"{s} {c}" for s in splits for c in cols) + " |"
-    lines = [head, "|" + "---|" * (1 + len(splits) * len(cols))]
-    for name, row in metrics["baselines"].items():
-        mark = " **(this run)**" if name == metrics["model"] else ""
-        vals = " | ".join(f"{row[s][c]:.4f}" for s in splits for c in cols)
-        lines.append(f"| {name}{mark} | {vals} |")
-    lines.append("")
-    lines.append(f"model selection: {metrics['selected_on']}; best epoch {metrics['best_epoch']}; "
-                 f"train wall time {metrics['wall_seconds']:.1f} s")
-    return "\n".join(lines)
+    """Markdown table of the run's model beside its baselines, and how it was selected."""
+    from mba_dist.baselines import markdown
+
+    return (markdown(metrics["baselines"], highlight=metrics["model"]) + "\n\n"
+            f"model selection: {metrics['selected_on']}; best epoch {metrics['best_epoch']}; "
+            f"train wall time {metrics['wall_seconds']:.1f} s")
 
 
 def cmd_prepare(a) -> int:
@@ -166,6 +161,45 @@ def cmd_recommend(a) -> int:
     return 0
 
 
+def cmd_evaluate(a) -> int:
+    from mba_dist import baselines
+    from mba_dist.dataset import atomic_write_bytes
+    from mba_dist.recommend import evaluate_run, load_run_config, main_model
+
+    run, cfg, _ = load_run_config(a.run)  # fail early on an incomplete run
+    if a.workers > 1:
+        from mba_dist.distenv import run_local_ranks
+
+        tab = run_local_ranks(evaluate_run, a.workers, str(run), a.baselines)[0]
+    else:
+        tab = evaluate_run(run, a.baselines)
+    out = Path(a.out) if a.out else run
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "baselines" if a.baselines else "evaluation"
+    report = baselines.markdown(tab, highlight=main_model(cfg))
+    atomic_write_bytes(out / f"{stem}.md", (report + "\n").encode())
+    atomic_write_bytes(out / f"{stem}.csv", baselines.csv_text(tab).encode())
+    print(report)
+    print(f"\nwrote {out / stem}.md and {stem}.csv", file=sys.stderr)
+    return 0
+
+
+def cmd_bench_eval(a) -> int:
+    from mba_dist import bench_eval as B
+    from mba_dist.dataset import atomic_write_bytes
+
+    speed = B.eval_speed(a.users, a.items, a.measured_users, memory_mb=a.memory_mb, device=a.device)
+    memory = None if a.memory_items <= 0 else B.eval_memory(a.memory_items, memory_mb=a.memory_mb)
+    report = B.markdown(speed, memory)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "bench_eval.json",
+                       json.dumps({"speed": speed, "memory": memory}, indent=2).encode())
+    atomic_write_bytes(out / "bench_eval.md", (report + "\n").encode())
+    print(report)
+    return 0
+
+
 DEMO_SETS = ["data.aux=click"]  # the synthetic data's auxiliary behavior
 
 
@@ -226,6 +260,25 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--config", default=None)
         s.add_argument("--set", action="append", metavar="KEY=VALUE")
         s.set_defaults(fn=fn)
+
+    s = sub.add_parser("evaluate", help="full-ranking metrics of a finished run (and baselines)")
+    s.add_argument("--run", required=True)
+    s.add_argument("--baselines", action="store_true",
+                   help="also MostPop, MF per behavior, merged MF, auxiliary memory")
+    s.add_argument("--workers", type=int, default=1, help="local gloo ranks sharing the users")
+    s.add_argument("--out", default=None, help="directory for the .md/.csv (default: the run)")
+    s.set_defaults(fn=cmd_evaluate)
+
+    s = sub.add_parser("bench-eval", help="evaluator speed (vs bare mm, dense topk) and memory")
+    s.add_argument("--out", default="runs/bench_eval")
+    s.add_argument("--users", type=int, default=48_658, help="default: Taobao's shape")
+    s.add_argument("--items", type=int, default=39_395)
+    s.add_argument("--measured-users", type=int, default=8192)
+    s.add_argument("--memory-mb", type=int, default=256)
+    s.add_argument("--memory-items", type=int, default=1_000_000,
+                   help="catalog of the peak-memory measurement (0: skip it)")
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(fn=cmd_bench_eval)
 
     s = sub.add_parser("recommend", help="top-N items for users of a finished run")
     s.add_argument("--run", required=True)

@@ -37,7 +37,9 @@ import torch.distributed as dist
 from mba_dist.dataset import CSR, Pairs
 from mba_dist.sampler import contains
 
-BYTES_PER_SCORE = 8  # two float32 score buffers (t and pre_f), per (user, item) cell
+# Per (user, item) cell of a block: two float32 score buffers (t and pre_f) and torch.topk's
+# selection workspace (measured at about 0.7 bytes a cell on CPU).
+BYTES_PER_SCORE = 10
 MAX_ITEM_CHUNK = 1 << 16
 
 
@@ -104,11 +106,14 @@ class FactorScorer:
         self._users = [f.users(block)[mine.to(self.device)] for _, f in self.parts]
 
     def _buffers(self, b: int, n: int) -> list[torch.Tensor]:
-        # Score chunks are written into reused buffers: a fresh [users, items] tensor per chunk
-        # costs as much in page faults as the matrix product itself (d = 32 is write-bound).
-        if (b, n) not in self._bufs:
-            self._bufs = {(b, n): [torch.empty(b, n, device=self.device) for _ in self.parts[:2]]}
-        return self._bufs[(b, n)]
+        # Score chunks are written into reused flat buffers (a smaller chunk takes a contiguous
+        # prefix): a fresh [users, items] tensor per chunk costs as much in page faults as the
+        # matrix product itself (d = 32 is write-bound).
+        if self._bufs.get("cells", 0) < b * n:
+            self._bufs = {}  # release before allocating: the peak stays one set of buffers
+            self._bufs = {"cells": b * n,
+                          "flat": [torch.empty(b * n, device=self.device) for _ in self.parts[:2]]}
+        return [f[:b * n].view(b, n) for f in self._bufs["flat"]]
 
     def scores(self, lo: int, hi: int) -> torch.Tensor:
         bufs = self._buffers(len(self._users[0]), hi - lo)

@@ -25,22 +25,51 @@ class RunError(ValueError):
     """A run directory that is missing or incomplete."""
 
 
-def load_run(run_dir: str | Path) -> tuple[C.Config, Dataset, Scorer]:
+def load_run_config(run_dir: str | Path) -> tuple[Path, C.Config, Dataset]:
     run = Path(run_dir)
     for name in ("run.json", "config.yaml", "metrics.json"):
         if not (run / name).is_file():
             raise RunError(f"{run / name} is missing: {run} is not a finished mba-dist run")
     info = json.loads((run / "run.json").read_text())
-    cfg = C.load_config(run / "config.yaml")
-    ds = Dataset(info["data"])
+    return run, C.load_config(run / "config.yaml"), Dataset(info["data"])
+
+
+def main_model(cfg: C.Config) -> str:
+    return f"mf_{cfg.mf_train_on}" if cfg.method == "mf" else "mba"
+
+
+def stage_weights(run: Path) -> dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """Every checkpointed stage of a run: {stage: {model: (user, item)}}."""
+    found = sorted((run / "checkpoints").glob("*.pt"))
+    if not found:
+        raise RunError(f"{run / 'checkpoints'} holds no checkpoint")
+    return {p.stem: load_checkpoint(p) for p in found}
+
+
+def load_run(run_dir: str | Path) -> tuple[C.Config, Dataset, Scorer]:
+    """Config, dataset and the scorer of the run's own model."""
+    run, cfg, ds = load_run_config(run_dir)
     if cfg.method == "mf":
-        name = f"mf_{cfg.mf_train_on}"
+        name = main_model(cfg)
         scorer = mf_scorer(load_checkpoint(run / "checkpoints" / f"{name}.pt")[name])
     else:
         t = load_checkpoint(run / "checkpoints" / "mba.pt")[Model.T.value]
         pre_f = load_checkpoint(run / "checkpoints" / "pre_f.pt")[Model.PRE_F.value]
         scorer = mba_scorer(t, pre_f, cfg.mba.beta)
     return cfg, ds, scorer
+
+
+def evaluate_run(run_dir: str | Path, with_baselines: bool = True, group=None) -> dict:
+    """{row: {split: metrics}} for a finished run: its model, and the baselines it has
+    checkpoints for. Validation is reported unless the run selected on the test set."""
+    from mba_dist import baselines
+
+    run, cfg, ds = load_run_config(run_dir)
+    data = TrainData.load(ds, cfg)
+    rows = baselines.scorers(cfg, data, stage_weights(run))
+    if not with_baselines:
+        rows = {main_model(cfg): rows[main_model(cfg)]}
+    return baselines.table(cfg, data, rows, ("valid", "test", "truth"), group)
 
 
 def top_n_table(scorer: Scorer, ds: Dataset, users: np.ndarray, mask: CSR, n: int,

@@ -25,7 +25,8 @@ import torch
 
 from mba_dist import config as C
 from mba_dist.dataset import CSR, Dataset, Pairs, atomic_write_bytes, merge_pairs, subtract_pairs
-from mba_dist.evaluate import MemoryScorer, Scorer, evaluate, mba_scorer, mf_scorer, popularity
+from mba_dist import baselines
+from mba_dist.evaluate import Scorer, evaluate, mba_scorer, mf_scorer
 from mba_dist.losses import Kind, Logits, Phase, bpr_loss, l2, mba_loss, phase_of_step
 from mba_dist.models import (DN_MODELS, DP_MODELS, FROZEN, Model, TableGroup, build_group,
                              init_weights, logits)
@@ -344,20 +345,15 @@ def run_training(cfg: C.Config, data_dir: str | Path, out_dir: str | Path,
         save_checkpoint(out / "checkpoints" / f"{name}.pt", st, cfg)
         stages[name] = st
 
-    scorers: dict[str, Scorer] = {}
     t0 = time.perf_counter()
-    target_name = f"mf_{cfg.data.target}"
     if cfg.method == "mf":
         train_on = {"target": data.target, "aux": data.aux,
                     "all": merge_pairs([p for p in (data.target, data.aux) if p is not None],
                                        data.num_items)}[cfg.mf_train_on]
         if train_on is None:
             raise C.ConfigError("mf_train_on: aux/all needs data.aux")
-        name = f"mf_{cfg.mf_train_on}"
-        st = tr.fit_bpr(name, train_on, train_on)
-        keep(name, st)
-        main_name = name
-        scorers[name] = mf_scorer(st.weights[name])
+        main_name = f"mf_{cfg.mf_train_on}"
+        keep(main_name, tr.fit_bpr(main_name, train_on, train_on))
     else:
         if cfg.pretrain.from_run:
             for name, st in reuse_pretrained(Path(cfg.pretrain.from_run), cfg).items():
@@ -369,32 +365,14 @@ def run_training(cfg: C.Config, data_dir: str | Path, out_dir: str | Path,
             if cfg.train.merged_baseline:
                 merged = merge_pairs([data.target, data.aux], data.num_items)
                 keep("mf_merged", tr.fit_bpr("mf_merged", merged, merged))
-        pre_f = stages["pre_f"].weights[Model.PRE_F.value]
-        pre_g = stages["pre_g"].weights[Model.PRE_G.value]
-        keep("mba", tr.fit_mba(pre_f, pre_g))
+        keep("mba", tr.fit_mba(stages["pre_f"].weights[Model.PRE_F.value],
+                               stages["pre_g"].weights[Model.PRE_G.value]))
         main_name = "mba"
-        scorers["mba"] = mba_scorer(stages["mba"].weights[Model.T.value], pre_f, cfg.mba.beta)
-        scorers[target_name] = mf_scorer(pre_f)
-        scorers[f"mf_{cfg.data.aux}"] = mf_scorer(pre_g)
-        if "mf_merged" in stages:
-            scorers["mf_merged"] = mf_scorer(stages["mf_merged"].weights["mf_merged"])
     wall = time.perf_counter() - t0
 
     # The test set is read here, once, for the selected epochs.
-    test_mask = data.test_mask
-    pop = popularity(data.target, data.num_items)
-    scorers["mostpop"] = MemoryScorer(pop)
-    if data.aux is not None:
-        scorers[f"aux_memory_{cfg.data.aux}"] = MemoryScorer(pop, CSR(data.aux, data.num_users))
-
-    def ev(scorer: Scorer, truth: Pairs) -> dict:
-        return evaluate(scorer, truth, test_mask, data.num_users, data.num_items,
-                        cfg.eval.ks, cfg.eval.memory_mb)
-
-    table = {name: {"test": ev(s, data.test)} for name, s in scorers.items()}
-    if data.truth is not None:
-        for name, s in scorers.items():
-            table[name]["truth"] = ev(s, data.truth)
+    rows = baselines.scorers(cfg, data, {n: st.weights for n, st in stages.items()})
+    table = baselines.table(cfg, data, rows)
     main = stages[main_name]
     selected = TEST_SELECTION_LABEL if cfg.train.select_on == "test" else "valid"
     metrics = {

@@ -64,6 +64,29 @@ def test_run_mba_end_to_end(tiny_dataset, tmp_path, capsys):
     assert main(["run", "--data", str(tiny_dataset), "--out", str(out)] + _sets()) == 2
     assert "holds a finished run" in capsys.readouterr().err
 
+    # evaluate --baselines: the same test metrics as the run, on 1 and on 2 ranks, as md + csv
+    for workers, dest in ((1, tmp_path / "ev1"), (2, tmp_path / "ev2")):
+        assert main(["evaluate", "--run", str(out), "--baselines", "--workers", str(workers),
+                     "--out", str(dest)]) == 0
+    rows = {}
+    for dest in ("ev1", "ev2"):
+        lines = (tmp_path / dest / "baselines.csv").read_text().splitlines()
+        assert lines[0] == "model,split,recall@10,recall@20,ndcg@10,ndcg@20,users"
+        rows[dest] = {tuple(ln.split(",")[:2]): ln for ln in lines[1:]}
+    assert rows["ev1"] == rows["ev2"]
+    assert {m for m, _ in rows["ev1"]} == set(m["baselines"])
+    assert {s for _, s in rows["ev1"]} == {"valid", "test", "truth"}
+    for name, row in m["baselines"].items():
+        got = rows["ev1"][(name, "test")].split(",")
+        assert float(got[3]) == pytest.approx(row["test"]["recall@20"], abs=1e-6), name
+    assert "| mba **(this run)** |" in (tmp_path / "ev1" / "baselines.md").read_text()
+
+
+def test_evaluate_rejects_unfinished_run(tmp_path, capsys):
+    (tmp_path / "half").mkdir()
+    assert main(["evaluate", "--run", str(tmp_path / "half")]) == 2
+    assert "run.json is missing" in capsys.readouterr().err
+
 
 def test_run_mf_baseline_with_test_selection_is_labelled(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "mf"

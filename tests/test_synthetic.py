@@ -1,7 +1,6 @@
 """Synthetic generator: structure of the planted data, streaming, and (slow) MBA recovery."""
 import json
 
-import numpy as np
 import pytest
 
 from data_prep.synthetic import SynthSpec, generate

@@ -34,7 +34,7 @@ def test_sampler_never_returns_observed_pairs():
 
 
 def test_uniform_sampler_can_hit_observed_pairs():
-    obs = Pairs(np.zeros(9, np.int64), np.arange(9))
+    # user 0 observed items 0..8: uniform mode never looks at them
     neg = NegativeSampler(10, None, seed=0).sample(np.zeros(1000, np.int64))
     assert (neg < 9).mean() > 0.8
 

@@ -1,0 +1,79 @@
+"""The comparison table: the run's model beside the baselines, all ranked by one evaluator.
+
+Rows (those the run has checkpoints for):
+    mostpop              items by target train popularity
+    mf_<target>          BPR-MF on the target behavior (pre_f)
+    mf_<aux>             BPR-MF on the auxiliary behavior (pre_g), scored on the target
+    mf_merged            BPR-MF on target and auxiliary pairs merged
+    aux_memory_<aux>     the user's auxiliary-but-not-target items by popularity, then popular items
+    mba                  t and pre_f blended (paper Eq. 3)
+    mf_<on>              the model of an `method: mf` run
+Splits: `valid` (train items masked), `test` (train and validation items masked), and `truth`
+(planted preferences, synthetic data only).
+"""
+from __future__ import annotations
+
+import csv
+import io
+
+from mba_dist import config as C
+from mba_dist.dataset import CSR
+from mba_dist.evaluate import MemoryScorer, Scorer, evaluate, mba_scorer, mf_scorer, popularity
+from mba_dist.models import Model
+
+Weights = dict[str, dict[str, tuple]]  # stage name -> model name -> (user, item) factors
+COLUMNS = ["recall@10", "recall@20", "ndcg@10", "ndcg@20"]
+
+
+def scorers(cfg: C.Config, data, stages: Weights) -> dict[str, Scorer]:
+    """Every row the stages allow, in the table's order; `data` is a `train.TrainData`."""
+    pop = popularity(data.target, data.num_items)
+    out: dict[str, Scorer] = {"mostpop": MemoryScorer(pop)}
+    if cfg.method == "mf":
+        name = f"mf_{cfg.mf_train_on}"
+        out[name] = mf_scorer(stages[name][name])
+        return out
+    pre_f = stages["pre_f"][Model.PRE_F.value]
+    out[f"mf_{cfg.data.target}"] = mf_scorer(pre_f)
+    if "pre_g" in stages:
+        out[f"mf_{cfg.data.aux}"] = mf_scorer(stages["pre_g"][Model.PRE_G.value])
+    if "mf_merged" in stages:
+        out["mf_merged"] = mf_scorer(stages["mf_merged"]["mf_merged"])
+    if data.aux is not None:
+        out[f"aux_memory_{cfg.data.aux}"] = MemoryScorer(pop, CSR(data.aux, data.num_users))
+    if "mba" in stages:
+        out["mba"] = mba_scorer(stages["mba"][Model.T.value], pre_f, cfg.mba.beta)
+    return out
+
+
+def table(cfg: C.Config, data, rows: dict[str, Scorer], splits=("test", "truth"),
+          group=None) -> dict[str, dict[str, dict]]:
+    """{row: {split: metrics}} for the splits the data has. `valid` ranks against the train
+    mask; `test` and `truth` against every known target pair."""
+    pairs = {"valid": (data.valid, data.mask), "test": (data.test, data.test_mask),
+             "truth": (data.truth, data.test_mask)}
+    todo = [s for s in splits if pairs[s][0] is not None]
+    return {name: {s: evaluate(sc, pairs[s][0], pairs[s][1], data.num_users, data.num_items,
+                               cfg.eval.ks, cfg.eval.memory_mb, group) for s in todo}
+            for name, sc in rows.items()}
+
+
+def markdown(tab: dict, highlight: str | None = None) -> str:
+    splits = list(next(iter(tab.values())))
+    head = "| model | " + " | ".join(f"{s} {c}" for s in splits for c in COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (1 + len(splits) * len(COLUMNS))]
+    for name, row in tab.items():
+        mark = " **(this run)**" if name == highlight else ""
+        lines.append(f"| {name}{mark} | " + " | ".join(f"{row[s][c]:.4f}" for s in splits
+                                                      for c in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def csv_text(tab: dict) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["model", "split", *COLUMNS, "users"])
+    for name, row in tab.items():
+        for split, m in row.items():
+            w.writerow([name, split, *(f"{m[c]:.6f}" for c in COLUMNS), m["users"]])
+    return buf.getvalue()

@@ -1,0 +1,164 @@
+"""MBA training-step benchmarks, side by side on the same in-memory data.
+
+  - `ours`: the trainer's step (`Trainer.mba_step`): vectorised negative sampling, grouped
+    lookups, sparse row updates (plain-torch backend by default);
+  - `authors`: the step as the authors' code runs it: a Python loop drawing each negative,
+    seven separate `nn.Embedding` models, L2 over whole tables and dense Adam over every row of
+    the trained models.
+
+Figures: triples/s (one triple = user, positive, negative), and the time split into sampling
+(host), step (lookups, loss, backward, optimizer). Devices: CPU or one CUDA GPU.
+"""
+from __future__ import annotations
+
+import random
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from mba_dist import config as C
+from mba_dist.dataset import CSR, Pairs
+from mba_dist.losses import Kind, Logits, Phase, l2, mba_loss, phase_of_step
+from mba_dist.models import DN_MODELS, DP_MODELS, FROZEN, Model, logits
+from mba_dist.sampler import NegativeSampler
+
+BEIBEI_SHAPE = (21_716, 7_977)
+
+
+def synthetic_pairs(num_users: int, num_items: int, rows: int, seed: int = 0) -> Pairs:
+    """`rows` distinct (user, item) pairs, items Zipf-like popular (unique, sorted by key)."""
+    rng = np.random.default_rng(seed)
+    users = rng.integers(0, num_users, size=rows, dtype=np.int64)
+    items = (num_items * rng.power(0.3, size=rows)).astype(np.int64) % num_items
+    keys = np.unique(users * num_items + items)
+    return Pairs(keys // num_items, keys % num_items)
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _reset_peak(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_mb(dev: torch.device) -> float:
+    if dev.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def ours_speed(num_users: int, num_items: int, pairs: Pairs, batch: int, steps: int,
+               warmup: int = 5, device: str = "cpu", backend: str = "torch",
+               optim: str = "sparse_adam") -> dict:
+    """Triples/s of the trainer's MBA step (kind-B batches, DN/DP alternating)."""
+    from mba_dist.train import Trainer, TrainData
+
+    dev = torch.device(device)
+    _reset_peak(dev)
+    cfg = C.load_config(None, [f"model.backend={backend}", f"optim.mode={optim}",
+                               f"train.batch_size={batch}"])
+    data = TrainData(num_users, num_items, pairs, pairs, None, pairs, None, CSR(pairs, num_users))
+    tr = Trainer(cfg, data, None, device=dev)
+    frozen, t = tr._group(FROZEN, None), tr._group([Model.T], optim)
+    dn, dp = tr._group(DN_MODELS, optim), tr._group(DP_MODELS, optim)
+    sampler = NegativeSampler(num_items, pairs.keys(num_items), seed=0)
+    rng = np.random.default_rng(1)
+    t_sample = t_step = 0.0
+    for s in range(warmup + steps):
+        if s == warmup:
+            _sync(dev)
+            t_sample = t_step = 0.0
+        t0 = time.perf_counter()
+        idx = rng.integers(0, len(pairs), size=batch)
+        u, pos = pairs.users[idx], pairs.items[idx]
+        neg = sampler.sample(u)
+        t1 = time.perf_counter()
+        phase = phase_of_step(s)
+        tr.mba_step(Kind.B, phase, u, pos, neg, frozen, t, dn if phase is Phase.DN else dp)
+        _sync(dev)
+        t2 = time.perf_counter()
+        t_sample += t1 - t0
+        t_step += t2 - t1
+    total = t_sample + t_step
+    return {"method": f"ours ({backend}, {optim})", "batch": batch, "steps": steps,
+            "triples_per_s": batch * steps / total, "sample_s": t_sample, "step_s": t_step,
+            "peak_mb": _peak_mb(dev)}
+
+
+class AuthorsStep:
+    """The authors' way: seven MF models, per-sample Python negatives, dense Adam + full L2."""
+
+    def __init__(self, num_users: int, num_items: int, pairs: Pairs, dim: int, device, cfg: C.Config):
+        self.dev, self.cfg = torch.device(device), cfg
+        self.num_users, self.num_items = num_users, num_items
+        self.emb = {m.value: (nn.Embedding(num_users, dim).to(self.dev),
+                              nn.Embedding(num_items, dim).to(self.dev)) for m in Model}
+        for m in Model:
+            for e in self.emb[m.value]:
+                nn.init.normal_(e.weight, std=0.01)
+        for m in FROZEN:
+            for e in self.emb[m.value]:
+                e.weight.requires_grad_(False)
+        self.user_items = {}
+        for u, i in zip(pairs.users.tolist(), pairs.items.tolist()):
+            self.user_items.setdefault(u, set()).add(i)
+
+        def params(models):
+            return [p for m in models for e in self.emb[m.value] for p in e.parameters()]
+        lr = cfg.optim.lr
+        self.opt = {Phase.DN: torch.optim.Adam(params((Model.T, *DN_MODELS)), lr=lr),
+                    Phase.DP: torch.optim.Adam(params((Model.T, *DP_MODELS)), lr=lr)}
+
+    def sample(self, users: list[int]) -> list[int]:
+        out = []
+        for u in users:
+            seen = self.user_items.get(u, ())
+            while True:
+                j = random.randint(0, self.num_items - 1)
+                if j not in seen:
+                    break
+            out.append(j)
+        return out
+
+    def step(self, step: int, u: np.ndarray, pos: np.ndarray) -> None:
+        m = self.cfg.mba
+        neg = self.sample(u.tolist())
+        phase = phase_of_step(step)
+        hf, hg = (Model.H1_F, Model.H1_G) if phase is Phase.DN else (Model.H2_F, Model.H2_G)
+        ut = torch.tensor(u, device=self.dev)
+        side = []
+        for items in (pos, neg):
+            it = torch.tensor(items, device=self.dev)
+            side.append(Logits(*(logits(self.emb[k.value][0](ut), self.emb[k.value][1](it))
+                                 for k in (Model.T, Model.PRE_F, Model.PRE_G, hf, hg))))
+        full = [e.weight for k in (Model.T, hf, hg) for e in self.emb[k.value]]
+        loss = (mba_loss(Kind.B, phase, side[0], side[1], m.alpha, m.c1, m.c2)
+                + m.lambda_t * l2(full, self.num_users))
+        self.opt[phase].zero_grad()
+        loss.backward()
+        self.opt[phase].step()
+
+
+def authors_speed(num_users: int, num_items: int, pairs: Pairs, batch: int, steps: int,
+                  warmup: int = 2, device: str = "cpu", dim: int = 32) -> dict:
+    dev = torch.device(device)
+    _reset_peak(dev)
+    a = AuthorsStep(num_users, num_items, pairs, dim, dev, C.load_config(None))
+    rng = np.random.default_rng(1)
+    for s in range(warmup + steps):
+        if s == warmup:
+            _sync(dev)
+            t0 = time.perf_counter()
+        idx = rng.integers(0, len(pairs), size=batch)
+        a.step(s, pairs.users[idx], pairs.items[idx])
+    _sync(dev)
+    dt = time.perf_counter() - t0
+    return {"method": "authors-style step", "batch": batch, "steps": steps,
+            "triples_per_s": batch * steps / dt, "step_s": dt, "peak_mb": _peak_mb(dev)}
