@@ -158,6 +158,6 @@ def markdown(speed: dict, memory: dict | None) -> str:
     if memory:
         lines += ["", f"Peak RSS growth of one MBA evaluation over {memory['num_items']:,} items "
                   f"({memory['num_users']:,} users), memory_mb={memory['memory_mb']}: "
-                  f"{memory['growth_mb']:.0f} MB (overhead {memory['growth_mb'] - memory['memory_mb']:.0f} MB "
-                  f"over the budget), {memory['seconds']:.1f} s"]
+                  f"{memory['growth_mb']:.0f} MB against a budget of {memory['memory_mb']} MB, "
+                  f"{memory['seconds']:.1f} s"]
     return "\n".join(lines)
