@@ -72,7 +72,10 @@ class TrainConfig:
     batch_size: int = 2048  # paper §4
     negatives: Literal["exclude", "uniform"] = "exclude"  # exclude observed pairs (paper) or not
     seed: int = 0
-    eval_every: int = 1  # validate every N epochs (early stopping counts evaluations x N epochs)
+    eval_every: int = 1  # validate every N epochs
+    # > 0: validate every N optimizer steps of a stage instead (for epochs of millions of steps);
+    # early stopping still counts epochs since the best validation.
+    eval_every_steps: int = 0
     select_on: Literal["valid", "test"] = "valid"  # "test" = authors' protocol, reproduction only
     merged_baseline: bool = True  # also train MF-BPR on all behaviors merged (a baseline row)
     max_steps_per_epoch: int = 0  # 0 = all; >0 caps an epoch, for smoke runs and benchmarks
@@ -204,6 +207,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("method: mba needs data.aux (the auxiliary behavior)")
     if cfg.data.aux == cfg.data.target:
         raise ConfigError(f"data.aux and data.target are both {cfg.data.target!r}")
+    if cfg.train.eval_every_steps < 0:
+        raise ConfigError("train.eval_every_steps must be 0 (off) or positive")
     if cfg.model.dim <= 0 or cfg.train.batch_size <= 0 or cfg.train.eval_every <= 0:
         raise ConfigError("model.dim, train.batch_size and train.eval_every must be positive")
     if not 0.0 <= cfg.mba.beta <= 1.0:

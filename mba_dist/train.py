@@ -40,6 +40,10 @@ def _no_progress(stage: str, epoch: int, total: int, info: dict) -> None:
     pass
 
 
+def _no_step_hook() -> None:
+    pass
+
+
 @dataclass
 class TrainData:
     """Everything the stages read, built once from the dataset."""
@@ -104,6 +108,7 @@ class Trainer:
         self.device = device or torch.device("cpu")
         self.log_path = out_dir / "log.jsonl" if out_dir else None
         self.global_step = 0
+        self._after_step = _no_step_hook  # set by `_fit` for step-based validation
 
     # ---- helpers -------------------------------------------------------------------------
     def _group(self, models, optim_mode: str | None) -> TableGroup:
@@ -137,11 +142,32 @@ class Trainer:
 
     def _fit(self, name: str, max_epochs: int, patience: int, epoch_fn, scorer_fn,
              groups: list[TableGroup]) -> StageResult:
-        """Shared epoch loop: train, validate every `eval_every` epochs, keep the best weights."""
+        """Shared epoch loop: train, validate every `eval_every` epochs (or every
+        `eval_every_steps` steps, through `_after_step`), keep the best weights, stop when
+        `patience` epochs passed since the best validation."""
         best = {"recall@20": -1.0}
-        best_epoch, best_weights, stale, history = -1, None, 0, []
+        best_epoch, best_weights, history = -1, None, []
         seconds, triples, epoch = 0.0, 0, 0
-        every = self.cfg.train.eval_every
+        every, every_steps = self.cfg.train.eval_every, self.cfg.train.eval_every_steps
+        stage_steps = 0
+
+        def validate() -> dict:
+            nonlocal best, best_epoch, best_weights
+            weights = {m: g.weights(m) for g in groups for m in g.models}
+            metrics = self._select_metrics(scorer_fn(weights))
+            if metrics["recall@20"] > best["recall@20"]:
+                best, best_epoch, best_weights = metrics, epoch, weights
+            return {"step": stage_steps, **metrics}
+
+        mid_epoch: list[dict] = []
+
+        def after_step() -> None:
+            nonlocal stage_steps
+            stage_steps += 1
+            if every_steps and stage_steps % every_steps == 0:
+                mid_epoch.append(validate())
+
+        self._after_step = after_step
         for epoch in range(1, max_epochs + 1):
             t0 = time.perf_counter()
             info = epoch_fn(epoch)
@@ -150,19 +176,20 @@ class Trainer:
             triples += info["triples"]
             record = {"stage": name, "epoch": epoch, "step": self.global_step, **info,
                       "seconds": round(dt, 3), "triples_per_s": round(info["triples"] / max(dt, 1e-9))}
-            if epoch % every == 0 or epoch == max_epochs:
-                weights = {m: g.weights(m) for g in groups for m in g.models}
-                metrics = self._select_metrics(scorer_fn(weights))
-                record[self._selection()[2]] = metrics
-                if metrics["recall@20"] > best["recall@20"]:
-                    best, best_epoch, best_weights, stale = metrics, epoch, weights, 0
-                else:
-                    stale += every
+            sel = self._selection()[2]
+            if mid_epoch:
+                record[sel] = mid_epoch[-1]
+                record[f"{sel}_within_epoch"] = list(mid_epoch)
+                mid_epoch.clear()
+            elif ((not every_steps and (epoch % every == 0 or epoch == max_epochs))
+                  or (epoch == max_epochs and best_weights is None)):
+                record[sel] = validate()
             self._log(record)
             history.append(record)
             self.progress(name, epoch, max_epochs, record)
-            if stale >= patience:
+            if best_weights is not None and epoch - best_epoch >= patience:
                 break
+        self._after_step = _no_step_hook
         return StageResult(name, best_weights, best_epoch, best, epoch, seconds, triples, history)
 
     # ---- stage 1: BPR --------------------------------------------------------------------
@@ -189,6 +216,7 @@ class Trainer:
                 loss.backward()
                 group.step()
                 self.global_step += 1
+                self._after_step()
                 total += float(loss.detach()) * b
                 n += b
             return {"loss": total / max(n, 1), "triples": n}
@@ -244,6 +272,7 @@ class Trainer:
                                      sampler.sample(pairs.users[idx]), frozen, t,
                                      dn if phase is Phase.DN else dp)
                 self.global_step += 1
+                self._after_step()
                 phases[phase] += 1
                 total += loss * len(idx)
                 n += len(idx)

@@ -99,6 +99,19 @@ def test_run_mf_baseline_with_test_selection_is_labelled(tiny_dataset, tmp_path,
     assert "reproduction only" in capsys.readouterr().out
 
 
+def test_validation_every_n_steps(tiny_dataset, tmp_path):
+    out = tmp_path / "steps"
+    assert main(["run", "--data", str(tiny_dataset), "--model", "mf", "--out", str(out)]
+                + _sets("train.eval_every_steps=2", "train.batch_size=64")) == 0
+    records = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
+    steps = [v["step"] for r in records for v in r["valid_within_epoch"]]
+    assert steps and all(s % 2 == 0 for s in steps) and steps == sorted(steps)
+    assert len(steps) > len(records)  # several validations per epoch
+    m = json.loads((out / "metrics.json").read_text())
+    best = max(v["recall@20"] for r in records for v in r["valid_within_epoch"])
+    assert m["valid"]["recall@20"] == pytest.approx(best)
+
+
 def test_run_torchrec_backend(tiny_dataset, tmp_path):
     out = tmp_path / "trec"
     rc = main(["run", "--data", str(tiny_dataset), "--config", "configs/synthetic.yaml",
