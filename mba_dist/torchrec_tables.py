@@ -22,6 +22,7 @@ from typing import Iterable
 import torch
 import torch.distributed as dist
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+from torchrec.distributed.comm_ops import set_gradient_division
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
@@ -45,6 +46,8 @@ class TorchrecTableGroup(TableGroup):
         if optim_mode is not None and optim_mode not in _OPTIMIZERS:
             raise ValueError(f"optim.mode {optim_mode!r} has no fused torchrec kernel on CPU; "
                              f"use one of {sorted(_OPTIMIZERS)}")
+        # The trainer relies on gradients averaged over ranks (see Trainer.sum_scale).
+        set_gradient_division(True)
         self.models = tuple(str(m.value if isinstance(m, Model) else m) for m in models)
         self.keys = [f"{m}_{e}" for e in ENTITIES for m in self.models]
         self.sizes = {f"{m}_{e}": (num_users if e == "user" else num_items)

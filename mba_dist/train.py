@@ -22,6 +22,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from mba_dist import config as C
 from mba_dist.dataset import CSR, Dataset, Pairs, atomic_write_bytes, merge_pairs, subtract_pairs
@@ -109,6 +110,12 @@ class Trainer:
         self.log_path = out_dir / "log.jsonl" if out_dir else None
         self.global_step = 0
         self._after_step = _no_step_hook  # set by `_fit` for step-based validation
+        # Each of W ranks holds 1/W of the global batch, and sharded tables divide the summed
+        # row gradients by W (torchrec's gradient division, as DDP averages): a batch mean
+        # needs no scaling, but the L2 term is a sum over the batch rows and is scaled by W,
+        # so a step equals one on the global batch. Equal local batch sizes assumed.
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self.sum_scale = float(world)
 
     # ---- helpers -------------------------------------------------------------------------
     def _group(self, models, optim_mode: str | None) -> TableGroup:
@@ -212,7 +219,8 @@ class Trainer:
                 it = torch.from_numpy(np.concatenate([pairs.items[idx], j])).to(self.device)
                 U, I = group(ut, it)[name]
                 b = len(u)
-                loss = bpr_loss(logits(U, I[:b]), logits(U, I[b:])) + lam * self._l2(group, name, U, I)
+                loss = (bpr_loss(logits(U, I[:b]), logits(U, I[b:]))
+                        + lam * self.sum_scale * self._l2(group, name, U, I))
                 loss.backward()
                 group.step()
                 self.global_step += 1
@@ -300,7 +308,7 @@ class Trainer:
 
         Ut, It = rows[Model.T.value]
         loss = (mba_loss(kind, phase, side(slice(0, b)), side(slice(b, 2 * b)), m.alpha, m.c1, m.c2)
-                + m.lambda_t * self._l2(t, Model.T.value, Ut, It))
+                + m.lambda_t * self.sum_scale * self._l2(t, Model.T.value, Ut, It))
         loss.backward()
         t.step()
         h.step()
