@@ -3,7 +3,6 @@ the same hand-written weights, the same global batches split across ranks, K = 6
 MBA steps (DP, DN, ...; kinds B and A). Losses and every table agree (explicit tolerance), and
 the frozen and off-phase tables are bit-for-bit unchanged at every step."""
 import numpy as np
-import pytest
 import torch
 
 from mba_dist import config as C
