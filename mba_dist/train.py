@@ -114,8 +114,14 @@ class Trainer:
         # row gradients by W (torchrec's gradient division, as DDP averages): a batch mean
         # needs no scaling, but the L2 term is a sum over the batch rows and is scaled by W,
         # so a step equals one on the global batch. Equal local batch sizes assumed.
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        self.sum_scale = float(world)
+        distributed = dist.is_available() and dist.is_initialized()
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+        self.sum_scale = float(self.world)
+        if self.world > 1 and cfg.model.backend != "torchrec":
+            raise C.ConfigError(f"{self.world} ranks need model.backend=torchrec (sharded tables); "
+                                "the torch backend keeps one unsynchronised copy per rank")
+        if self.rank != 0:
+            self.log_path = None  # rank 0 writes the log
 
     # ---- helpers -------------------------------------------------------------------------
     def _group(self, models, optim_mode: str | None) -> TableGroup:
@@ -143,9 +149,13 @@ class Trainer:
                         self.cfg.eval.ks, self.cfg.eval.memory_mb)
 
     def _batches(self, n: int, rng: np.random.Generator) -> list[np.ndarray]:
+        """This rank's share of every global batch. Every rank draws the same permutation (same
+        seed), so all take the same number of steps in the same order; a tail batch smaller
+        than the world size is dropped, so no rank ever steps on an empty share."""
         perm = rng.permutation(n)
         bs = self.cfg.train.batch_size
-        return [perm[a:a + bs] for a in range(0, n, bs)]
+        return [perm[a:a + bs][self.rank::self.world] for a in range(0, n, bs)
+                if min(bs, n - a) >= self.world]
 
     def _fit(self, name: str, max_epochs: int, patience: int, epoch_fn, scorer_fn,
              groups: list[TableGroup]) -> StageResult:
@@ -180,6 +190,10 @@ class Trainer:
             info = epoch_fn(epoch)
             dt = time.perf_counter() - t0
             seconds += dt
+            if self.world > 1:  # every rank's triples
+                n = torch.tensor([info["triples"]], dtype=torch.int64)
+                dist.all_reduce(n)
+                info["triples"] = int(n)
             triples += info["triples"]
             record = {"stage": name, "epoch": epoch, "step": self.global_step, **info,
                       "seconds": round(dt, 3), "triples_per_s": round(info["triples"] / max(dt, 1e-9))}
@@ -239,7 +253,8 @@ class Trainer:
 
     def _sampler(self, exclude: Pairs, offset: int) -> NegativeSampler:
         keys = exclude.keys(self.data.num_items) if self.cfg.train.negatives == "exclude" else None
-        return NegativeSampler(self.data.num_items, keys, self.cfg.train.seed * 1000 + offset)
+        return NegativeSampler(self.data.num_items, keys,
+                               self.cfg.train.seed * 1000 + offset + 7919 * self.rank)
 
     def _limit(self, batches: list) -> list:
         cap = self.cfg.train.max_steps_per_epoch
@@ -378,8 +393,9 @@ def run_training(cfg: C.Config, data_dir: str | Path, out_dir: str | Path,
 
     def keep(name: str, st: StageResult) -> None:
         # Checkpointed as soon as it exists: a later failure never loses a finished stage, and
-        # `pretrain.from_run` can use a run still in progress.
-        save_checkpoint(out / "checkpoints" / f"{name}.pt", st, cfg)
+        # `pretrain.from_run` can use a run still in progress. Rank 0 writes.
+        if tr.rank == 0:
+            save_checkpoint(out / "checkpoints" / f"{name}.pt", st, cfg)
         stages[name] = st
 
     t0 = time.perf_counter()
@@ -425,5 +441,6 @@ def run_training(cfg: C.Config, data_dir: str | Path, out_dir: str | Path,
     }
     if data.truth is not None:
         metrics["truth"] = table[main_name]["truth"]
-    atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=2).encode())
+    if tr.rank == 0:
+        atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=2).encode())
     return metrics
