@@ -25,13 +25,25 @@ Weights = dict[str, dict[str, tuple]]  # stage name -> model name -> (user, item
 COLUMNS = ["recall@10", "recall@20", "ndcg@10", "ndcg@20"]
 
 
+def main_model(cfg: C.Config) -> str:
+    """The row (and stage) name of a run's own model."""
+    return f"mf_{cfg.mf_train_on}" if cfg.method == "mf" else "mba"
+
+
+def model_scorer(cfg: C.Config, stages: Weights) -> Scorer:
+    """The scorer of the run's own model: the MF model of an mf run, or MBA's blend."""
+    if cfg.method == "mf":
+        name = main_model(cfg)
+        return mf_scorer(stages[name][name])
+    return mba_scorer(stages["mba"][Model.T.value], stages["pre_f"][Model.PRE_F.value], cfg.mba.beta)
+
+
 def scorers(cfg: C.Config, data, stages: Weights) -> dict[str, Scorer]:
     """Every row the stages allow, in the table's order; `data` is a `train.TrainData`."""
     pop = popularity(data.target, data.num_items)
     out: dict[str, Scorer] = {"mostpop": MemoryScorer(pop)}
     if cfg.method == "mf":
-        name = f"mf_{cfg.mf_train_on}"
-        out[name] = mf_scorer(stages[name][name])
+        out[main_model(cfg)] = model_scorer(cfg, stages)
         return out
     pre_f = stages["pre_f"][Model.PRE_F.value]
     out[f"mf_{cfg.data.target}"] = mf_scorer(pre_f)
@@ -42,7 +54,7 @@ def scorers(cfg: C.Config, data, stages: Weights) -> dict[str, Scorer]:
     if data.aux is not None:
         out[f"aux_memory_{cfg.data.aux}"] = MemoryScorer(pop, CSR(data.aux, data.num_users))
     if "mba" in stages:
-        out["mba"] = mba_scorer(stages["mba"][Model.T.value], pre_f, cfg.mba.beta)
+        out["mba"] = model_scorer(cfg, stages)
     return out
 
 

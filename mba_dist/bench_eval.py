@@ -23,29 +23,24 @@ import time
 import numpy as np
 import torch
 
-from mba_dist.dataset import CSR, Pairs
+from mba_dist.bench_step import sync
+from mba_dist.dataset import CSR, Pairs, dedup_sorted
 from mba_dist.evaluate import chunk_sizes, evaluate, mba_scorer, mf_scorer, rank_top_k
 
 TAOBAO_SHAPE = (48_658, 39_395)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def _random_train(num_users: int, num_items: int, per_user: int, rng) -> Pairs:
     users = np.repeat(np.arange(num_users, dtype=np.int64), per_user)
     items = rng.integers(0, num_items, size=len(users))
-    keys = np.unique(users * num_items + items)
-    return Pairs(keys // num_items, keys % num_items)
+    return Pairs(*dedup_sorted(users, items, num_items))
 
 
 def _timed(fn, device) -> float:
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     fn()
-    _sync(device)
+    sync(device)
     return time.perf_counter() - t0
 
 

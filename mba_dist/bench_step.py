@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from mba_dist import config as C
-from mba_dist.dataset import CSR, Pairs
+from mba_dist.dataset import CSR, Pairs, dedup_sorted
 from mba_dist.losses import Kind, Logits, Phase, l2, mba_loss, phase_of_step
 from mba_dist.models import DN_MODELS, DP_MODELS, FROZEN, Model, logits
 from mba_dist.sampler import NegativeSampler
@@ -32,11 +32,11 @@ def synthetic_pairs(num_users: int, num_items: int, rows: int, seed: int = 0) ->
     rng = np.random.default_rng(seed)
     users = rng.integers(0, num_users, size=rows, dtype=np.int64)
     items = (num_items * rng.power(0.3, size=rows)).astype(np.int64) % num_items
-    keys = np.unique(users * num_items + items)
-    return Pairs(keys // num_items, keys % num_items)
+    return Pairs(*dedup_sorted(users, items, num_items))
 
 
-def _sync(dev: torch.device) -> None:
+def sync(dev: torch.device) -> None:
+    """Wait for the device's queued work (timings of CUDA kernels)."""
     if dev.type == "cuda":
         torch.cuda.synchronize()
 
@@ -73,7 +73,7 @@ def ours_speed(num_users: int, num_items: int, pairs: Pairs, batch: int, steps: 
     t_sample = t_step = 0.0
     for s in range(warmup + steps):
         if s == warmup:
-            _sync(dev)
+            sync(dev)
             t_sample = t_step = 0.0
         t0 = time.perf_counter()
         idx = rng.integers(0, len(pairs), size=batch)
@@ -82,7 +82,7 @@ def ours_speed(num_users: int, num_items: int, pairs: Pairs, batch: int, steps: 
         t1 = time.perf_counter()
         phase = phase_of_step(s)
         tr.mba_step(Kind.B, phase, u, pos, neg, frozen, t, dn if phase is Phase.DN else dp)
-        _sync(dev)
+        sync(dev)
         t2 = time.perf_counter()
         t_sample += t1 - t0
         t_step += t2 - t1
@@ -154,11 +154,11 @@ def authors_speed(num_users: int, num_items: int, pairs: Pairs, batch: int, step
     rng = np.random.default_rng(1)
     for s in range(warmup + steps):
         if s == warmup:
-            _sync(dev)
+            sync(dev)
             t0 = time.perf_counter()
         idx = rng.integers(0, len(pairs), size=batch)
         a.step(s, pairs.users[idx], pairs.items[idx])
-    _sync(dev)
+    sync(dev)
     dt = time.perf_counter() - t0
     return {"method": "authors-style step", "batch": batch, "steps": steps,
             "triples_per_s": batch * steps / dt, "step_s": dt, "peak_mb": _peak_mb(dev)}

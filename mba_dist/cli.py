@@ -164,7 +164,7 @@ def cmd_recommend(a) -> int:
 def cmd_evaluate(a) -> int:
     from mba_dist import baselines
     from mba_dist.dataset import atomic_write_bytes
-    from mba_dist.recommend import evaluate_run, load_run_config, main_model
+    from mba_dist.recommend import evaluate_run, load_run_config
 
     run, cfg, _ = load_run_config(a.run)  # fail early on an incomplete run
     if a.workers > 1:
@@ -176,7 +176,7 @@ def cmd_evaluate(a) -> int:
     out = Path(a.out) if a.out else run
     out.mkdir(parents=True, exist_ok=True)
     stem = "baselines" if a.baselines else "evaluation"
-    report = baselines.markdown(tab, highlight=main_model(cfg))
+    report = baselines.markdown(tab, highlight=baselines.main_model(cfg))
     atomic_write_bytes(out / f"{stem}.md", (report + "\n").encode())
     atomic_write_bytes(out / f"{stem}.csv", baselines.csv_text(tab).encode())
     print(report)

@@ -1,7 +1,7 @@
 """Top-N recommendations in raw ids, from a finished run directory.
 
 A run directory holds `run.json` (dataset path), `config.yaml` (resolved config) and
-`checkpoints/*.pt`; `load_run_scorer` rebuilds the scorer the run was selected with.
+`checkpoints/*.pt`; `load_run` rebuilds the scorer of the run's own model.
 """
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from mba_dist import baselines
 from mba_dist import config as C
 from mba_dist.dataset import CSR, Dataset, atomic_write_bytes
-from mba_dist.evaluate import Scorer, mba_scorer, mf_scorer, rank_top_k
-from mba_dist.models import Model
+from mba_dist.evaluate import Scorer, rank_top_k
 from mba_dist.train import TrainData, load_checkpoint
 
 
@@ -34,10 +34,6 @@ def load_run_config(run_dir: str | Path) -> tuple[Path, C.Config, Dataset]:
     return run, C.load_config(run / "config.yaml"), Dataset(info["data"])
 
 
-def main_model(cfg: C.Config) -> str:
-    return f"mf_{cfg.mf_train_on}" if cfg.method == "mf" else "mba"
-
-
 def stage_weights(run: Path) -> dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
     """Every checkpointed stage of a run: {stage: {model: (user, item)}}."""
     found = sorted((run / "checkpoints").glob("*.pt"))
@@ -49,26 +45,19 @@ def stage_weights(run: Path) -> dict[str, dict[str, tuple[torch.Tensor, torch.Te
 def load_run(run_dir: str | Path) -> tuple[C.Config, Dataset, Scorer]:
     """Config, dataset and the scorer of the run's own model."""
     run, cfg, ds = load_run_config(run_dir)
-    if cfg.method == "mf":
-        name = main_model(cfg)
-        scorer = mf_scorer(load_checkpoint(run / "checkpoints" / f"{name}.pt")[name])
-    else:
-        t = load_checkpoint(run / "checkpoints" / "mba.pt")[Model.T.value]
-        pre_f = load_checkpoint(run / "checkpoints" / "pre_f.pt")[Model.PRE_F.value]
-        scorer = mba_scorer(t, pre_f, cfg.mba.beta)
-    return cfg, ds, scorer
+    needed = [baselines.main_model(cfg)] if cfg.method == "mf" else ["mba", "pre_f"]
+    stages = {n: load_checkpoint(run / "checkpoints" / f"{n}.pt") for n in needed}
+    return cfg, ds, baselines.model_scorer(cfg, stages)
 
 
 def evaluate_run(run_dir: str | Path, with_baselines: bool = True, group=None) -> dict:
     """{row: {split: metrics}} for a finished run: its model, and the baselines it has
     checkpoints for. Validation is reported unless the run selected on the test set."""
-    from mba_dist import baselines
-
     run, cfg, ds = load_run_config(run_dir)
     data = TrainData.load(ds, cfg)
-    rows = baselines.scorers(cfg, data, stage_weights(run))
-    if not with_baselines:
-        rows = {main_model(cfg): rows[main_model(cfg)]}
+    stages = stage_weights(run)
+    rows = (baselines.scorers(cfg, data, stages) if with_baselines
+            else {baselines.main_model(cfg): baselines.model_scorer(cfg, stages)})
     return baselines.table(cfg, data, rows, ("valid", "test", "truth"), group)
 
 

@@ -94,15 +94,13 @@ class TorchrecTableGroup(TableGroup):
     def _sharded(self, key: str):
         return self.dmp.state_dict()[f"embedding_bags.{key}.weight"]
 
-    def _full(self, key: str) -> torch.Tensor:
-        """The whole table on every rank (checkpoints; the evaluator reads `factors` instead)."""
-        return ShardedFactors(self, key.rsplit("_", 1)[0]).rows(key, 0, self.sizes[key])
-
     def factors(self, model: str) -> "ShardedFactors":
         return ShardedFactors(self, model)
 
     def weights(self, model: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return tuple(self._full(f"{model}_{e}") for e in ENTITIES)
+        """Whole tables on every rank (checkpoints; the evaluator reads `factors` instead)."""
+        f = self.factors(model)
+        return f.rows(f"{model}_user", 0, self.num_users).cpu(), f.items(0, self.num_items).cpu()
 
     def load(self, model: str, user: torch.Tensor, item: torch.Tensor) -> None:
         with torch.no_grad():

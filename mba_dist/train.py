@@ -405,7 +405,7 @@ def run_training(cfg: C.Config, data_dir: str | Path, out_dir: str | Path,
                                        data.num_items)}[cfg.mf_train_on]
         if train_on is None:
             raise C.ConfigError("mf_train_on: aux/all needs data.aux")
-        main_name = f"mf_{cfg.mf_train_on}"
+        main_name = baselines.main_model(cfg)
         keep(main_name, tr.fit_bpr(main_name, train_on, train_on))
     else:
         if cfg.pretrain.from_run:
