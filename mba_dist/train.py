@@ -12,29 +12,37 @@ output of such a run says so.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import time
-import zlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from mba_dist import config as C
-from mba_dist.dataset import CSR, Dataset, Pairs, atomic_write_bytes, merge_pairs, subtract_pairs
+from mba_dist.batches import MBA_INPUT, Batch, MemorySource, StageInput, bpr_input
+from mba_dist.dataset import CSR, Dataset, Pairs, atomic_write_bytes, merge_pairs
 from mba_dist import baselines
 from mba_dist.evaluate import Scorer, evaluate, mba_scorer, mf_scorer
 from mba_dist.losses import Kind, Logits, Phase, bpr_loss, l2, mba_loss, phase_of_step
 from mba_dist.models import (DN_MODELS, DP_MODELS, FROZEN, Model, TableGroup, build_group,
                              init_weights, logits)
-from mba_dist.sampler import NegativeSampler
 
 Progress = Callable[[str, int, int, dict], None]  # (stage, epoch, max_epochs, info)
 TEST_SELECTION_LABEL = "test (authors' protocol: reproduction only, not a clean estimate)"
+
+
+class Source(Protocol):
+    """Where a stage's batches come from (`batches.MemorySource`, `stream.StreamSource`)."""
+
+    def check(self, stage: StageInput) -> None: ...
+
+    def epoch(self, stage: StageInput, epoch: int) -> Iterator[Batch]: ...
 
 
 def _no_progress(stage: str, epoch: int, total: int, info: dict) -> None:
@@ -103,7 +111,8 @@ class Trainer:
     """Runs the stages of one config on one dataset; one instance per worker."""
 
     def __init__(self, cfg: C.Config, data: TrainData, out_dir: Path | None,
-                 progress: Progress = _no_progress, device: torch.device | None = None):
+                 progress: Progress = _no_progress, device: torch.device | None = None,
+                 source: Source | None = None):
         self.cfg, self.data, self.out = cfg, data, out_dir
         self.progress = progress
         self.device = device or torch.device("cpu")
@@ -122,6 +131,9 @@ class Trainer:
                                 "the torch backend keeps one unsynchronised copy per rank")
         if self.rank != 0:
             self.log_path = None  # rank 0 writes the log
+        t = cfg.train
+        self.source = source or MemorySource(data, t.batch_size, t.negatives, t.seed,
+                                             cfg.mba.batch_order, self.rank, self.world)
 
     # ---- helpers -------------------------------------------------------------------------
     def _group(self, models, optim_mode: str | None) -> TableGroup:
@@ -147,15 +159,6 @@ class Trainer:
         truth, mask, _ = self._selection()
         return evaluate(scorer, truth, mask, self.data.num_users, self.data.num_items,
                         self.cfg.eval.ks, self.cfg.eval.memory_mb)
-
-    def _batches(self, n: int, rng: np.random.Generator) -> list[np.ndarray]:
-        """This rank's share of every global batch. Every rank draws the same permutation (same
-        seed), so all take the same number of steps in the same order; a tail batch smaller
-        than the world size is dropped, so no rank ever steps on an empty share."""
-        perm = rng.permutation(n)
-        bs = self.cfg.train.batch_size
-        return [perm[a:a + bs][self.rank::self.world] for a in range(0, n, bs)
-                if min(bs, n - a) >= self.world]
 
     def _fit(self, name: str, max_epochs: int, patience: int, epoch_fn, scorer_fn,
              groups: list[TableGroup]) -> StageResult:
@@ -214,23 +217,25 @@ class Trainer:
         return StageResult(name, best_weights, best_epoch, best, epoch, seconds, triples, history)
 
     # ---- stage 1: BPR --------------------------------------------------------------------
-    def fit_bpr(self, name: str, pairs: Pairs, exclude: Pairs) -> StageResult:
-        """BPR-MF on `pairs`; negatives avoid `exclude` (in `exclude` mode). Model name: `name`."""
-        c = self.cfg
-        if len(pairs) == 0:
-            raise ValueError(f"stage {name}: no training pairs")
+    def _epoch(self, stage: StageInput, epoch: int) -> Iterator[Batch]:
+        """The source's batches, capped at `train.max_steps_per_epoch` (the same cap on every
+        rank, so ranks stay in lockstep)."""
+        cap = self.cfg.train.max_steps_per_epoch
+        it = self.source.epoch(stage, epoch)
+        return itertools.islice(it, cap) if cap > 0 else it
+
+    def fit_bpr(self, stage: StageInput) -> StageResult:
+        """BPR-MF on the stage's pairs; the model is named after the stage."""
+        c, name = self.cfg, stage.name
+        self.source.check(stage)
         group = self._group([name], c.optim.mode)
-        sampler = self._sampler(exclude, offset=zlib.crc32(name.encode()) % 1000)
-        rng = np.random.default_rng(c.train.seed + 17)
         lam = c.pretrain.lambda0
 
         def epoch_fn(epoch: int) -> dict:
             total, n = 0.0, 0
-            for idx in self._limit(self._batches(len(pairs), rng)):
-                u = pairs.users[idx]
-                j = sampler.sample(u)
+            for _, u, pos, j in self._epoch(stage, epoch):
                 ut = torch.from_numpy(u).to(self.device)
-                it = torch.from_numpy(np.concatenate([pairs.items[idx], j])).to(self.device)
+                it = torch.from_numpy(np.concatenate([pos, j])).to(self.device)
                 U, I = group(ut, it)[name]
                 b = len(u)
                 loss = (bpr_loss(logits(U, I[:b]), logits(U, I[b:]))
@@ -251,19 +256,10 @@ class Trainer:
         tensors = group.full_tables(model) if self.cfg.optim.mode == "dense_adam" else list(rows)
         return l2(tensors, self.data.num_users)
 
-    def _sampler(self, exclude: Pairs, offset: int) -> NegativeSampler:
-        keys = exclude.keys(self.data.num_items) if self.cfg.train.negatives == "exclude" else None
-        return NegativeSampler(self.data.num_items, keys,
-                               self.cfg.train.seed * 1000 + offset + 7919 * self.rank)
-
-    def _limit(self, batches: list) -> list:
-        cap = self.cfg.train.max_steps_per_epoch
-        return batches[:cap] if cap > 0 else batches
-
     # ---- stage 2: MBA --------------------------------------------------------------------
     def fit_mba(self, pre_f: tuple[torch.Tensor, torch.Tensor],
                 pre_g: tuple[torch.Tensor, torch.Tensor]) -> StageResult:
-        c, d = self.cfg, self.data
+        c = self.cfg
         m = c.mba
         frozen = self._group(FROZEN, None)
         frozen.load(Model.PRE_F.value, *pre_f)
@@ -271,34 +267,21 @@ class Trainer:
         t = self._group([Model.T], c.optim.mode)
         dn = self._group(DN_MODELS, c.optim.mode)
         dp = self._group(DP_MODELS, c.optim.mode)
-        kind_b = d.target
-        kind_a = subtract_pairs(d.aux, d.target, d.num_items)
-        if len(kind_b) == 0 or len(kind_a) == 0:
-            raise ValueError(f"MBA needs both kinds of pairs: {len(kind_b)} target pairs, "
-                             f"{len(kind_a)} auxiliary-only pairs")
-        sampler = self._sampler(merge_pairs([d.target, d.aux], d.num_items), offset=999)
-        rng = np.random.default_rng(c.train.seed + 29)
+        self.source.check(MBA_INPUT)
         self.global_step = 0  # the alternation starts with DP at the first MBA step
 
         def epoch_fn(epoch: int) -> dict:
             # Homogeneous batches of each kind (the loss differs by kind).
-            batches = ([(Kind.B, b) for b in self._batches(len(kind_b), rng)]
-                       + [(Kind.A, b) for b in self._batches(len(kind_a), rng)])
-            order = (np.arange(len(batches)) if m.batch_order == "sequential"
-                     else rng.permutation(len(batches)))
             total, n, phases = 0.0, 0, {Phase.DN: 0, Phase.DP: 0}
-            for bi in self._limit(list(order)):
-                kind, idx = batches[bi]
-                pairs = kind_b if kind is Kind.B else kind_a
+            for kind, u, pos, neg in self._epoch(MBA_INPUT, epoch):
                 phase = phase_of_step(self.global_step)
-                loss = self.mba_step(kind, phase, pairs.users[idx], pairs.items[idx],
-                                     sampler.sample(pairs.users[idx]), frozen, t,
+                loss = self.mba_step(kind, phase, u, pos, neg, frozen, t,
                                      dn if phase is Phase.DN else dp)
                 self.global_step += 1
                 self._after_step()
                 phases[phase] += 1
-                total += loss * len(idx)
-                n += len(idx)
+                total += loss * len(u)
+                n += len(u)
             return {"loss": total / max(n, 1), "triples": n, "dn_steps": phases[Phase.DN],
                     "dp_steps": phases[Phase.DP]}
 
@@ -379,8 +362,9 @@ def reuse_pretrained(run: Path, cfg: C.Config) -> dict[str, StageResult]:
 
 
 def run_training(cfg: C.Config, data_dir: str | Path, out_dir: str | Path,
-                 progress: Progress = _no_progress) -> dict:
+                 progress: Progress = _no_progress, source: Source | None = None) -> dict:
     """The worker function: every stage of `cfg` on `data_dir`, outputs under `out_dir`.
+    Batches come from `source` (default: the dataset's pairs in memory, split by rank).
 
     Returns the content of `metrics.json`.
     """
@@ -388,7 +372,7 @@ def run_training(cfg: C.Config, data_dir: str | Path, out_dir: str | Path,
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     ds = Dataset(data_dir)
     data = TrainData.load(ds, cfg)
-    tr = Trainer(cfg, data, out, progress)
+    tr = Trainer(cfg, data, out, progress, source=source)
     stages: dict[str, StageResult] = {}
 
     def keep(name: str, st: StageResult) -> None:
@@ -400,24 +384,21 @@ def run_training(cfg: C.Config, data_dir: str | Path, out_dir: str | Path,
 
     t0 = time.perf_counter()
     if cfg.method == "mf":
-        train_on = {"target": data.target, "aux": data.aux,
-                    "all": merge_pairs([p for p in (data.target, data.aux) if p is not None],
-                                       data.num_items)}[cfg.mf_train_on]
-        if train_on is None:
+        if cfg.mf_train_on != "target" and data.aux is None:
             raise C.ConfigError("mf_train_on: aux/all needs data.aux")
         main_name = baselines.main_model(cfg)
-        keep(main_name, tr.fit_bpr(main_name, train_on, train_on))
+        train_on = {"target": "target", "aux": "aux", "all": "merged"}[cfg.mf_train_on]
+        keep(main_name, tr.fit_bpr(bpr_input(main_name, train_on)))
     else:
         if cfg.pretrain.from_run:
             for name, st in reuse_pretrained(Path(cfg.pretrain.from_run), cfg).items():
                 keep(name, st)
         if "pre_f" not in stages:
-            keep("pre_f", tr.fit_bpr(Model.PRE_F.value, data.target, data.target))
+            keep("pre_f", tr.fit_bpr(bpr_input(Model.PRE_F.value, "target")))
         if "pre_g" not in stages:
-            keep("pre_g", tr.fit_bpr(Model.PRE_G.value, data.aux, data.aux))
+            keep("pre_g", tr.fit_bpr(bpr_input(Model.PRE_G.value, "aux")))
             if cfg.train.merged_baseline:
-                merged = merge_pairs([data.target, data.aux], data.num_items)
-                keep("mf_merged", tr.fit_bpr("mf_merged", merged, merged))
+                keep("mf_merged", tr.fit_bpr(bpr_input("mf_merged", "merged")))
         keep("mba", tr.fit_mba(stages["pre_f"].weights[Model.PRE_F.value],
                                stages["pre_g"].weights[Model.PRE_G.value]))
         main_name = "mba"

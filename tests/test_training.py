@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from mba_dist import config as C
+from mba_dist.batches import bpr_input
 from mba_dist.dataset import Dataset, Pairs
 from mba_dist.losses import Kind, Phase
 from mba_dist.models import DN_MODELS, DP_MODELS, FROZEN, Model
@@ -108,7 +109,7 @@ def test_bpr_stage_learns_and_selects_on_validation(tiny_dataset, tmp_path):
                                "optim.lr=0.05", "optim.mode=adagrad", "data.aux=click"])
     ds = Dataset(tiny_dataset)
     tr = Trainer(cfg, TrainData.load(ds, cfg), tmp_path)
-    st = tr.fit_bpr("mf_target", tr.data.target, tr.data.target)
+    st = tr.fit_bpr(bpr_input("mf_target", "target"))
     assert st.epochs_run == 6 and len(st.history) == 6
     losses = [h["loss"] for h in st.history]
     assert losses[-1] < losses[0]

@@ -1,0 +1,122 @@
+"""What each stage trains on, and where its batches come from.
+
+A stage reads the union of some *pair sets* of the train split and draws its negatives outside
+another one:
+
+    pair set   pairs
+    target     target train pairs                       (MBA kind B)
+    aux        auxiliary train pairs
+    aux_only   auxiliary pairs that are not target ones (MBA kind A)
+    merged     target + aux_only                        (every observed pair)
+
+A *source* yields this rank's batches of one epoch of a stage as `Batch(kind, users, pos, neg)`.
+Two sources share the trainer: `MemorySource` (pairs in memory, this module) and
+`stream.StreamSource` (Ray Data shards). Both keep ranks in lockstep: every rank yields the
+same number of batches of the same kinds in the same order, so collectives never wait.
+
+Randomness of `MemorySource` is keyed by (seed, stage, epoch, rank), not carried from one epoch
+to the next: a run resumed from an epoch checkpoint draws exactly the batches and negatives the
+uninterrupted run would have drawn.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Iterator, NamedTuple
+
+import numpy as np
+
+from mba_dist.dataset import Pairs, merge_pairs, subtract_pairs
+from mba_dist.losses import Kind
+from mba_dist.sampler import NegativeSampler
+
+PART_KIND = {"target": Kind.B, "aux_only": Kind.A}
+
+
+class Batch(NamedTuple):
+    kind: Kind | None  # MBA: which loss applies; None in BPR stages
+    users: np.ndarray  # int64 [b]
+    pos: np.ndarray
+    neg: np.ndarray
+
+
+@dataclass(frozen=True)
+class StageInput:
+    name: str  # the stage and the model it trains
+    parts: tuple[str, ...]  # pair sets whose union is trained on
+    exclude: str  # pair set that negatives avoid (in `train.negatives: exclude` mode)
+    by_kind: bool = False  # MBA: homogeneous batches per part (the loss differs by kind)
+
+    @property
+    def key(self) -> int:
+        """A stable number for this stage, mixed into its random seeds."""
+        return zlib.crc32(self.name.encode()) % 100_003
+
+
+def bpr_input(name: str, train_on: str) -> StageInput:
+    """BPR on `train_on` (target, aux or merged); negatives avoid the same set."""
+    parts = ("target", "aux_only") if train_on == "merged" else (train_on,)
+    return StageInput(name, parts, train_on)
+
+
+MBA_INPUT = StageInput("mba", ("target", "aux_only"), "merged", by_kind=True)
+
+
+def split_batches(n: int, batch_size: int, rank: int, world: int,
+                  rng: np.random.Generator) -> list[np.ndarray]:
+    """This rank's share of every global batch of a shuffled epoch over n rows. Every rank draws
+    the same permutation, so all take the same number of steps in the same order; a tail batch
+    smaller than the world size is dropped, so no rank ever steps on an empty share."""
+    perm = rng.permutation(n)
+    return [perm[a:a + batch_size][rank::world] for a in range(0, n, batch_size)
+            if min(batch_size, n - a) >= world]
+
+
+class MemorySource:
+    """Batches from pairs held in memory (`TrainData`), split by rank."""
+
+    def __init__(self, data, batch_size: int, negatives: str, seed: int, batch_order: str,
+                 rank: int = 0, world: int = 1):
+        self.data, self.batch_size, self.negatives = data, batch_size, negatives
+        self.seed, self.batch_order, self.rank, self.world = seed, batch_order, rank, world
+
+    @cached_property
+    def _sets(self) -> dict[str, Pairs]:
+        d = self.data
+        sets = {"target": d.target}
+        if d.aux is not None:
+            sets["aux"] = d.aux
+            sets["aux_only"] = subtract_pairs(d.aux, d.target, d.num_items)
+            sets["merged"] = merge_pairs([d.target, d.aux], d.num_items)
+        return sets
+
+    def pairs(self, name: str) -> Pairs:
+        if name not in self._sets:
+            raise ValueError(f"pair set {name!r} needs data.aux")
+        return self._sets[name]
+
+    def check(self, stage: StageInput) -> None:
+        """Fail before training when a stage has nothing to train on."""
+        for part in stage.parts:
+            if len(self.pairs(part)) == 0:
+                raise ValueError(f"stage {stage.name}: no {part} training pairs")
+
+    def epoch(self, stage: StageInput, epoch: int) -> Iterator[Batch]:
+        rng = np.random.default_rng([self.seed, stage.key, epoch])
+        keys = self.pairs(stage.exclude).keys(self.data.num_items) \
+            if self.negatives == "exclude" else None
+        sampler = NegativeSampler(self.data.num_items, keys,
+                                  [self.seed, stage.key, epoch, 7919, self.rank])
+        if stage.by_kind:
+            runs = [(PART_KIND[p], self.pairs(p)) for p in stage.parts]
+        else:  # one shuffled order over the union ("target" + "aux_only" is "merged")
+            runs = [(None, self.pairs("merged" if len(stage.parts) > 1 else stage.parts[0]))]
+        batches = [(kind, pairs, idx) for kind, pairs in runs
+                   for idx in split_batches(len(pairs), self.batch_size, self.rank, self.world, rng)]
+        order = (np.arange(len(batches)) if self.batch_order == "sequential" or not stage.by_kind
+                 else rng.permutation(len(batches)))
+        for bi in order:
+            kind, pairs, idx = batches[bi]
+            u = pairs.users[idx]
+            yield Batch(kind, u, pairs.items[idx], sampler.sample(u))
