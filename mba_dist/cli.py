@@ -3,6 +3,7 @@
     mba-dist prepare --out DIR --target purchase --train purchase=F --train cart=F --test purchase=F
     mba-dist synth --out DIR [--size tiny|small|medium|large] [--users N --items N]
     mba-dist run --data DIR --config configs/X.yaml --out RUN_DIR [--model mf] [--set k=v ...]
+                 [--workers N] [--gpu] [--max-failures N] [--storage URI] [--local]
     mba-dist evaluate --run RUN_DIR [--baselines] [--workers N] [--out DIR]
     mba-dist bench-eval [--device cuda] [--out DIR]    evaluator speed and memory
     mba-dist recommend --run RUN_DIR --users U1,U2 | --users-file F [--k 20] [--out F.parquet]
@@ -118,12 +119,20 @@ def cmd_run(a) -> int:
     run_info = {"data": str(Path(a.data).resolve()), "config_file": a.config, "sets": sets,
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "python": platform.python_version()}
     atomic_write_bytes(out / "run.json", json.dumps(run_info, indent=2).encode())
-    progress, close = _progress_bar()
-    try:
-        with _local_process_group(cfg):
-            metrics = run_training(cfg, a.data, out, progress)
-    finally:
-        close()
+    if a.local:
+        if a.workers != 1:
+            raise ValueError("--local runs one in-process worker; drop --workers or --local")
+        progress, close = _progress_bar()
+        try:
+            with _local_process_group(cfg):
+                metrics = run_training(cfg, a.data, out, progress)
+        finally:
+            close()
+    else:
+        from mba_dist.ray_train import run_with_ray
+
+        metrics = run_with_ray(cfg, a.data, out, num_workers=a.workers, use_gpu=a.gpu,
+                               max_failures=a.max_failures, storage=a.storage)
     # Recommendations for every test user, raw ids, known purchases excluded.
     from mba_dist.recommend import load_run
 
@@ -214,8 +223,9 @@ def cmd_demo(a) -> int:
         print(f"synthetic dataset with planted preferences in {data}", file=sys.stderr)
     shipped = Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml"
     config = a.config or (str(shipped) if shipped.is_file() else None)
-    ns = argparse.Namespace(data=str(data), config=config, out=str(root / "run"), model=None,
-                            set=DEMO_SETS + list(a.set or []), overwrite=True)
+    ns = argparse.Namespace(**{**vars(a), "data": str(data), "config": config,
+                               "out": str(root / "run"), "model": None, "overwrite": True,
+                               "set": DEMO_SETS + list(a.set or [])})
     return cmd_run(ns)
 
 
@@ -257,6 +267,15 @@ def main(argv: list[str] | None = None) -> int:
             s.add_argument("--overwrite", action="store_true")
         else:
             s.add_argument("--out", default="runs/demo")
+        s.add_argument("--workers", type=int, default=1,
+                       help="Ray Train workers (N > 1 needs model.backend=torchrec)")
+        s.add_argument("--gpu", action="store_true", help="one GPU per worker, NCCL")
+        s.add_argument("--max-failures", type=int, default=3,
+                       help="worker failures to recover from (resume from the last checkpoint)")
+        s.add_argument("--storage", default=None,
+                       help="Ray Train checkpoint storage (default RUN/ray; shared on clusters)")
+        s.add_argument("--local", action="store_true",
+                       help="train in this process without Ray (one worker, in-memory batches)")
         s.add_argument("--config", default=None)
         s.add_argument("--set", action="append", metavar="KEY=VALUE")
         s.set_defaults(fn=fn)

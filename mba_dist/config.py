@@ -79,6 +79,10 @@ class TrainConfig:
     select_on: Literal["valid", "test"] = "valid"  # "test" = authors' protocol, reproduction only
     merged_baseline: bool = True  # also train MF-BPR on all behaviors merged (a baseline row)
     max_steps_per_epoch: int = 0  # 0 = all; >0 caps an epoch, for smoke runs and benchmarks
+    # Under Ray: stream (Ray Data reads the Parquet files, shuffles, samples negatives and splits
+    # the rows across workers) or memory (every worker reads the pairs, as outside Ray).
+    input: Literal["stream", "memory"] = "stream"
+    checkpoint_every: int = 1  # under Ray: a resumable checkpoint every N epochs (0 = none)
 
 
 @dataclass(frozen=True)
@@ -209,6 +213,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.aux and data.target are both {cfg.data.target!r}")
     if cfg.train.eval_every_steps < 0:
         raise ConfigError("train.eval_every_steps must be 0 (off) or positive")
+    if cfg.train.checkpoint_every < 0:
+        raise ConfigError("train.checkpoint_every must be 0 (off) or positive")
     if cfg.model.dim <= 0 or cfg.train.batch_size <= 0 or cfg.train.eval_every <= 0:
         raise ConfigError("model.dim, train.batch_size and train.eval_every must be positive")
     if not 0.0 <= cfg.mba.beta <= 1.0:

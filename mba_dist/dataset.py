@@ -149,16 +149,21 @@ class Dataset:
     def path(self, split: str, behavior: str) -> Path:
         return self.root / split / f"{behavior}.parquet"
 
+    def pairs_file(self, split: str, behavior: str) -> Path:
+        """The Parquet file of one split and behavior; a clear error when it is not there."""
+        if not self.has(split, behavior):
+            have = {s: self.behaviors(s) for s in SPLITS if self.behaviors(s)}
+            raise DatasetError(f"{self.root}: no {split!r} split of behavior {behavior!r} "
+                               f"(the dataset has {have})")
+        path = self.path(split, behavior)
+        if not path.is_file():
+            raise DatasetError(f"{path} is listed in meta.json but missing")
+        return path
+
     def pairs(self, split: str, behavior: str) -> Pairs:
         key = (split, behavior)
         if key not in self._cache:
-            if not self.has(split, behavior):
-                have = {s: self.behaviors(s) for s in SPLITS if self.behaviors(s)}
-                raise DatasetError(f"{self.root}: no {split!r} split of behavior {behavior!r} "
-                                   f"(the dataset has {have})")
-            path = self.path(split, behavior)
-            if not path.is_file():
-                raise DatasetError(f"{path} is listed in meta.json but missing")
+            path = self.pairs_file(split, behavior)
             t = pq.read_table(path, columns=["user", "item"])
             p = Pairs(t.column("user").to_numpy().astype(np.int64),
                       t.column("item").to_numpy().astype(np.int64))

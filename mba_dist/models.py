@@ -84,6 +84,16 @@ class TableGroup(nn.Module):
     def optimizer_state(self) -> dict:
         return {}
 
+    def state(self) -> dict:
+        """Whole tables and optimizer state as CPU tensors, for a resumable checkpoint.
+        Collective on sharded backends (every rank calls it); serialise it before the next
+        step, as optimizer state may be shared with the live optimizer."""
+        raise NotImplementedError
+
+    def load_state(self, state: dict) -> None:
+        """Restore `state()` output (every rank loads the whole state, keeps its shards)."""
+        raise NotImplementedError
+
 
 class TorchTableGroup(TableGroup):
     """Plain `nn.Embedding` tables with a torch optimizer over the group."""
@@ -139,6 +149,17 @@ class TorchTableGroup(TableGroup):
 
     def optimizer_state(self) -> dict:
         return self.opt.state_dict() if self.opt is not None else {}
+
+    def state(self) -> dict:
+        return {"tables": {k: t.weight.detach().cpu().clone() for k, t in self.tables.items()},
+                "optim": self.optimizer_state()}
+
+    def load_state(self, state: dict) -> None:
+        with torch.no_grad():
+            for k, w in state["tables"].items():
+                self.tables[k].weight.copy_(w)
+        if self.opt is not None and state["optim"]:
+            self.opt.load_state_dict(state["optim"])
 
 
 def build_group(backend: str, models: Iterable[Model | str], num_users: int, num_items: int,

@@ -8,61 +8,167 @@ Networking stays on loopback for a local cluster: RAY_ENABLE_WINDOWS_OR_OSX_CLUS
 before `import ray` (without it Ray binds to the machine's non-loopback address even when told
 127.0.0.1), and gloo uses the `lo` interface.
 
-This is a single-worker path: every rank would write the same run directory, so `num_workers`
-is 1 until the distributed trainer shards the input and the tables.
+With N workers the tables are torchrec-sharded across them (DMP), every worker runs the same
+steps in lockstep, and rank 0 alone writes the run directory.
 """
 from __future__ import annotations
 
 import json
 import os
+import sys
+import tempfile
 from pathlib import Path
 
 from mba_dist import config as C
 
+STATE_FILE = "state.pt"
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "GLOO_SOCKET_IFNAME": "lo",
                 "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "2"}
 
 
+def _print_progress(stage: str, epoch: int, total: int, info: dict) -> None:
+    """One line per epoch from rank 0 (it lands in the job's log)."""
+    sel = info.get("valid") or info.get("test") or {}
+    r = f" R@20 {sel['recall@20']:.4f}" if "recall@20" in sel else ""
+    # sys.stdout directly: Ray Train's patched print would log the line twice.
+    sys.stdout.write(f"[mba-dist] {stage} epoch {epoch}/{total} loss {info['loss']:.4f} "
+                     f"{info['triples_per_s']:,} triples/s{r}\n")
+    sys.stdout.flush()
+
+
+class RayCheckpoints:
+    """Reports every epoch to Ray Train; every `every` epochs with a checkpoint of the whole
+    resumable state (`state.pt`, written by rank 0; Ray copies it into the run's storage and
+    registers it only once complete, so a failure never leaves a half-written checkpoint)."""
+
+    def __init__(self, every: int, rank: int):
+        self.every, self.rank = every, rank
+
+    def epoch_end(self, record: dict, state) -> None:
+        import ray.train
+        import torch
+
+        sel = record.get("valid") or record.get("test") or {}
+        metrics = {"stage": record["stage"], "epoch": record["epoch"], "loss": record["loss"],
+                   "triples_per_s": record["triples_per_s"],
+                   **{f"select_{k}": v for k, v in sel.items() if "@" in k}}
+        if not (self.every and record["epoch"] % self.every == 0):
+            ray.train.report(metrics)
+            return
+        st = state()  # collective: every rank gathers
+        if self.rank != 0:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="mba-dist-ckpt-") as d:
+            torch.save(st, Path(d) / STATE_FILE)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def load_resume_state(checkpoint) -> dict:
+    """The resumable state inside a Ray checkpoint (a clear error when it is not one)."""
+    import torch
+
+    with checkpoint.as_directory() as d:
+        path = Path(d) / STATE_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {checkpoint.path} has no {STATE_FILE}")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _train_loop_per_worker(loop_config: dict) -> None:
     """Runs on each Ray Train worker: the typed config is rebuilt from its plain-dict form."""
-    from mba_dist.train import run_training
+    import ray.train
+    import ray.train.torch
+    import torch.distributed as dist
+
+    from mba_dist.stream import StreamSource
+    from mba_dist.train import run_training, _no_progress
 
     cfg = C.apply_overrides(C.Config(), loop_config["config"], "ray worker config")
     C.validate(cfg)
-    run_training(cfg, loop_config["data"], loop_config["out"])
+    source = None
+    if loop_config["shards"]:
+        shards = {n: ray.train.get_dataset_shard(n) for n in loop_config["shards"]}
+        source = StreamSource(shards, cfg.train.batch_size, dist.get_world_size(), cfg.train.seed,
+                              cfg.mba.batch_order, loop_config["part_rows"])
+    progress = _print_progress if dist.get_rank() == 0 else _no_progress
+    device = ray.train.torch.get_device() if loop_config["use_gpu"] else None
+    ckpt = ray.train.get_checkpoint()
+    resume = load_resume_state(ckpt) if ckpt is not None else None
+    if resume is not None and dist.get_rank() == 0:
+        sys.stdout.write(f"[mba-dist] resuming from {ckpt.path}: stage {resume['stage']} after "
+                         f"epoch {resume['fit']['epoch']}\n")
+    run_training(cfg, loop_config["data"], loop_config["out"], progress, source=source,
+                 device=device, resume=resume,
+                 checkpointer=RayCheckpoints(cfg.train.checkpoint_every, dist.get_rank()))
 
 
-def run_with_ray(cfg: C.Config, data_dir: str | Path, out_dir: str | Path,
-                 num_workers: int = 1) -> dict:
-    """Train through Ray Train; returns the run's metrics.json content."""
-    if num_workers != 1:
-        raise ValueError("run_with_ray supports num_workers=1 (one worker writes the run directory)")
+def init_ray() -> bool:
+    """Join the cluster at RAY_ADDRESS, or start the embedded in-process one on loopback.
+    Returns whether this call started Ray (and so should shut it down)."""
     for k, v in LOOPBACK_ENV.items():
         os.environ.setdefault(k, v)
     import ray
-    from ray.train import RunConfig, ScalingConfig
+
+    if ray.is_initialized():
+        return False
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:  # the embedded default: an in-process local cluster on loopback
+        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1",
+                 runtime_env={"env_vars": dict(LOOPBACK_ENV)})
+    return True
+
+
+def run_with_ray(cfg: C.Config, data_dir: str | Path, out_dir: str | Path,
+                 num_workers: int = 1, use_gpu: bool = False, max_failures: int = 3,
+                 storage: str | None = None) -> dict:
+    """Train through Ray Train on `num_workers` workers; returns the run's metrics.json content.
+
+    `train.input: stream` feeds the workers from Ray Data (`stream.StreamPlan`); `memory` has
+    every worker read the pairs and take its share of each global batch. A failed worker
+    restarts the whole group from the last epoch checkpoint, up to `max_failures` times;
+    checkpoints live under `storage` (default RUN/ray; on a multi-node cluster, storage that
+    every node reaches)."""
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be at least 1, got {num_workers}")
+    if num_workers > 1 and cfg.model.backend != "torchrec":
+        raise C.ConfigError(f"{num_workers} workers need model.backend=torchrec (sharded tables)")
+    stream = cfg.train.input == "stream"
+    if stream and cfg.train.batch_size % num_workers:
+        raise C.ConfigError(f"train.batch_size {cfg.train.batch_size} is not a multiple of "
+                            f"{num_workers} workers (each reads batch_size / workers rows a step)")
+    started = init_ray()
+    import ray
+    import ray.data
+
+    # One line per epoch from rank 0 instead of a progress bar per dataset execution.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    started = False
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS")
-        if address:
-            ray.init(address=address)
-        else:  # the embedded default: an in-process local cluster on loopback
-            ray.init(include_dashboard=False, _node_ip_address="127.0.0.1",
-                     runtime_env={"env_vars": dict(LOOPBACK_ENV)})
-        started = True
+    from mba_dist.stream import StreamPlan
+
     out = Path(out_dir).resolve()
+    data = str(Path(data_dir).resolve())
     try:
+        datasets, part_rows = {}, {}
+        if stream:
+            plan = StreamPlan(cfg, data)
+            datasets, part_rows = plan.datasets(), plan.part_rows()
         trainer = TorchTrainer(
             _train_loop_per_worker,
-            train_loop_config={"config": C.to_dict(cfg), "data": str(Path(data_dir).resolve()),
-                               "out": str(out)},
-            torch_config=TorchConfig(backend="gloo"),
-            # 0.5 CPU per worker leaves room for Ray's own tasks on a 2-core machine.
-            scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=False,
-                                         resources_per_worker={"CPU": 0.5}),
-            run_config=RunConfig(name="mba-dist", storage_path=str(out / "ray")),
+            train_loop_config={"config": C.to_dict(cfg), "data": data, "out": str(out),
+                               "shards": sorted(datasets), "part_rows": part_rows,
+                               "use_gpu": use_gpu},
+            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+            # 0.5 CPU per worker leaves room for Ray Data's tasks on a 2-core machine.
+            scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                         resources_per_worker=None if use_gpu else {"CPU": 0.5}),
+            run_config=RunConfig(name="mba-dist", storage_path=storage or str(out / "ray"),
+                                 failure_config=FailureConfig(max_failures=max_failures)),
+            datasets=datasets or None,
         )
         trainer.fit()
     finally:

@@ -113,6 +113,63 @@ class TorchrecTableGroup(TableGroup):
     def optimizer_state(self) -> dict:
         return {} if self.frozen else self.dmp.fused_optimizer.state_dict()
 
+    def state(self) -> dict:
+        tables = {k: full_tensor(self._sharded(k)) for k in self.keys}
+        return {"tables": tables, "optim": {} if self.frozen else self._optim_state()}
+
+    def _optim_state(self) -> dict:
+        # A rank's fused optimizer lists only the state of the shards it holds, so the ranks
+        # first agree on every (parameter, state) with its shape, then gather each in sorted
+        # order (collectives must match), a rank without a shard adding zeros.
+        live = self.optimizer_state()["state"]
+        mine = {(p, n): (tuple(t.size()), t.dtype) for p, st in live.items() for n, t in st.items()}
+        every = [None] * dist.get_world_size()
+        dist.all_gather_object(every, mine)
+        union = {k: v for d in every for k, v in d.items()}
+        out: dict[str, dict] = {}
+        for p, n in sorted(union):
+            shape, dtype = union[(p, n)]
+            out.setdefault(p, {})[n] = full_tensor(live.get(p, {}).get(n), shape, dtype)
+        return out
+
+    def load_state(self, state: dict) -> None:
+        for k, full in state["tables"].items():
+            load_shards(self._sharded(k), full)
+        live = self.optimizer_state()["state"] if not self.frozen else {}
+        for param, st in state["optim"].items():
+            for name, full in st.items():
+                if name in live.get(param, {}):  # shards held by this rank only
+                    load_shards(live[param][name], full)
+
+
+def _shard_index(shard) -> tuple[slice, ...]:
+    return tuple(slice(o, o + n) for o, n in
+                 zip(shard.metadata.shard_offsets, shard.metadata.shard_sizes))
+
+
+def full_tensor(sharded, size=None, dtype=None) -> torch.Tensor:
+    """The whole tensor of a ShardedTensor (weights or optimizer state, any sharding), on CPU:
+    each rank writes its shards into a zeroed buffer and the buffers are summed. Collective;
+    a rank that has no such tensor passes None with its global size and dtype."""
+    shards = sharded.local_shards() if sharded is not None else []
+    size = sharded.size() if sharded is not None else size
+    dtype = shards[0].tensor.dtype if shards else (dtype or torch.float32)
+    nccl = dist.get_backend() == "nccl"
+    dev = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+    buf = torch.zeros(size, dtype=dtype, device=dev)
+    for shard in shards:
+        buf[_shard_index(shard)] = shard.tensor.detach().to(dev)
+    if dist.get_world_size() > 1:
+        dist.all_reduce(buf)
+    return buf.cpu()
+
+
+def load_shards(sharded, full: torch.Tensor) -> None:
+    """Copy this rank's shards of `full` into a ShardedTensor (the inverse of `full_tensor`)."""
+    with torch.no_grad():
+        for shard in sharded.local_shards():
+            shard.tensor.copy_(full[_shard_index(shard)])
+
 
 class ShardedFactors:
     """`evaluate.Factors` read from the shards: every rank places the rows it holds into a

@@ -11,6 +11,7 @@ output of such a run says so.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import itertools
 import json
@@ -43,6 +44,25 @@ class Source(Protocol):
     def check(self, stage: StageInput) -> None: ...
 
     def epoch(self, stage: StageInput, epoch: int) -> Iterator[Batch]: ...
+
+
+class Checkpointer(Protocol):
+    """Called by every rank after every epoch; `state()` is collective (all ranks call it the
+    same epochs) and returns the resumable state (`Trainer._state`)."""
+
+    def epoch_end(self, record: dict, state: Callable[[], dict]) -> None: ...
+
+
+class NoCheckpoints:
+    def epoch_end(self, record: dict, state: Callable[[], dict]) -> None:
+        pass
+
+
+RESUME_FORMAT = 1
+
+
+def _stage_dict(st: "StageResult") -> dict:
+    return {f.name: getattr(st, f.name) for f in dataclasses.fields(st)}
 
 
 def _no_progress(stage: str, epoch: int, total: int, info: dict) -> None:
@@ -92,6 +112,20 @@ class TrainData:
 
 
 @dataclass
+class _FitState:
+    """The epoch loop's progress within a stage (saved in every resumable checkpoint)."""
+
+    epoch: int = 0  # last finished epoch
+    stage_steps: int = 0
+    best: dict = field(default_factory=lambda: {"recall@20": -1.0})
+    best_epoch: int = -1
+    best_weights: dict | None = None
+    history: list = field(default_factory=list)
+    seconds: float = 0.0
+    triples: int = 0
+
+
+@dataclass
 class StageResult:
     name: str
     weights: dict[str, tuple[torch.Tensor, torch.Tensor]]  # best epoch, per model
@@ -119,6 +153,9 @@ class Trainer:
         self.log_path = out_dir / "log.jsonl" if out_dir else None
         self.global_step = 0
         self._after_step = _no_step_hook  # set by `_fit` for step-based validation
+        self.finished: dict[str, StageResult] = {}  # stages done, saved in resumable states
+        self.resume: dict | None = None  # a resumable state to continue from (`_fit`)
+        self.checkpointer: Checkpointer = NoCheckpoints()
         # Each of W ranks holds 1/W of the global batch, and sharded tables divide the summed
         # row gradients by W (torchrec's gradient division, as DDP averages): a batch mean
         # needs no scaling, but the L2 term is a sum over the batch rows and is scaled by W,
@@ -164,40 +201,44 @@ class Trainer:
              groups: list[TableGroup]) -> StageResult:
         """Shared epoch loop: train, validate every `eval_every` epochs (or every
         `eval_every_steps` steps, through `_after_step`), keep the best weights, stop when
-        `patience` epochs passed since the best validation."""
-        best = {"recall@20": -1.0}
-        best_epoch, best_weights, history = -1, None, []
-        seconds, triples, epoch = 0.0, 0, 0
+        `patience` epochs passed since the best validation. Resumes from `self.resume` when it
+        holds this stage, and hands a resumable state to the checkpointer after each epoch."""
+        f = _FitState()
+        if self.resume is not None and self.resume["stage"] == name:
+            f = self._restore(self.resume, groups)
+            self.resume = None
         every, every_steps = self.cfg.train.eval_every, self.cfg.train.eval_every_steps
-        stage_steps = 0
+        epoch = f.epoch
 
         def validate() -> dict:
-            nonlocal best, best_epoch, best_weights
             weights = {m: g.weights(m) for g in groups for m in g.models}
             metrics = self._select_metrics(scorer_fn(weights))
-            if metrics["recall@20"] > best["recall@20"]:
-                best, best_epoch, best_weights = metrics, epoch, weights
-            return {"step": stage_steps, **metrics}
+            if metrics["recall@20"] > f.best["recall@20"]:
+                f.best, f.best_epoch, f.best_weights = metrics, epoch, weights
+            return {"step": f.stage_steps, **metrics}
 
         mid_epoch: list[dict] = []
 
         def after_step() -> None:
-            nonlocal stage_steps
-            stage_steps += 1
-            if every_steps and stage_steps % every_steps == 0:
+            f.stage_steps += 1
+            if every_steps and f.stage_steps % every_steps == 0:
                 mid_epoch.append(validate())
 
         self._after_step = after_step
-        for epoch in range(1, max_epochs + 1):
+        stopped = f.best_weights is not None and f.epoch - f.best_epoch >= patience
+        for epoch in range(f.epoch + 1, max_epochs + 1):
+            if stopped:
+                break
             t0 = time.perf_counter()
             info = epoch_fn(epoch)
             dt = time.perf_counter() - t0
-            seconds += dt
             if self.world > 1:  # every rank's triples
-                n = torch.tensor([info["triples"]], dtype=torch.int64)
+                n = torch.tensor([info["triples"]], dtype=torch.int64,
+                                 device=self.device if dist.get_backend() == "nccl" else "cpu")
                 dist.all_reduce(n)
                 info["triples"] = int(n)
-            triples += info["triples"]
+            f.seconds += dt
+            f.triples += info["triples"]
             record = {"stage": name, "epoch": epoch, "step": self.global_step, **info,
                       "seconds": round(dt, 3), "triples_per_s": round(info["triples"] / max(dt, 1e-9))}
             sel = self._selection()[2]
@@ -206,15 +247,32 @@ class Trainer:
                 record[f"{sel}_within_epoch"] = list(mid_epoch)
                 mid_epoch.clear()
             elif ((not every_steps and (epoch % every == 0 or epoch == max_epochs))
-                  or (epoch == max_epochs and best_weights is None)):
+                  or (epoch == max_epochs and f.best_weights is None)):
                 record[sel] = validate()
             self._log(record)
-            history.append(record)
+            f.history.append(record)
+            f.epoch = epoch
             self.progress(name, epoch, max_epochs, record)
-            if best_weights is not None and epoch - best_epoch >= patience:
-                break
+            stopped = f.best_weights is not None and epoch - f.best_epoch >= patience
+            self.checkpointer.epoch_end(record, lambda: self._state(name, f, groups))
         self._after_step = _no_step_hook
-        return StageResult(name, best_weights, best_epoch, best, epoch, seconds, triples, history)
+        return StageResult(name, f.best_weights, f.best_epoch, f.best, f.epoch, f.seconds,
+                           f.triples, f.history)
+
+    # ---- resumable state -------------------------------------------------------------------
+    def _state(self, name: str, f: "_FitState", groups: list[TableGroup]) -> dict:
+        """Everything a restarted worker needs to continue after this epoch (collective: the
+        sharded groups gather their tables on every rank)."""
+        return {"format": RESUME_FORMAT, "config": C.to_dict(self.cfg),
+                "finished": {n: _stage_dict(st) for n, st in self.finished.items()},
+                "stage": name, "global_step": self.global_step, "fit": dataclasses.asdict(f),
+                "groups": [g.state() for g in groups]}
+
+    def _restore(self, state: dict, groups: list[TableGroup]) -> "_FitState":
+        for g, gs in zip(groups, state["groups"], strict=True):
+            g.load_state(gs)
+        self.global_step = state["global_step"]
+        return _FitState(**state["fit"])
 
     # ---- stage 1: BPR --------------------------------------------------------------------
     def _epoch(self, stage: StageInput, epoch: int) -> Iterator[Batch]:
@@ -361,10 +419,28 @@ def reuse_pretrained(run: Path, cfg: C.Config) -> dict[str, StageResult]:
     return out
 
 
+def _check_resumable(state: dict, cfg: C.Config) -> None:
+    if state.get("format") != RESUME_FORMAT:
+        raise ValueError(f"resumable state has format {state.get('format')!r}, this mba-dist "
+                         f"reads {RESUME_FORMAT}")
+    saved, now = state["config"], C.to_dict(cfg)
+    if saved != now:
+        diff = sorted(f"{sec}.{k}" if isinstance(now.get(sec), dict) else sec
+                      for sec in now for k in (now[sec] if isinstance(now[sec], dict) else [None])
+                      if (saved.get(sec, {}).get(k) if k else saved.get(sec))
+                      != (now[sec].get(k) if k else now[sec]))
+        raise C.ConfigError(f"cannot resume: the checkpoint was written with another config "
+                            f"(differs in {', '.join(diff) or 'layout'})")
+
+
 def run_training(cfg: C.Config, data_dir: str | Path, out_dir: str | Path,
-                 progress: Progress = _no_progress, source: Source | None = None) -> dict:
+                 progress: Progress = _no_progress, source: Source | None = None,
+                 device: torch.device | None = None, checkpointer: Checkpointer | None = None,
+                 resume: dict | None = None) -> dict:
     """The worker function: every stage of `cfg` on `data_dir`, outputs under `out_dir`.
-    Batches come from `source` (default: the dataset's pairs in memory, split by rank).
+    Batches come from `source` (default: the dataset's pairs in memory, split by rank). After
+    every epoch `checkpointer` gets a resumable state; `resume` (such a state) continues a run:
+    its finished stages are kept and its current stage goes on after the saved epoch.
 
     Returns the content of `metrics.json`.
     """
@@ -372,8 +448,10 @@ def run_training(cfg: C.Config, data_dir: str | Path, out_dir: str | Path,
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     ds = Dataset(data_dir)
     data = TrainData.load(ds, cfg)
-    tr = Trainer(cfg, data, out, progress, source=source)
-    stages: dict[str, StageResult] = {}
+    tr = Trainer(cfg, data, out, progress, device=device, source=source)
+    if checkpointer is not None:
+        tr.checkpointer = checkpointer
+    stages = tr.finished
 
     def keep(name: str, st: StageResult) -> None:
         # Checkpointed as soon as it exists: a later failure never loses a finished stage, and
@@ -382,25 +460,39 @@ def run_training(cfg: C.Config, data_dir: str | Path, out_dir: str | Path,
             save_checkpoint(out / "checkpoints" / f"{name}.pt", st, cfg)
         stages[name] = st
 
+    reused: set[str] = set()
+    if cfg.method == "mba" and cfg.pretrain.from_run:
+        for name, st in reuse_pretrained(Path(cfg.pretrain.from_run), cfg).items():
+            keep(name, st)
+            reused.add(name)
+    if resume is not None:
+        _check_resumable(resume, cfg)
+        for name, d in resume["finished"].items():
+            stages[name] = StageResult(**d)
+        tr.resume = resume
+        if tr.rank == 0:  # the log restarts from the saved epoch
+            records = [r for st in stages.values() for r in st.history] + resume["fit"]["history"]
+            atomic_write_bytes(tr.log_path, "".join(json.dumps(r) + "\n" for r in records).encode())
+
     t0 = time.perf_counter()
     if cfg.method == "mf":
         if cfg.mf_train_on != "target" and data.aux is None:
             raise C.ConfigError("mf_train_on: aux/all needs data.aux")
         main_name = baselines.main_model(cfg)
         train_on = {"target": "target", "aux": "aux", "all": "merged"}[cfg.mf_train_on]
-        keep(main_name, tr.fit_bpr(bpr_input(main_name, train_on)))
+        if main_name not in stages:
+            keep(main_name, tr.fit_bpr(bpr_input(main_name, train_on)))
     else:
-        if cfg.pretrain.from_run:
-            for name, st in reuse_pretrained(Path(cfg.pretrain.from_run), cfg).items():
-                keep(name, st)
         if "pre_f" not in stages:
             keep("pre_f", tr.fit_bpr(bpr_input(Model.PRE_F.value, "target")))
         if "pre_g" not in stages:
             keep("pre_g", tr.fit_bpr(bpr_input(Model.PRE_G.value, "aux")))
-            if cfg.train.merged_baseline:
-                keep("mf_merged", tr.fit_bpr(bpr_input("mf_merged", "merged")))
-        keep("mba", tr.fit_mba(stages["pre_f"].weights[Model.PRE_F.value],
-                               stages["pre_g"].weights[Model.PRE_G.value]))
+        # The merged baseline comes with a trained pre_g, not with one reused from a run.
+        if cfg.train.merged_baseline and "mf_merged" not in stages and "pre_g" not in reused:
+            keep("mf_merged", tr.fit_bpr(bpr_input("mf_merged", "merged")))
+        if "mba" not in stages:
+            keep("mba", tr.fit_mba(stages["pre_f"].weights[Model.PRE_F.value],
+                                   stages["pre_g"].weights[Model.PRE_G.value]))
         main_name = "mba"
     wall = time.perf_counter() - t0
 

@@ -22,7 +22,7 @@ def _sets(*extra):
 
 def test_run_mba_end_to_end(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "run"
-    rc = main(["run", "--data", str(tiny_dataset), "--config", "configs/synthetic.yaml",
+    rc = main(["run", "--local", "--data", str(tiny_dataset), "--config", "configs/synthetic.yaml",
                "--out", str(out)] + _sets())
     assert rc == 0
     printed = capsys.readouterr().out
@@ -61,7 +61,7 @@ def test_run_mba_end_to_end(tiny_dataset, tmp_path, capsys):
     assert "unknown user id" in capsys.readouterr().err
 
     # a finished run is never overwritten by accident
-    assert main(["run", "--data", str(tiny_dataset), "--out", str(out)] + _sets()) == 2
+    assert main(["run", "--local", "--data", str(tiny_dataset), "--out", str(out)] + _sets()) == 2
     assert "holds a finished run" in capsys.readouterr().err
 
     # evaluate --baselines: the same test metrics as the run, on 1 and on 2 ranks, as md + csv
@@ -90,7 +90,7 @@ def test_evaluate_rejects_unfinished_run(tmp_path, capsys):
 
 def test_run_mf_baseline_with_test_selection_is_labelled(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "mf"
-    rc = main(["run", "--data", str(tiny_dataset), "--model", "mf", "--out", str(out)]
+    rc = main(["run", "--local", "--data", str(tiny_dataset), "--model", "mf", "--out", str(out)]
               + _sets("train.select_on=test", "data.aux=click"))
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
@@ -101,7 +101,7 @@ def test_run_mf_baseline_with_test_selection_is_labelled(tiny_dataset, tmp_path,
 
 def test_validation_every_n_steps(tiny_dataset, tmp_path):
     out = tmp_path / "steps"
-    assert main(["run", "--data", str(tiny_dataset), "--model", "mf", "--out", str(out)]
+    assert main(["run", "--local", "--data", str(tiny_dataset), "--model", "mf", "--out", str(out)]
                 + _sets("train.eval_every_steps=2", "train.batch_size=64")) == 0
     records = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
     steps = [v["step"] for r in records for v in r["valid_within_epoch"]]
@@ -114,7 +114,7 @@ def test_validation_every_n_steps(tiny_dataset, tmp_path):
 
 def test_run_torchrec_backend(tiny_dataset, tmp_path):
     out = tmp_path / "trec"
-    rc = main(["run", "--data", str(tiny_dataset), "--config", "configs/synthetic.yaml",
+    rc = main(["run", "--local", "--data", str(tiny_dataset), "--config", "configs/synthetic.yaml",
                "--out", str(out)] + _sets("model.backend=torchrec", "train.merged_baseline=false",
                                           "optim.mode=rowwise_adagrad"))
     assert rc == 0
@@ -135,11 +135,11 @@ def test_config_errors(tmp_path, tiny_dataset, capsys):
         C.load_config(tmp_path / "missing.yaml")
     with pytest.raises(C.ConfigError, match="not a fused torchrec kernel"):
         C.load_config(None, ["model.backend=torchrec", "optim.mode=sparse_adam"])
-    assert main(["run", "--data", str(tiny_dataset), "--config", str(bad), "--out",
+    assert main(["run", "--local", "--data", str(tiny_dataset), "--config", str(bad), "--out",
                  str(tmp_path / "r")]) == 2
     assert "unknown key 'mba.alfa'" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
-    assert main(["run", "--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "r")]) == 2
+    assert main(["run", "--local", "--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "r")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
@@ -152,7 +152,7 @@ def test_shipped_configs_load():
 
 def test_missing_checkpoint_is_a_clear_error(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", "--data", str(tiny_dataset), "--model", "mf", "--out", str(out)]
+    assert main(["run", "--local", "--data", str(tiny_dataset), "--model", "mf", "--out", str(out)]
                 + _sets("data.aux=click")) == 0
     (out / "checkpoints" / "mf_target.pt").unlink()
     assert main(["recommend", "--run", str(out)]) == 2
@@ -161,10 +161,10 @@ def test_missing_checkpoint_is_a_clear_error(tiny_dataset, tmp_path, capsys):
 
 def test_pretrained_models_reused_from_an_earlier_run(tiny_dataset, tmp_path):
     first = tmp_path / "first"
-    assert main(["run", "--data", str(tiny_dataset), "--config", "configs/synthetic.yaml",
+    assert main(["run", "--local", "--data", str(tiny_dataset), "--config", "configs/synthetic.yaml",
                  "--out", str(first)] + _sets()) == 0
     second = tmp_path / "second"
-    assert main(["run", "--data", str(tiny_dataset), "--config", "configs/synthetic.yaml",
+    assert main(["run", "--local", "--data", str(tiny_dataset), "--config", "configs/synthetic.yaml",
                  "--out", str(second)] + _sets(f"pretrain.from_run={first}")) == 0
     stages = {json.loads(line)["stage"] for line in (second / "log.jsonl").read_text().splitlines()}
     assert stages == {"mba"}  # nothing pretrained again
@@ -173,5 +173,5 @@ def test_pretrained_models_reused_from_an_earlier_run(tiny_dataset, tmp_path):
     assert a["baselines"]["mf_click"] == b["baselines"]["mf_click"]
     # a config that cannot reuse them is refused before anything is trained
     third = tmp_path / "third"
-    assert main(["run", "--data", str(tiny_dataset), "--config", "configs/synthetic.yaml",
+    assert main(["run", "--local", "--data", str(tiny_dataset), "--config", "configs/synthetic.yaml",
                  "--out", str(third)] + _sets(f"pretrain.from_run={first}", "data.aux=purchase")) == 2
