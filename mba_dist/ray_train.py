@@ -115,8 +115,9 @@ def init_ray() -> bool:
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address)
-    else:  # the embedded default: an in-process local cluster on loopback
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1",
+    else:  # the embedded default: a new in-process local cluster on loopback ("local": never
+        # a cluster that `ray start` left registered on this machine)
+        ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
                  runtime_env={"env_vars": dict(LOOPBACK_ENV)})
     return True
 

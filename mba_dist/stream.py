@@ -15,7 +15,7 @@ steps: the global batch is W local batches, as in `MemorySource`.
 
 The sorted keys (user * num_items + item) that the filter and the sampler need are built by Ray
 tasks from the Parquet files and put in the object store once; map tasks fetch them once per
-worker process (`_cached`), never per batch.
+worker process, never per batch (`stream_ops`, which Ray workers import without torch).
 
 Unlike `MemorySource`, the stream is not bit-reproducible: the shuffle and the negatives draw
 fresh entropy each epoch (Ray Data's block layout decides which task sees which rows).
@@ -30,9 +30,7 @@ import numpy as np
 from mba_dist import config as C
 from mba_dist.batches import MBA_INPUT, PART_KIND, Batch, StageInput, bpr_input
 from mba_dist.dataset import Dataset
-from mba_dist.sampler import NegativeSampler, contains
-
-_KEYS: dict[str, np.ndarray] = {}
+from mba_dist.stream_ops import add_negatives, drop_known, keys_of, union_keys
 
 
 def stage_plan(cfg: C.Config) -> list[StageInput]:
@@ -53,39 +51,6 @@ def shard_name(stage: StageInput, part: str) -> str:
 
 
 # ---- driver side ------------------------------------------------------------------------------
-def _keys_of(paths: list[str], num_items: int) -> np.ndarray:
-    import pyarrow.parquet as pq
-    keys = [pq.read_table(p, columns=["user", "item"]) for p in paths]
-    return np.unique(np.concatenate([t.column("user").to_numpy().astype(np.int64) * num_items
-                                     + t.column("item").to_numpy().astype(np.int64)
-                                     for t in keys]))
-
-
-def _union_keys(*keys: np.ndarray) -> np.ndarray:
-    return np.union1d(*keys) if len(keys) == 2 else np.unique(np.concatenate(keys))
-
-
-def _cached(ref) -> np.ndarray:
-    """An object-store array, fetched once per worker process (zero-copy on the same node)."""
-    import ray
-    k = ref.hex()
-    if k not in _KEYS:
-        _KEYS[k] = ray.get(ref)
-    return _KEYS[k]
-
-
-def _drop_known(batch: dict, keys_ref, num_items: int) -> dict:
-    u, i = batch["user"].astype(np.int64), batch["item"].astype(np.int64)
-    keep = ~contains(_cached(keys_ref), u * num_items + i)
-    return {"user": u[keep], "item": i[keep]}
-
-
-def _add_negatives(batch: dict, keys_ref, num_items: int) -> dict:
-    u = batch["user"].astype(np.int64)
-    sampler = NegativeSampler(num_items, None if keys_ref is None else _cached(keys_ref), seed=None)
-    return {"user": u, "item": batch["item"].astype(np.int64), "neg": sampler.sample(u)}
-
-
 class StreamPlan:
     """The driver's lazy Ray datasets for every stage of a config, keyed by shard name."""
 
@@ -107,26 +72,26 @@ class StreamPlan:
             self.rows[part] = sum(ds.meta["splits"][s][b]["rows"] for s, b in splits)
             if self.rows[part] == 0:
                 raise ValueError(f"{ds.root}: the {part} behavior has no train pairs")
-        keys_of = ray.remote(_keys_of)
-        self.keys = {part: keys_of.remote(paths, n) for part, paths in self.files.items()}
+        remote_keys = ray.remote(keys_of)
+        self.keys = {part: remote_keys.remote(paths, n) for part, paths in self.files.items()}
         if "aux" in self.keys:
-            self.keys["merged"] = ray.remote(_union_keys).remote(self.keys["target"],
+            self.keys["merged"] = ray.remote(union_keys).remote(self.keys["target"],
                                                                  self.keys["aux"])
 
     def _part(self, part: str):
         import ray
         n = self.ds.num_items
         if part == "aux_only":
-            return ray.data.read_parquet(self.files["aux"], columns=["user", "item"]).map_batches(
-                _drop_known, fn_kwargs={"keys_ref": self.keys["target"], "num_items": n},
+            return ray.data.read_parquet(self.files["aux"]).select_columns(["user", "item"]).map_batches(
+                drop_known, fn_kwargs={"keys_ref": self.keys["target"], "num_items": n},
                 batch_format="numpy")
-        return ray.data.read_parquet(self.files[part], columns=["user", "item"])
+        return ray.data.read_parquet(self.files[part]).select_columns(["user", "item"])
 
     def _sampled(self, parts: list, exclude: str):
         ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
         keys = self.keys[exclude] if self.cfg.train.negatives == "exclude" else None
         return ds.random_shuffle().map_batches(
-            _add_negatives, fn_kwargs={"keys_ref": keys, "num_items": self.ds.num_items},
+            add_negatives, fn_kwargs={"keys_ref": keys, "num_items": self.ds.num_items},
             batch_format="numpy")
 
     def datasets(self) -> dict:

@@ -1,16 +1,156 @@
-"""The worker function inside Ray Train: TorchTrainer creates the gloo group, torchrec DMP uses it."""
+"""The Ray path: `mba-dist run` through Ray Train (Ray Data streaming, 2 workers with sharded
+tables), recovery from a killed worker, and `ray job submit` against a local cluster. All on
+loopback; each test starts its own Ray."""
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
 
 from mba_dist import config as C
+from mba_dist.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCHREC = ["model.backend=torchrec", "optim.mode=adagrad", "optim.lr=0.05"]
 
 
-def test_worker_function_runs_inside_ray_train(tiny_dataset, tmp_path):
-    from mba_dist.ray_train import run_with_ray
+def _sets(items):
+    return [a for kv in items for a in ("--set", kv)]
 
-    cfg = C.load_config("configs/synthetic.yaml", [
-        "pretrain.epochs=2", "mba.epochs=2", "model.backend=torchrec", "optim.mode=adagrad",
-        "optim.lr=0.05", "train.merged_baseline=false"])
-    m = run_with_ray(cfg, tiny_dataset, tmp_path / "run")
-    assert m["model"] == "mba" and m["stages"]["mba"]["triples"] > 0
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test"] == m["test"]
-    assert (tmp_path / "run" / "checkpoints" / "mba.pt").is_file()
+
+def test_two_workers_stream_every_stage(tiny_dataset, tmp_path):
+    out = tmp_path / "run"
+    rc = main(["run", "--data", str(tiny_dataset), "--config", "configs/synthetic.yaml",
+               "--out", str(out), "--workers", "2", "--max-failures", "0"]
+              + _sets(TORCHREC + ["pretrain.epochs=2", "mba.epochs=2", "train.batch_size=256",
+                                  "train.merged_baseline=false"]))
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["stages"]) == {"pre_f", "pre_g", "mba"}
+    # Every row of a stage is streamed once per epoch (the tail of each worker's share is
+    # dropped: at most 2 x 127 rows of each part).
+    meta = json.loads((tiny_dataset / "meta.json").read_text())["splits"]["train"]
+    n_target = meta["purchase"]["rows"]
+    assert n_target - 2 * 128 < m["stages"]["pre_f"]["triples"] / 2 <= n_target
+    assert 0 < m["stages"]["mba"]["triples"] / 2 <= meta["click"]["rows"] + n_target
+    log = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["epoch"]) for r in log] == [
+        ("pre_f", 1), ("pre_f", 2), ("pre_g", 1), ("pre_g", 2), ("mba", 1), ("mba", 2)]
+    assert all(r["dn_steps"] + r["dp_steps"] > 0 for r in log if r["stage"] == "mba")
+    assert (out / "recommendations.parquet").is_file() and (out / "results.md").is_file()
+    ckpts = sorted((out / "ray").rglob("state.pt"))
+    assert ckpts, "no Ray Train checkpoint was written"
+
+
+def _train_worker_pids():
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if b"RayTrainWorker" in (d / "cmdline").read_bytes():
+                    pids.append(int(d.name))
+            except OSError:
+                pass
+    return pids
+
+
+def _reference(cfg, data, out):
+    """The uninterrupted run: the same worker function on 2 local gloo ranks."""
+    from mba_dist.distenv import run_local_ranks
+    from mba_dist.train import run_training
+    return run_local_ranks(run_training, 2, cfg, str(data), str(out))[0]
+
+
+def test_killed_worker_resumes_from_last_checkpoint(tiny_dataset, tmp_path):
+    sets = TORCHREC + ["pretrain.epochs=2", "mba.epochs=3", "train.batch_size=32",
+                       "train.merged_baseline=false", "train.input=memory"]
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "launch.train", "--data", str(tiny_dataset), "--config",
+         "configs/synthetic.yaml", "--out", str(out), "--workers", "2", "--max-failures", "2"]
+        + _sets(sets), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    killed = None
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline and killed is None and proc.poll() is None:
+            log = out / "log.jsonl"
+            records = log.read_text().splitlines() if log.is_file() else []
+            if any(json.loads(r)["stage"] == "mba" for r in records):
+                pids = _train_worker_pids()
+                if pids:  # mba epoch 2 is under way: kill one worker process
+                    killed = pids[-1]
+                    os.kill(killed, signal.SIGKILL)
+            time.sleep(0.05)
+        output, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = output.decode(errors="replace")
+    assert proc.returncode == 0, text[-3000:]
+    assert killed is not None, "the run ended before a worker could be killed"
+    assert "resuming from" in text
+    got = json.loads((out / "metrics.json").read_text())
+    # every reported checkpoint is complete and loadable
+    for state in (out / "ray").rglob("state.pt"):
+        torch.load(state, weights_only=True)
+    cfg = C.load_config("configs/synthetic.yaml", sets)
+    want = _reference(cfg, tiny_dataset, tmp_path / "reference")
+    # In-memory batches draw per-epoch randomness, so the resumed run is the uninterrupted one.
+    assert got["test"] == pytest.approx(want["test"], rel=1e-6)
+    log = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["epoch"]) for r in log] == [
+        ("pre_f", 1), ("pre_f", 2), ("pre_g", 1), ("pre_g", 2), ("mba", 1), ("mba", 2), ("mba", 3)]
+
+
+def test_ray_job_submit_to_a_local_cluster(tiny_dataset, tmp_path):
+    """`ray start --head` on loopback, then `ray job submit --working-dir .` of launch.train."""
+    from mba_dist.distenv import free_loopback_port
+
+    venv_bin = Path(sys.executable).parent
+    ray_cli = str(venv_bin / "ray")
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "GLOO_SOCKET_IFNAME": "lo",
+           "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}",
+           # a loopback-only test cluster: no token (Ray enables token auth when it finds one
+           # in ~/.ray, which an earlier in-process ray.init may have written)
+           "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    gcs, dash = free_loopback_port(), free_loopback_port()
+    # --block keeps the head in a process group of its own: stopping it stops this cluster
+    # only (`ray stop` would stop every Ray on the machine).
+    head = subprocess.Popen(
+        [ray_cli, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+         "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dash}", "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.time() + 180
+        while subprocess.run([ray_cli, "job", "list", f"--address={address}"], env=env,
+                             capture_output=True, timeout=60).returncode != 0:
+            assert head.poll() is None and time.time() < deadline, "ray start --head failed"
+            time.sleep(2)
+        out = tmp_path / "run"
+        job = subprocess.run(
+            [ray_cli, "job", "submit", f"--address={address}", "--working-dir", ".",
+             "--", "python", "-m", "launch.train", "--data", str(tiny_dataset), "--config",
+             "configs/synthetic.yaml", "--out", str(out), "--workers", "2"]
+            + _sets(TORCHREC + ["pretrain.epochs=1", "mba.epochs=1", "train.batch_size=256",
+                                "train.merged_baseline=false"]),
+            cwd=ROOT, env=env, capture_output=True, timeout=600)
+        text = (job.stdout + job.stderr).decode(errors="replace")
+        assert job.returncode == 0, text[-3000:]
+        assert "succeeded" in text
+        m = json.loads((out / "metrics.json").read_text())
+        assert m["model"] == "mba" and m["stages"]["mba"]["triples"] > 0
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
