@@ -5,6 +5,7 @@
     mba-dist run --data DIR --config configs/X.yaml --out RUN_DIR [--model mf] [--set k=v ...]
                  [--workers N] [--gpu] [--max-failures N] [--storage URI] [--local]
     mba-dist evaluate --run RUN_DIR [--baselines] [--workers N] [--out DIR]
+    mba-dist bench [--workers 1,2] [--data DIR --config F] [--batch B] [--out DIR]   step throughput
     mba-dist bench-eval [--device cuda] [--out DIR]    evaluator speed and memory
     mba-dist recommend --run RUN_DIR --users U1,U2 | --users-file F [--k 20] [--out F.parquet]
     mba-dist demo [--out DIR]      synthetic data -> pretraining + MBA -> metrics table
@@ -209,6 +210,40 @@ def cmd_bench_eval(a) -> int:
     return 0
 
 
+def cmd_bench(a) -> int:
+    """MBA step throughput over worker counts, beside the authors'-style step, implicit's BPR
+    and the plain-torch backend, on the same data."""
+    from mba_dist import bench_train as B
+    from mba_dist.dataset import atomic_write_bytes
+
+    workers = [int(w) for w in a.workers.split(",")]
+    spec = B.BenchSpec(data=a.data, config=a.config, users=a.users, items=a.items, rows=a.rows,
+                       batch=a.batch, steps=a.steps, warmup=a.warmup, device=a.device,
+                       optim=a.optim)
+    what = f"dataset {a.data}" if a.data else f"synthetic {a.users:,} x {a.items:,}, {a.rows:,} rows"
+    print(f"benchmarking the MBA step on {what}, workers {workers}, global batch {a.batch}, "
+          f"{a.steps} steps after {a.warmup}", file=sys.stderr)
+    rows = B.run_workers(spec, workers)
+    if not a.no_baselines:
+        print("side by side: plain-torch backend, authors'-style step, implicit BPR",
+              file=sys.stderr)
+        rows.append(B.run_workers(B.with_backend(spec, "torch", "sparse_adam"), [1])[0])
+        rows[-1]["scaling_efficiency"] = None
+        rows.append(B.authors_row(spec, max(2, a.steps // 10)))
+        rows.append(B.implicit_row(spec))
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = B.markdown(rows, f"MBA step, {what}, global batch {a.batch} ({a.device})")
+    atomic_write_bytes(out / "bench.md", (report + "\n").encode())
+    atomic_write_bytes(out / "bench.csv", B.csv_text(rows).encode())
+    atomic_write_bytes(out / "bench.json", json.dumps(rows, indent=2).encode())
+    png = B.plot_png(rows, out / "bench.png")
+    print(report)
+    print(f"\nwrote {out}/bench.md, bench.csv, bench.json" + (", bench.png" if png else
+          " (no bench.png: matplotlib is not installed)"), file=sys.stderr)
+    return 0
+
+
 DEMO_SETS = ["data.aux=click"]  # the synthetic data's auxiliary behavior
 
 
@@ -298,6 +333,22 @@ def main(argv: list[str] | None = None) -> int:
                    help="catalog of the peak-memory measurement (0: skip it)")
     s.add_argument("--device", default="cpu")
     s.set_defaults(fn=cmd_bench_eval)
+
+    s = sub.add_parser("bench", help="MBA step throughput over worker counts, with baselines")
+    s.add_argument("--workers", default="1,2", help="comma-separated worker counts")
+    s.add_argument("--data", default=None, help="prepared dataset (default: synthetic pairs)")
+    s.add_argument("--config", default=None, help="config of the dataset (aux behavior)")
+    s.add_argument("--users", type=int, default=21_716, help="synthetic shape (Beibei's)")
+    s.add_argument("--items", type=int, default=7_977)
+    s.add_argument("--rows", type=int, default=860_000)
+    s.add_argument("--batch", type=int, default=2048, help="global batch")
+    s.add_argument("--steps", type=int, default=100)
+    s.add_argument("--warmup", type=int, default=10)
+    s.add_argument("--optim", default="adagrad", help="torchrec optimizer of the MBA rows")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--no-baselines", action="store_true")
+    s.add_argument("--out", default="runs/bench")
+    s.set_defaults(fn=cmd_bench)
 
     s = sub.add_parser("recommend", help="top-N items for users of a finished run")
     s.add_argument("--run", required=True)

@@ -32,8 +32,18 @@ def local_process_group() -> Iterator[None]:
         dist.destroy_process_group()
 
 
+def share_cores(local_ranks: int) -> int:
+    """Give this process its share of the machine's cores for torch's intra-op threads: ranks
+    on one host that each use every core slow each other down (and gloo's polling with them)."""
+    import torch
+    n = max(1, (os.cpu_count() or 1) // max(1, local_ranks))
+    torch.set_num_threads(n)
+    return n
+
+
 def _rank_entry(rank: int, fn, world: int, port: int, args: tuple, out_dir: str) -> None:
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    share_cores(world)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
     try:

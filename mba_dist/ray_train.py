@@ -32,7 +32,8 @@ def _print_progress(stage: str, epoch: int, total: int, info: dict) -> None:
     r = f" R@20 {sel['recall@20']:.4f}" if "recall@20" in sel else ""
     # sys.stdout directly: Ray Train's patched print would log the line twice.
     sys.stdout.write(f"[mba-dist] {stage} epoch {epoch}/{total} loss {info['loss']:.4f} "
-                     f"{info['triples_per_s']:,} triples/s{r}\n")
+                     f"{info['triples_per_s']:,} triples/s (waiting for data "
+                     f"{info.get('data_s', 0):.1f} of {info['seconds']:.1f} s){r}\n")
     sys.stdout.flush()
 
 
@@ -81,11 +82,13 @@ def _train_loop_per_worker(loop_config: dict) -> None:
     import ray.train.torch
     import torch.distributed as dist
 
+    from mba_dist.distenv import share_cores
     from mba_dist.stream import StreamSource
     from mba_dist.train import run_training, _no_progress
 
     cfg = C.apply_overrides(C.Config(), loop_config["config"], "ray worker config")
     C.validate(cfg)
+    share_cores(ray.train.get_context().get_local_world_size())
     source = None
     if loop_config["shards"]:
         shards = {n: ray.train.get_dataset_shard(n) for n in loop_config["shards"]}

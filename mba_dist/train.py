@@ -73,6 +73,10 @@ def _no_step_hook() -> None:
     pass
 
 
+def _no_lap(part: str) -> None:
+    pass
+
+
 @dataclass
 class TrainData:
     """Everything the stages read, built once from the dataset."""
@@ -153,6 +157,7 @@ class Trainer:
         self.log_path = out_dir / "log.jsonl" if out_dir else None
         self.global_step = 0
         self._after_step = _no_step_hook  # set by `_fit` for step-based validation
+        self.data_seconds = 0.0  # of the current epoch: waiting for the source's batches
         self.finished: dict[str, StageResult] = {}  # stages done, saved in resumable states
         self.resume: dict | None = None  # a resumable state to continue from (`_fit`)
         self.checkpointer: Checkpointer = NoCheckpoints()
@@ -280,7 +285,20 @@ class Trainer:
         rank, so ranks stay in lockstep)."""
         cap = self.cfg.train.max_steps_per_epoch
         it = self.source.epoch(stage, epoch)
-        return itertools.islice(it, cap) if cap > 0 else it
+        return self._timed(itertools.islice(it, cap) if cap > 0 else it)
+
+    def _timed(self, it: Iterator[Batch]) -> Iterator[Batch]:
+        """Counts the time spent waiting for batches (`data_s` of the epoch's record)."""
+        self.data_seconds = 0.0
+        while True:
+            t0 = time.perf_counter()
+            try:
+                b = next(it)
+            except StopIteration:
+                return
+            finally:
+                self.data_seconds += time.perf_counter() - t0
+            yield b
 
     def fit_bpr(self, stage: StageInput) -> StageResult:
         """BPR-MF on the stage's pairs; the model is named after the stage."""
@@ -304,7 +322,8 @@ class Trainer:
                 self._after_step()
                 total += float(loss.detach()) * b
                 n += b
-            return {"loss": total / max(n, 1), "triples": n}
+            return {"loss": total / max(n, 1), "triples": n,
+                    "data_s": round(self.data_seconds, 3)}
 
         return self._fit(name, c.pretrain.epochs, c.pretrain.patience, epoch_fn,
                          lambda w: mf_scorer(w[name]), [group])
@@ -340,7 +359,8 @@ class Trainer:
                 phases[phase] += 1
                 total += loss * len(u)
                 n += len(u)
-            return {"loss": total / max(n, 1), "triples": n, "dn_steps": phases[Phase.DN],
+            return {"loss": total / max(n, 1), "triples": n, "data_s": round(self.data_seconds, 3),
+                    "dn_steps": phases[Phase.DN],
                     "dp_steps": phases[Phase.DP]}
 
         def scorer(w):
@@ -349,8 +369,11 @@ class Trainer:
         return self._fit("mba", m.epochs, m.patience, epoch_fn, scorer, [t, dn, dp])
 
     def mba_step(self, kind: Kind, phase: Phase, u: np.ndarray, pos: np.ndarray, neg: np.ndarray,
-                 frozen: TableGroup, t: TableGroup, h: TableGroup) -> float:
-        """One MBA step on a homogeneous batch; moves only t and the phase's h group."""
+                 frozen: TableGroup, t: TableGroup, h: TableGroup,
+                 lap: Callable[[str], None] = _no_lap) -> float:
+        """One MBA step on a homogeneous batch; moves only t and the phase's h group.
+        `lap(part)` is called after the forward pass, the backward pass (with the optimizer
+        where it is fused into backward) and the optimizer step (benchmarks time the parts)."""
         m = self.cfg.mba
         b = len(u)
         ut = torch.from_numpy(u).to(self.device)
@@ -365,9 +388,12 @@ class Trainer:
         Ut, It = rows[Model.T.value]
         loss = (mba_loss(kind, phase, side(slice(0, b)), side(slice(b, 2 * b)), m.alpha, m.c1, m.c2)
                 + m.lambda_t * self.sum_scale * self._l2(t, Model.T.value, Ut, It))
+        lap("forward")
         loss.backward()
+        lap("backward")
         t.step()
         h.step()
+        lap("optimizer")
         return float(loss.detach())
 
 

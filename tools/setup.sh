@@ -12,8 +12,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 if [ "${1:-}" = "--cuda" ]; then
-  .venv/bin/python -m pip install --quiet -e '.[cuda,test]'
+  .venv/bin/python -m pip install --quiet -e '.[cuda,test,bench]'
 else
-  .venv/bin/python -m pip install --quiet 'torch==2.13.0' ./tools/fbgemm-gpu-cpu-shim -e '.[cpu,test]'
+  .venv/bin/python -m pip install --quiet 'torch==2.13.0' ./tools/fbgemm-gpu-cpu-shim -e '.[cpu,test,bench]'
 fi
 .venv/bin/python -c "import torchrec, ray, mba_dist; print('mba-dist ready:', mba_dist.__version__)"

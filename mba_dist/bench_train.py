@@ -1,0 +1,283 @@
+"""`mba-dist bench`: MBA training throughput over worker counts, with a time split.
+
+Each worker count W runs the trainer's MBA step (`Trainer.mba_step`, the same code as training)
+on W gloo ranks (or NCCL GPUs) for `warmup + steps` global batches of a dataset or of synthetic
+pairs, batches from `MemorySource` (the rank's share of each global batch, negatives drawn by
+the vectorised sampler). Per rank it times:
+
+    data           next batch from the source (slicing + negative sampling)
+    forward        lookups in every table group (sharded: includes the lookup all-to-all) + loss
+    backward       autograd, with the fused optimizer of the torchrec tables inside it
+    optimizer      the separate optimizer step (torch backend; ~0 when fused)
+    communication  time inside torch.distributed collectives (torch profiler, a part of
+                   forward + backward, reported on its own)
+
+and peak RSS (CPU) or peak allocated memory (GPU). Rank 0 gathers every rank's figures.
+Throughput = global triples / the slowest rank's wall time; scaling efficiency =
+triples/s(W) / (W x triples/s(1)).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from mba_dist import config as C
+from mba_dist.batches import MBA_INPUT, MemorySource
+from mba_dist.bench_step import _peak_mb, _reset_peak, sync, synthetic_pairs
+from mba_dist.dataset import CSR, Dataset, Pairs
+from mba_dist.losses import Phase, phase_of_step
+from mba_dist.models import DN_MODELS, DP_MODELS, FROZEN, Model
+
+PARTS = ("data", "forward", "backward", "optimizer")
+COMM_PREFIXES = ("c10d::", "gloo:", "nccl:", "record_param_comms")
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    data: str | None = None  # a prepared dataset (target + config's aux), or None: synthetic
+    config: str | None = None  # config file for the dataset (aux behavior, MBA weights)
+    users: int = 21_716  # synthetic shape (default: Beibei's)
+    items: int = 7_977
+    rows: int = 860_000  # synthetic auxiliary pairs; a third of them are target pairs
+    batch: int = 2048  # global batch (W local batches of batch / W)
+    steps: int = 100
+    warmup: int = 10
+    backend: str = "torchrec"
+    optim: str = "adagrad"
+    device: str = "cpu"
+    profile_comm: bool = True
+
+
+def _train_data(spec: BenchSpec, cfg: C.Config):
+    from mba_dist.train import TrainData
+
+    if spec.data:
+        return TrainData.load(Dataset(spec.data), cfg)
+    aux = synthetic_pairs(spec.users, spec.items, spec.rows, seed=0)
+    keep = np.arange(len(aux)) % 3 == 0
+    target = Pairs(aux.users[keep], aux.items[keep])
+    return TrainData(spec.users, spec.items, target, aux, target, target, None,
+                     CSR(target, spec.users))
+
+
+def _config(spec: BenchSpec) -> C.Config:
+    return C.load_config(spec.config, [f"model.backend={spec.backend}", f"optim.mode={spec.optim}",
+                                       f"train.batch_size={spec.batch}"])
+
+
+def bench_worker(spec: BenchSpec) -> dict | None:
+    """One rank of one worker count (a process group of W ranks exists, or none for W = 1 with
+    the torch backend). Returns the gathered figures on rank 0, None elsewhere."""
+    from mba_dist.train import Trainer
+
+    dev = torch.device(spec.device)
+    if dev.type == "cuda" and dist.is_initialized():
+        dev = torch.device("cuda", dist.get_rank() % torch.cuda.device_count())
+    cfg = _config(spec)
+    data = _train_data(spec, cfg)
+    tr = Trainer(cfg, data, None, device=dev)
+    src = MemorySource(data, spec.batch, cfg.train.negatives, cfg.train.seed, "interleaved",
+                       tr.rank, tr.world)
+    frozen, t = tr._group(FROZEN, None), tr._group([Model.T], cfg.optim.mode)
+    dn, dp = tr._group(DN_MODELS, cfg.optim.mode), tr._group(DP_MODELS, cfg.optim.mode)
+    _reset_peak(dev)
+
+    def batches():
+        epoch = 0
+        while True:
+            epoch += 1
+            yield from src.epoch(MBA_INPUT, epoch)
+
+    times = dict.fromkeys(PARTS, 0.0)
+    mark = [0.0]
+
+    def lap(part: str) -> None:
+        sync(dev)
+        now = time.perf_counter()
+        times[part] += now - mark[0]
+        mark[0] = now
+
+    it = batches()
+    prof = None
+    triples = 0
+    for s in range(spec.warmup + spec.steps):
+        if s == spec.warmup:
+            if dist.is_initialized():
+                dist.barrier()
+            times = dict.fromkeys(PARTS, 0.0)
+            triples = 0
+            if spec.profile_comm and dist.is_initialized() and dist.get_world_size() > 1:
+                prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+                prof.__enter__()
+            t_start = time.perf_counter()
+        mark[0] = time.perf_counter()
+        kind, u, pos, neg = next(it)
+        lap("data")
+        phase = phase_of_step(s)
+        tr.mba_step(kind, phase, u, pos, neg, frozen, t, dn if phase is Phase.DN else dp, lap=lap)
+        triples += len(u)
+    sync(dev)
+    wall = time.perf_counter() - t_start
+    comm = 0.0
+    if prof is not None:
+        prof.__exit__(None, None, None)
+        comm = sum(e.cpu_time_total for e in prof.key_averages()
+                   if e.key.startswith(COMM_PREFIXES) and "::" in e.key) / 1e6
+    mine = {"wall_s": wall, "triples": triples, "comm_s": comm, "peak_mb": _peak_mb(dev),
+            **{f"{p}_s": v for p, v in times.items()}}
+    every = [mine]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        every = [None] * dist.get_world_size()
+        dist.all_gather_object(every, mine)
+        if dist.get_rank() != 0:
+            return None
+    return _summary(spec, every)
+
+
+def _summary(spec: BenchSpec, ranks: list[dict]) -> dict:
+    w = len(ranks)
+    wall = max(r["wall_s"] for r in ranks)
+    triples = sum(r["triples"] for r in ranks)
+    row = {"method": f"mba ({spec.backend}, {spec.optim})", "workers": w, "batch": spec.batch,
+           "steps": spec.steps, "triples_per_s": triples / wall,
+           "triples_per_s_per_worker": triples / wall / w,
+           "peak_mb_per_worker": max(r["peak_mb"] for r in ranks)}
+    for p in PARTS + ("comm",):
+        row[f"{p}_frac"] = float(np.mean([r[f"{p}_s"] / r["wall_s"] for r in ranks]))
+    return row
+
+
+def _bench_entry(spec: BenchSpec) -> dict | None:
+    """For `run_local_ranks`: a 1-rank torchrec run still needs a process group (it has one)."""
+    return bench_worker(spec)
+
+
+def run_workers(spec: BenchSpec, workers: list[int]) -> list[dict]:
+    """The MBA step on each worker count, each in fresh processes (local gloo ranks)."""
+    from mba_dist.distenv import run_local_ranks
+
+    rows = []
+    for w in workers:
+        if w > 1 and spec.backend != "torchrec":
+            raise ValueError(f"{w} workers need the torchrec backend (sharded tables)")
+        rows.append(run_local_ranks(_bench_entry, w, spec)[0])
+    base = next((r["triples_per_s"] for r in rows if r["workers"] == 1), None)
+    for r in rows:
+        r["scaling_efficiency"] = (r["triples_per_s"] / (r["workers"] * base)) if base else None
+    return rows
+
+
+def with_backend(spec: BenchSpec, backend: str, optim: str) -> BenchSpec:
+    return dataclasses.replace(spec, backend=backend, optim=optim)
+
+
+# ---- side-by-side baselines (one worker) -------------------------------------------------------
+def authors_row(spec: BenchSpec, steps: int) -> dict:
+    """The authors'-style step (per-sample Python negatives, dense Adam, seven nn.Embedding
+    models) on the same pairs; fewer steps, it is slow."""
+    from mba_dist.bench_step import authors_speed
+
+    cfg = _config(spec)
+    data = _train_data(spec, cfg)
+    r = authors_speed(data.num_users, data.num_items, data.target, spec.batch, steps,
+                      device=spec.device)
+    return {"method": "authors-style step", "workers": 1, "batch": spec.batch, "steps": steps,
+            "triples_per_s": r["triples_per_s"], "triples_per_s_per_worker": r["triples_per_s"],
+            "peak_mb_per_worker": r["peak_mb"]}
+
+
+def implicit_row(spec: BenchSpec, epochs: int = 3) -> dict:
+    """`implicit`'s BPR (one MF model, its own multithreaded CPU kernel) on the target pairs:
+    triples/s = sampled (user, pos, neg) updates per second = pairs x epochs / wall time."""
+    row = {"method": "implicit BPR (target, 1 model)", "workers": 1, "batch": None,
+           "steps": None}
+    try:
+        from implicit.cpu.bpr import BayesianPersonalizedRanking
+        from scipy.sparse import csr_matrix
+    except ImportError:
+        return {**row, "note": "not installed (pip install implicit)"}
+    cfg = _config(spec)
+    data = _train_data(spec, cfg)
+    p = data.target
+    m = csr_matrix((np.ones(len(p), dtype=np.float32), (p.users, p.items)),
+                   shape=(data.num_users, data.num_items))
+    model = BayesianPersonalizedRanking(factors=cfg.model.dim, iterations=1,
+                                        random_state=0)
+    model.fit(m, show_progress=False)  # warm-up (thread pool, allocation)
+    model = BayesianPersonalizedRanking(factors=cfg.model.dim, iterations=epochs, random_state=0)
+    t0 = time.perf_counter()
+    model.fit(m, show_progress=False)
+    dt = time.perf_counter() - t0
+    tps = len(p) * epochs / dt
+    return {**row, "steps": epochs, "triples_per_s": tps, "triples_per_s_per_worker": tps,
+            "peak_mb_per_worker": _peak_mb(torch.device("cpu"))}
+
+
+# ---- report ------------------------------------------------------------------------------------
+COLUMNS = ["method", "workers", "batch", "steps", "triples_per_s", "triples_per_s_per_worker",
+           "scaling_efficiency", "peak_mb_per_worker", "data_frac", "forward_frac",
+           "backward_frac", "optimizer_frac", "comm_frac", "note"]
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:,.0f}" if v >= 100 else f"{v:.3f}"
+    return str(v)
+
+
+def markdown(rows: list[dict], title: str) -> str:
+    head = ["method", "workers", "triples/s", "per worker", "scaling eff.", "peak MB/worker",
+            "data", "fwd", "bwd (+fused opt)", "opt", "comm (in fwd+bwd)", "note"]
+    keys = ["method", "workers", "triples_per_s", "triples_per_s_per_worker",
+            "scaling_efficiency", "peak_mb_per_worker", "data_frac", "forward_frac",
+            "backward_frac", "optimizer_frac", "comm_frac", "note"]
+    lines = [f"### {title}", "", "| " + " | ".join(head) + " |",
+             "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |")
+    lines += ["", "Time fractions are of each worker's wall time (mean over workers); "
+              "communication is time inside torch.distributed collectives, already counted "
+              "in fwd and bwd."]
+    return "\n".join(lines)
+
+
+def csv_text(rows: list[dict]) -> str:
+    import csv
+    import io
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: r.get(k) for k in COLUMNS})
+    return buf.getvalue()
+
+
+def plot_png(rows: list[dict], path) -> bool:
+    """Triples/s and scaling efficiency against workers (matplotlib; False if absent)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    ours = [r for r in rows if r.get("scaling_efficiency") is not None]
+    if not ours:
+        return False
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ws = [r["workers"] for r in ours]
+    a.plot(ws, [r["triples_per_s"] for r in ours], "o-", label="MBA step")
+    a.plot(ws, [ours[0]["triples_per_s"] * w for w in ws], "--", color="gray", label="linear")
+    a.set_xlabel("workers"), a.set_ylabel("triples/s"), a.legend()
+    b.bar([str(w) for w in ws], [r["scaling_efficiency"] for r in ours])
+    b.set_xlabel("workers"), b.set_ylabel("scaling efficiency"), b.set_ylim(0, 1.1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

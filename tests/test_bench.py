@@ -1,0 +1,27 @@
+"""`mba-dist bench`: the MBA step over worker counts with its time split, and the baselines."""
+import csv
+import json
+
+from mba_dist.cli import main
+
+
+def test_bench_over_worker_counts_writes_tables(tmp_path):
+    out = tmp_path / "bench"
+    rc = main(["bench", "--workers", "1,2", "--users", "500", "--items", "300", "--rows", "6000",
+               "--batch", "64", "--steps", "6", "--warmup", "2", "--out", str(out)])
+    assert rc == 0
+    rows = json.loads((out / "bench.json").read_text())
+    ours = [r for r in rows if r["method"].startswith("mba (torchrec")]
+    assert [r["workers"] for r in ours] == [1, 2]
+    for r in ours:
+        assert r["triples_per_s"] > 0 and r["peak_mb_per_worker"] > 0
+        parts = sum(r[f"{p}_frac"] for p in ("data", "forward", "backward", "optimizer"))
+        assert 0.5 < parts <= 1.0 + 1e-6  # the parts cover the step, and no more
+    assert ours[0]["scaling_efficiency"] == 1.0
+    assert ours[0]["comm_frac"] == 0.0 < ours[1]["comm_frac"]  # collectives only with 2 ranks
+    methods = [r["method"] for r in rows]
+    assert "authors-style step" in methods and any("torch, sparse_adam" in m for m in methods)
+    assert any(m.startswith("implicit BPR") for m in methods)
+    with open(out / "bench.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(rows)
+    assert "| mba (torchrec, adagrad) | 2 |" in (out / "bench.md").read_text()
