@@ -125,13 +125,22 @@ def init_ray() -> bool:
     return True
 
 
+def streams(cfg: C.Config, data_dir: str | Path) -> bool:
+    """Whether this run feeds its workers from Ray Data (`train.input`)."""
+    if cfg.train.input != "auto":
+        return cfg.train.input == "stream"
+    from mba_dist.stream import train_rows
+    return train_rows(cfg, data_dir) > cfg.train.stream_min_rows
+
+
 def run_with_ray(cfg: C.Config, data_dir: str | Path, out_dir: str | Path,
                  num_workers: int = 1, use_gpu: bool = False, max_failures: int = 3,
                  storage: str | None = None) -> dict:
     """Train through Ray Train on `num_workers` workers; returns the run's metrics.json content.
 
     `train.input: stream` feeds the workers from Ray Data (`stream.StreamPlan`); `memory` has
-    every worker read the pairs and take its share of each global batch. A failed worker
+    every worker read the pairs and take its share of each global batch; `auto` streams when the
+    train pairs exceed `train.stream_min_rows`. A failed worker
     restarts the whole group from the last epoch checkpoint, up to `max_failures` times;
     checkpoints live under `storage` (default RUN/ray; on a multi-node cluster, storage that
     every node reaches)."""
@@ -139,7 +148,7 @@ def run_with_ray(cfg: C.Config, data_dir: str | Path, out_dir: str | Path,
         raise ValueError(f"num_workers must be at least 1, got {num_workers}")
     if num_workers > 1 and cfg.model.backend != "torchrec":
         raise C.ConfigError(f"{num_workers} workers need model.backend=torchrec (sharded tables)")
-    stream = cfg.train.input == "stream"
+    stream = streams(cfg, data_dir)
     if stream and cfg.train.batch_size % num_workers:
         raise C.ConfigError(f"train.batch_size {cfg.train.batch_size} is not a multiple of "
                             f"{num_workers} workers (each reads batch_size / workers rows a step)")

@@ -51,6 +51,23 @@ def shard_name(stage: StageInput, part: str) -> str:
 
 
 # ---- driver side ------------------------------------------------------------------------------
+def _train_files(cfg: C.Config, ds: Dataset) -> dict[str, list[tuple[str, str]]]:
+    """(split, behavior) files of each part the run trains on."""
+    files = {"target": [("train", cfg.data.target)]}
+    if cfg.train.select_on == "test":  # validation pairs are trained on (authors' protocol)
+        files["target"].append(("valid", cfg.data.target))
+    if cfg.data.aux and (cfg.method == "mba" or cfg.mf_train_on != "target"):
+        files["aux"] = [("train", cfg.data.aux)]
+    return files
+
+
+def train_rows(cfg: C.Config, data_dir) -> int:
+    """Train pairs the run reads (from meta.json)."""
+    ds = Dataset(data_dir)
+    return sum(ds.meta["splits"][s][b]["rows"] for fs in _train_files(cfg, ds).values()
+               for s, b in fs)
+
+
 class StreamPlan:
     """The driver's lazy Ray datasets for every stage of a config, keyed by shard name."""
 
@@ -59,13 +76,8 @@ class StreamPlan:
 
         self.cfg, self.ds = cfg, Dataset(data_dir)
         ds, n = self.ds, self.ds.num_items
-        files = {"target": [("train", cfg.data.target)]}
-        if cfg.train.select_on == "test":  # validation pairs are trained on (authors' protocol)
-            files["target"].append(("valid", cfg.data.target))
-        if cfg.data.aux and (cfg.method == "mba" or cfg.mf_train_on != "target"):
-            files["aux"] = [("train", cfg.data.aux)]
         self.files, self.rows = {}, {}
-        for part, splits in files.items():
+        for part, splits in _train_files(cfg, ds).items():
             for split, behavior in splits:
                 ds.pairs_file(split, behavior)  # a clear error when listed but missing
             self.files[part] = [str(ds.path(s, b)) for s, b in splits]

@@ -28,7 +28,7 @@ def test_two_workers_stream_every_stage(tiny_dataset, tmp_path):
     rc = main(["run", "--data", str(tiny_dataset), "--config", "configs/synthetic.yaml",
                "--out", str(out), "--workers", "2", "--max-failures", "0"]
               + _sets(TORCHREC + ["pretrain.epochs=2", "mba.epochs=2", "train.batch_size=256",
-                                  "train.merged_baseline=false"]))
+                                  "train.merged_baseline=false", "train.input=stream"]))
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
     assert set(m["stages"]) == {"pre_f", "pre_g", "mba"}
@@ -45,6 +45,21 @@ def test_two_workers_stream_every_stage(tiny_dataset, tmp_path):
     assert (out / "recommendations.parquet").is_file() and (out / "results.md").is_file()
     ckpts = sorted((out / "ray").rglob("state.pt"))
     assert ckpts, "no Ray Train checkpoint was written"
+
+
+def test_auto_input_streams_large_data_only(tiny_dataset):
+    from mba_dist.ray_train import streams
+    from mba_dist.stream import train_rows
+
+    cfg = C.load_config("configs/synthetic.yaml")
+    meta = json.loads((tiny_dataset / "meta.json").read_text())["splits"]["train"]
+    assert train_rows(cfg, tiny_dataset) == meta["purchase"]["rows"] + meta["click"]["rows"]
+    assert not streams(cfg, tiny_dataset)  # far below train.stream_min_rows
+    small = C.load_config("configs/synthetic.yaml", ["train.stream_min_rows=100"])
+    assert streams(small, tiny_dataset)
+    forced = C.load_config("configs/synthetic.yaml", ["train.input=memory",
+                                                      "train.stream_min_rows=0"])
+    assert not streams(forced, tiny_dataset)
 
 
 def _train_worker_pids():
