@@ -24,6 +24,10 @@ from mba_dist import config as C
 STATE_FILE = "state.pt"
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "GLOO_SOCKET_IFNAME": "lo",
                 "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "2"}
+# The embedded cluster only: Ray Train's controller collects a worker's report every 2 s by
+# default and a worker's next report waits for it, which made sub-second epochs (the demo) wait
+# ~1.5 s each. Clusters keep Ray's default (their epochs are long).
+EMBEDDED_ENV = {**LOOPBACK_ENV, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
 
 
 def _print_progress(stage: str, epoch: int, total: int, info: dict) -> None:
@@ -78,6 +82,11 @@ def load_resume_state(checkpoint) -> dict:
 
 def _train_loop_per_worker(loop_config: dict) -> None:
     """Runs on each Ray Train worker: the typed config is rebuilt from its plain-dict form."""
+    import logging
+    # One progress line per epoch (rank 0) instead of INFO lines per report, per checkpoint and
+    # per loaded FBGEMM library (which logs on the root logger when torchrec is imported).
+    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     import ray.train
     import ray.train.torch
     import torch.distributed as dist
@@ -109,7 +118,7 @@ def _train_loop_per_worker(loop_config: dict) -> None:
 def init_ray() -> bool:
     """Join the cluster at RAY_ADDRESS, or start the embedded in-process one on loopback.
     Returns whether this call started Ray (and so should shut it down)."""
-    for k, v in LOOPBACK_ENV.items():
+    for k, v in (LOOPBACK_ENV if os.environ.get("RAY_ADDRESS") else EMBEDDED_ENV).items():
         os.environ.setdefault(k, v)
     import ray
 
@@ -121,7 +130,7 @@ def init_ray() -> bool:
     else:  # the embedded default: a new in-process local cluster on loopback ("local": never
         # a cluster that `ray start` left registered on this machine)
         ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
-                 runtime_env={"env_vars": dict(LOOPBACK_ENV)})
+                 runtime_env={"env_vars": dict(EMBEDDED_ENV)})
     return True
 
 

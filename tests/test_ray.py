@@ -28,7 +28,8 @@ def test_two_workers_stream_every_stage(tiny_dataset, tmp_path):
     rc = main(["run", "--data", str(tiny_dataset), "--config", "configs/synthetic.yaml",
                "--out", str(out), "--workers", "2", "--max-failures", "0"]
               + _sets(TORCHREC + ["pretrain.epochs=2", "mba.epochs=2", "train.batch_size=256",
-                                  "train.merged_baseline=false", "train.input=stream"]))
+                                  "train.merged_baseline=false", "train.input=stream",
+                                  "train.checkpoint_every=1"]))
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
     assert set(m["stages"]) == {"pre_f", "pre_g", "mba"}
@@ -83,7 +84,8 @@ def _reference(cfg, data, out):
 
 def test_killed_worker_resumes_from_last_checkpoint(tiny_dataset, tmp_path):
     sets = TORCHREC + ["pretrain.epochs=2", "mba.epochs=3", "train.batch_size=32",
-                       "train.merged_baseline=false", "train.input=memory"]
+                       "train.merged_baseline=false", "train.input=memory",
+                       "train.checkpoint_every=1"]
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
