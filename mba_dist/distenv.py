@@ -48,6 +48,9 @@ def _rank_entry(rank: int, fn, world: int, port: int, args: tuple, out_dir: str)
                             world_size=world)
     try:
         result = fn(*args)
+        # A rank whose last collective returned may still be sending to a slower peer; leaving
+        # now would reset that connection and abort the peer (gloo). Meet before tearing down.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
     with open(os.path.join(out_dir, f"{rank}.pkl"), "wb") as f:
