@@ -60,6 +60,9 @@ def bpr_input(name: str, train_on: str) -> StageInput:
     return StageInput(name, parts, train_on)
 
 
+# `mf_train_on` -> the pair set an MF baseline trains on
+MF_TRAIN_SETS = {"target": "target", "aux": "aux", "all": "merged"}
+
 MBA_INPUT = StageInput("mba", ("target", "aux_only"), "merged", by_kind=True)
 
 

@@ -152,11 +152,6 @@ def _summary(spec: BenchSpec, ranks: list[dict]) -> dict:
     return row
 
 
-def _bench_entry(spec: BenchSpec) -> dict | None:
-    """For `run_local_ranks`: a 1-rank torchrec run still needs a process group (it has one)."""
-    return bench_worker(spec)
-
-
 def run_workers(spec: BenchSpec, workers: list[int]) -> list[dict]:
     """The MBA step on each worker count, each in fresh processes (local gloo ranks)."""
     from mba_dist.distenv import run_local_ranks
@@ -165,7 +160,7 @@ def run_workers(spec: BenchSpec, workers: list[int]) -> list[dict]:
     for w in workers:
         if w > 1 and spec.backend != "torchrec":
             raise ValueError(f"{w} workers need the torchrec backend (sharded tables)")
-        rows.append(run_local_ranks(_bench_entry, w, spec)[0])
+        rows.append(run_local_ranks(bench_worker, w, spec)[0])
     base = next((r["triples_per_s"] for r in rows if r["workers"] == 1), None)
     for r in rows:
         r["scaling_efficiency"] = (r["triples_per_s"] / (r["workers"] * base)) if base else None

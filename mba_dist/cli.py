@@ -36,7 +36,8 @@ def _progress_bar():
             bars[stage] = tqdm(total=total, desc=f"{stage:>10}", unit="ep", dynamic_ncols=True,
                                mininterval=1.0, file=sys.stderr)
         bar = bars[stage]
-        sel = info.get("valid") or info.get("test") or {}
+        from mba_dist.train import selected
+        sel = selected(info)
         post = {"loss": f"{info['loss']:.4f}", "trip/s": f"{info['triples_per_s']:,}"}
         if sel:
             post["R@20"] = f"{sel['recall@20']:.4f}"

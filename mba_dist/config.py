@@ -231,6 +231,11 @@ def validate(cfg: Config) -> None:
         )
 
 
+def needs_aux(cfg: Config) -> bool:
+    """Whether the run reads the auxiliary behavior's train pairs."""
+    return bool(cfg.data.aux) and (cfg.method == "mba" or cfg.mf_train_on != "target")
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """Nested plain dict (round-trips through `apply_overrides`)."""
     out: dict[str, Any] = {}

@@ -32,7 +32,8 @@ EMBEDDED_ENV = {**LOOPBACK_ENV, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
 
 def _print_progress(stage: str, epoch: int, total: int, info: dict) -> None:
     """One line per epoch from rank 0 (it lands in the job's log)."""
-    sel = info.get("valid") or info.get("test") or {}
+    from mba_dist.train import selected
+    sel = selected(info)
     r = f" R@20 {sel['recall@20']:.4f}" if "recall@20" in sel else ""
     # sys.stdout directly: Ray Train's patched print would log the line twice.
     sys.stdout.write(f"[mba-dist] {stage} epoch {epoch}/{total} loss {info['loss']:.4f} "
@@ -53,7 +54,8 @@ class RayCheckpoints:
         import ray.train
         import torch
 
-        sel = record.get("valid") or record.get("test") or {}
+        from mba_dist.train import selected
+        sel = selected(record)
         metrics = {"stage": record["stage"], "epoch": record["epoch"], "loss": record["loss"],
                    "triples_per_s": record["triples_per_s"],
                    **{f"select_{k}": v for k, v in sel.items() if "@" in k}}

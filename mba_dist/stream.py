@@ -28,7 +28,7 @@ from typing import Iterator
 import numpy as np
 
 from mba_dist import config as C
-from mba_dist.batches import MBA_INPUT, PART_KIND, Batch, StageInput, bpr_input
+from mba_dist.batches import MBA_INPUT, MF_TRAIN_SETS, PART_KIND, Batch, StageInput, bpr_input
 from mba_dist.dataset import Dataset
 from mba_dist.stream_ops import add_negatives, drop_known, keys_of, union_keys
 
@@ -37,8 +37,7 @@ def stage_plan(cfg: C.Config) -> list[StageInput]:
     """Every stage `run_training` may run for this config (a reused stage is never read)."""
     if cfg.method == "mf":
         from mba_dist.baselines import main_model
-        return [bpr_input(main_model(cfg),
-                          {"target": "target", "aux": "aux", "all": "merged"}[cfg.mf_train_on])]
+        return [bpr_input(main_model(cfg), MF_TRAIN_SETS[cfg.mf_train_on])]
     plan = [bpr_input("pre_f", "target"), bpr_input("pre_g", "aux")]
     if cfg.train.merged_baseline:
         plan.append(bpr_input("mf_merged", "merged"))
@@ -56,16 +55,19 @@ def _train_files(cfg: C.Config, ds: Dataset) -> dict[str, list[tuple[str, str]]]
     files = {"target": [("train", cfg.data.target)]}
     if cfg.train.select_on == "test":  # validation pairs are trained on (authors' protocol)
         files["target"].append(("valid", cfg.data.target))
-    if cfg.data.aux and (cfg.method == "mba" or cfg.mf_train_on != "target"):
+    if C.needs_aux(cfg):
         files["aux"] = [("train", cfg.data.aux)]
     return files
+
+
+def _rows(ds: Dataset, splits: list[tuple[str, str]]) -> int:
+    return sum(ds.meta["splits"][s][b]["rows"] for s, b in splits)
 
 
 def train_rows(cfg: C.Config, data_dir) -> int:
     """Train pairs the run reads (from meta.json)."""
     ds = Dataset(data_dir)
-    return sum(ds.meta["splits"][s][b]["rows"] for fs in _train_files(cfg, ds).values()
-               for s, b in fs)
+    return sum(_rows(ds, splits) for splits in _train_files(cfg, ds).values())
 
 
 class StreamPlan:
@@ -81,7 +83,7 @@ class StreamPlan:
             for split, behavior in splits:
                 ds.pairs_file(split, behavior)  # a clear error when listed but missing
             self.files[part] = [str(ds.path(s, b)) for s, b in splits]
-            self.rows[part] = sum(ds.meta["splits"][s][b]["rows"] for s, b in splits)
+            self.rows[part] = _rows(ds, splits)
             if self.rows[part] == 0:
                 raise ValueError(f"{ds.root}: the {part} behavior has no train pairs")
         remote_keys = ray.remote(keys_of)
@@ -91,12 +93,15 @@ class StreamPlan:
                                                                  self.keys["aux"])
 
     def _part(self, part: str):
-        import ray
         n = self.ds.num_items
         if part == "aux_only":
-            return ray.data.read_parquet(self.files["aux"]).select_columns(["user", "item"]).map_batches(
+            return self._read("aux").map_batches(
                 drop_known, fn_kwargs={"keys_ref": self.keys["target"], "num_items": n},
                 batch_format="numpy")
+        return self._read(part)
+
+    def _read(self, part: str):
+        import ray
         return ray.data.read_parquet(self.files[part]).select_columns(["user", "item"])
 
     def _sampled(self, parts: list, exclude: str):

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from mba_dist import config as C
-from mba_dist.batches import MBA_INPUT, Batch, MemorySource, StageInput, bpr_input
+from mba_dist.batches import MBA_INPUT, MF_TRAIN_SETS, Batch, MemorySource, StageInput, bpr_input
 from mba_dist.dataset import CSR, Dataset, Pairs, atomic_write_bytes, merge_pairs
 from mba_dist import baselines
 from mba_dist.evaluate import Scorer, evaluate, mba_scorer, mf_scorer
@@ -65,6 +65,11 @@ def _stage_dict(st: "StageResult") -> dict:
     return {f.name: getattr(st, f.name) for f in dataclasses.fields(st)}
 
 
+def selected(record: dict) -> dict:
+    """The model-selection metrics of an epoch record ({} when the epoch did not validate)."""
+    return record.get("valid") or record.get("test") or {}
+
+
 def _no_progress(stage: str, epoch: int, total: int, info: dict) -> None:
     pass
 
@@ -97,7 +102,7 @@ class TrainData:
             raise C.ConfigError(f"data.target is {tgt!r} but {ds.root} was prepared with target "
                                 f"{ds.target!r}")
         aux = None
-        if cfg.data.aux and (cfg.method == "mba" or cfg.mf_train_on != "target"):
+        if C.needs_aux(cfg):
             aux = ds.pairs("train", cfg.data.aux)
         target, valid = ds.pairs("train", tgt), ds.pairs("valid", tgt)
         # Test rankings mask all known train purchases, validation pairs included (authors'
@@ -449,12 +454,14 @@ def _check_resumable(state: dict, cfg: C.Config) -> None:
     if state.get("format") != RESUME_FORMAT:
         raise ValueError(f"resumable state has format {state.get('format')!r}, this mba-dist "
                          f"reads {RESUME_FORMAT}")
-    saved, now = state["config"], C.to_dict(cfg)
+    def flat(d: dict, prefix: str = "") -> dict:
+        return {k2: v2 for k, v in d.items()
+                for k2, v2 in (flat(v, f"{prefix}{k}.") if isinstance(v, dict)
+                               else {f"{prefix}{k}": v}).items()}
+
+    saved, now = flat(state["config"]), flat(C.to_dict(cfg))
     if saved != now:
-        diff = sorted(f"{sec}.{k}" if isinstance(now.get(sec), dict) else sec
-                      for sec in now for k in (now[sec] if isinstance(now[sec], dict) else [None])
-                      if (saved.get(sec, {}).get(k) if k else saved.get(sec))
-                      != (now[sec].get(k) if k else now[sec]))
+        diff = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
         raise C.ConfigError(f"cannot resume: the checkpoint was written with another config "
                             f"(differs in {', '.join(diff) or 'layout'})")
 
@@ -505,9 +512,8 @@ def run_training(cfg: C.Config, data_dir: str | Path, out_dir: str | Path,
         if cfg.mf_train_on != "target" and data.aux is None:
             raise C.ConfigError("mf_train_on: aux/all needs data.aux")
         main_name = baselines.main_model(cfg)
-        train_on = {"target": "target", "aux": "aux", "all": "merged"}[cfg.mf_train_on]
         if main_name not in stages:
-            keep(main_name, tr.fit_bpr(bpr_input(main_name, train_on)))
+            keep(main_name, tr.fit_bpr(bpr_input(main_name, MF_TRAIN_SETS[cfg.mf_train_on])))
     else:
         if "pre_f" not in stages:
             keep("pre_f", tr.fit_bpr(bpr_input(Model.PRE_F.value, "target")))
