@@ -20,10 +20,12 @@ uninterrupted run would have drawn.
 """
 from __future__ import annotations
 
+import queue
+import threading
 import zlib
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Iterator, NamedTuple
+from typing import Iterator, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -32,6 +34,7 @@ from mba_dist.losses import Kind
 from mba_dist.sampler import NegativeSampler
 
 PART_KIND = {"target": Kind.B, "aux_only": Kind.A}
+T = TypeVar("T")
 
 
 class Batch(NamedTuple):
@@ -123,3 +126,48 @@ class MemorySource:
             kind, pairs, idx = batches[bi]
             u = pairs.users[idx]
             yield Batch(kind, u, pairs.items[idx], sampler.sample(u))
+
+
+class _End(NamedTuple):
+    error: BaseException | None
+
+
+def prefetch(it: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """Yields `it`'s items, drawn up to `depth` ahead by a background thread: slicing and
+    negative sampling (numpy kernels, which release the GIL) overlap the training step instead
+    of preceding it. The items and their order are unchanged; an error in `it` is raised here.
+    Closing this generator early stops the thread."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(x) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(x, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def fill() -> None:
+        try:
+            for x in it:
+                if not put(x):
+                    return
+            put(_End(None))
+        except BaseException as e:  # handed to the consumer
+            put(_End(e))
+
+    worker = threading.Thread(target=fill, name="mba-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            x = q.get()
+            if isinstance(x, _End):
+                if x.error is not None:
+                    raise x.error
+                return
+            yield x
+    finally:
+        stop.set()
+        worker.join()

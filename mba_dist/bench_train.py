@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from mba_dist import config as C
-from mba_dist.batches import MBA_INPUT, MemorySource
+from mba_dist.batches import MBA_INPUT, MemorySource, prefetch
 from mba_dist.bench_step import _peak_mb, _reset_peak, sync, synthetic_pairs
 from mba_dist.dataset import CSR, Dataset, Pairs
 from mba_dist.losses import Phase, phase_of_step
@@ -102,7 +102,7 @@ def bench_worker(spec: BenchSpec) -> dict | None:
         times[part] += now - mark[0]
         mark[0] = now
 
-    it = batches()
+    it = prefetch(batches())
     prof = None
     triples = 0
     for s in range(spec.warmup + spec.steps):
@@ -123,6 +123,7 @@ def bench_worker(spec: BenchSpec) -> dict | None:
         triples += len(u)
     sync(dev)
     wall = time.perf_counter() - t_start
+    it.close()
     comm = 0.0
     if prof is not None:
         prof.__exit__(None, None, None)

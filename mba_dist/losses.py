@@ -62,13 +62,31 @@ def bpr_loss(pos_logit: torch.Tensor, neg_logit: torch.Tensor) -> torch.Tensor:
     return F.softplus(neg_logit.double() - pos_logit.double()).mean()
 
 
+class _SumOfSquares(torch.autograd.Function):
+    """||w||^2 accumulated in float64, without a float64 copy of w; backward 2 g w.
+
+    The autograd of `w.double().pow(2).sum()` writes three full-size temporaries (the copy, the
+    squares, the gradient of the copy): 15% of an MBA step at batch 32k.
+    """
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(w)
+        return torch.linalg.vector_norm(w, dtype=torch.float64).square()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (w,) = ctx.saved_tensors
+        return w * (2 * grad).to(w.dtype)
+
+
 def l2(tensors: list[torch.Tensor], num_users: int) -> torch.Tensor:
     """The authors' regulariser 0.5 * sum ||W||^2 / |U| over `tensors`.
 
     Dense mode passes whole tables (the authors' code: every row decays every step); the
     scalable modes pass the rows a batch reads, so only touched rows get a gradient.
     """
-    return 0.5 * sum(w.double().pow(2).sum() for w in tensors) / num_users
+    return 0.5 * sum(_SumOfSquares.apply(w) for w in tensors) / num_users
 
 
 def bernoulli_kl(p_logit: torch.Tensor, t_logit: torch.Tensor) -> torch.Tensor:

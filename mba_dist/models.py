@@ -13,7 +13,14 @@ Tables are grouped by *when they move*: a `TableGroup` holds the user and item t
 that are always updated together (frozen {pre_f, pre_g}; {t}; DN {h1_f, h1_g}; DP {h2_f, h2_g}).
 A step runs forward only through the groups it reads and builds gradients only for the groups it
 trains, so off-phase models and their optimizer state cannot move, whatever the optimizer
-(row-wise Adagrad and Adam included). Two backends share this interface:
+(row-wise Adagrad and Adam included).
+
+A batch of B triples (user, positive, negative) is looked up once per group: `lookup` returns the
+group's user rows as one [B, k, d] tensor and its item rows as one [B, k, 2, d] tensor (k models,
+positive and negative side by side), and `Rows.logits()` scores all k models and both sides in
+one product. Each user row is read once per triple, and nothing downstream slices the wide
+lookup output per model (a slice's backward writes a zeroed copy of the whole output: it was
+a quarter of the torchrec step). Two backends share this interface:
 
 - `torch`: one `nn.Embedding` per (model, entity); sparse gradients for the scalable optimizers.
 - `torchrec`: one `EmbeddingBagCollection` per group (tables `<model>_user`, `<model>_item`,
@@ -24,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 from enum import Enum
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import numpy as np
 import torch
@@ -55,13 +62,25 @@ def init_weights(num: int, dim: int, std: float, seed: int, model: str, entity: 
     return torch.randn(num, dim, generator=g) * std
 
 
-class TableGroup(nn.Module):
-    """User and item tables of several models, looked up together.
+class Rows(NamedTuple):
+    """One group's rows for a batch of B (user, positive, negative) triples."""
 
-    `forward(users [B], items [N])` -> {model name: (user rows [B, d], item rows [N, d])}.
-    """
+    users: torch.Tensor  # [B, k, d], model j of the group at index j
+    items: torch.Tensor  # [B, k, 2, d]: positive at [..., 0, :], negative at [..., 1, :]
+
+    def logits(self) -> torch.Tensor:
+        """MF logits <user, item> of every model and side: [B, k, 2]."""
+        return (self.users.unsqueeze(2) * self.items).sum(-1)
+
+
+class TableGroup(nn.Module):
+    """User and item tables of several models, looked up together (`lookup`)."""
 
     models: tuple[str, ...]
+
+    def lookup(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> Rows:
+        """The group's rows for the triples (users[b], pos[b], neg[b]); ids int64 [B]."""
+        raise NotImplementedError
 
     def weights(self, model: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Full (user, item) weight matrices of one model, as CPU float32 copies."""
@@ -123,9 +142,13 @@ class TorchTableGroup(TableGroup):
             raise ValueError(f"optim.mode {optim_mode!r} is not available with model.backend=torch "
                              "(use dense_adam, sparse_adam, adagrad or sgd, or model.backend=torchrec)")
 
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        return {m: (self.tables[f"{m}_user"](users), self.tables[f"{m}_item"](items))
-                for m in self.models}
+    def lookup(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> Rows:
+        items = torch.stack([pos, neg], 1)  # [B, 2]: one item lookup gives [B, 2, d]
+        u = [self.tables[f"{m}_user"](users) for m in self.models]
+        i = [self.tables[f"{m}_item"](items) for m in self.models]
+        if len(self.models) == 1:  # no copy
+            return Rows(u[0].unsqueeze(1), i[0].unsqueeze(1))
+        return Rows(torch.stack(u, 1), torch.stack(i, 1))
 
     def weights(self, model: str) -> tuple[torch.Tensor, torch.Tensor]:
         return tuple(self.tables[f"{model}_{e}"].weight.detach().cpu().clone() for e in ENTITIES)
@@ -176,6 +199,13 @@ def build_group(backend: str, models: Iterable[Model | str], num_users: int, num
 def logits(u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
     """MF logit per row: <u_b, i_b>; [B, d] x [B, d] -> [B]."""
     return (u * i).sum(-1)
+
+
+def model_logits(group: TableGroup, rows: Rows) -> dict[str, torch.Tensor]:
+    """{model: its logits [B, 2] (positive, negative)} from a group's `lookup`, in float64 (the
+    losses compute in float64)."""
+    lg = rows.logits().double()
+    return {m: lg[:, j] for j, m in enumerate(group.models)}
 
 
 def save_weights(groups: Iterable[TableGroup]) -> dict[str, dict[str, np.ndarray]]:

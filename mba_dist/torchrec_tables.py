@@ -1,13 +1,15 @@
 """torchrec backend of `TableGroup`: one EmbeddingBagCollection per group, sharded by DMP.
 
-Layout of one group's lookup (B users, N items, models m1..mk):
+Layout of one group's lookup (B triples (user, pos, neg), models m1..mk):
 
-    KJT keys:    m1_user  ...  mk_user   m1_item ... mk_item
-    lengths:     [1]*N         [1]*N     [1]*N       [1]*N     (bags of exactly one id)
-    pooled out:  [N, d]        [N, d]    [N, d]      [N, d]    (sum over one id = the row)
+    tables:      m1_user ... mk_user   m1_item            ...  mk_item
+    KJT keys:    m1_user ... mk_user   m1_pos  m1_neg     ...  mk_pos  mk_neg
+    lengths:     [1]*B       [1]*B     [1]*B   [1]*B           [1]*B   [1]*B   (bags of one id)
+    pooled out:  one [B, 3k*d] tensor = [B, k, d] user rows | [B, k, 2, d] item rows (views)
 
-(the B user ids are cycled to length N, since a KJT has one batch size for all keys; the user
-outputs are cut back to B rows).
+Every key has the B rows of the batch (a KJT has one batch size for all keys), and each item
+table serves two features, the positives and the negatives. The pooled output is cut into the
+`Rows` views without a per-model slice.
 
 Bags of one id run on the fused FBGEMM TBE kernel; DESIGN §3 measured EmbeddingBagCollection at
 about 2.7x EmbeddingCollection on CPU. The optimizer is applied inside backward
@@ -30,7 +32,7 @@ from torchrec.distributed.types import ShardingType
 from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
-from mba_dist.models import ENTITIES, Model, TableGroup
+from mba_dist.models import ENTITIES, Model, Rows, TableGroup
 
 _OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad,
                "rowwise_adagrad": RowWiseAdagrad}
@@ -49,11 +51,15 @@ class TorchrecTableGroup(TableGroup):
         # The trainer relies on gradients averaged over ranks (see Trainer.sum_scale).
         set_gradient_division(True)
         self.models = tuple(str(m.value if isinstance(m, Model) else m) for m in models)
-        self.keys = [f"{m}_{e}" for e in ENTITIES for m in self.models]
+        self.keys = [f"{m}_{e}" for e in ENTITIES for m in self.models]  # table names
         self.sizes = {f"{m}_{e}": (num_users if e == "user" else num_items)
                       for m in self.models for e in ENTITIES}
+        self.features = ([f"{m}_user" for m in self.models]
+                         + [f"{m}_{side}" for m in self.models for side in ("pos", "neg")])
         tables = [EmbeddingBagConfig(name=k, embedding_dim=dim, num_embeddings=self.sizes[k],
-                                     feature_names=[k], init_fn=partial(torch.nn.init.normal_, std=0.01))
+                                     feature_names=[k] if k.endswith("_user") else
+                                     [k.replace("_item", "_pos"), k.replace("_item", "_neg")],
+                                     init_fn=partial(torch.nn.init.normal_, std=0.01))
                   for k in self.keys]
         ebc = EmbeddingBagCollection(tables=tables, device=torch.device("meta"))
         self.frozen = optim_mode is None
@@ -74,22 +80,22 @@ class TorchrecTableGroup(TableGroup):
         self.num_users, self.num_items, self.dim = num_users, num_items, dim
         self.device = device
 
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        k, b, n = len(self.models), len(users), len(items)
-        # A KJT has one batch size for every key: the user ids are cycled to the length of the
-        # item ids (n = 2B for a positive and a negative per user) and the first B rows kept.
-        if n != b:
-            users = users[torch.arange(n, device=users.device) % b]
-        values = torch.cat([users] * k + [items] * k)
+    def lookup(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> Rows:
+        k, b, d = len(self.models), len(users), self.dim
+        values = torch.cat([users] * k + [pos, neg] * k)
         kjt = KeyedJaggedTensor.from_lengths_sync(
-            keys=self.keys, values=values,
+            keys=self.features, values=values,
             lengths=torch.ones(len(values), dtype=torch.int32, device=values.device))
-        if self.frozen:
-            with torch.no_grad():
-                out = self.dmp(kjt)
-        else:
+        with torch.set_grad_enabled(not self.frozen and torch.is_grad_enabled()):
             out = self.dmp(kjt)
-        return {m: (out[f"{m}_user"][:b], out[f"{m}_item"]) for m in self.models}
+        if out.keys() == self.features:  # one rank: the features in table order, as views
+            u, i = out.values().split([k * d, 2 * k * d], dim=1)
+            return Rows(u.view(b, k, d), i.view(b, k, 2, d))
+        # sharded: the output lists each rank's features in turn; gather them into that order
+        v = out.values().view(b, len(self.features), d)
+        where = {f: n for n, f in enumerate(out.keys())}
+        idx = torch.tensor([where[f] for f in self.features], device=v.device)
+        return Rows(v.index_select(1, idx[:k]), v.index_select(1, idx[k:]).view(b, k, 2, d))
 
     def _sharded(self, key: str):
         return self.dmp.state_dict()[f"embedding_bags.{key}.weight"]

@@ -26,13 +26,14 @@ import torch
 import torch.distributed as dist
 
 from mba_dist import config as C
-from mba_dist.batches import MBA_INPUT, MF_TRAIN_SETS, Batch, MemorySource, StageInput, bpr_input
+from mba_dist.batches import (MBA_INPUT, MF_TRAIN_SETS, Batch, MemorySource, StageInput,
+                              bpr_input, prefetch)
 from mba_dist.dataset import CSR, Dataset, Pairs, atomic_write_bytes, merge_pairs
 from mba_dist import baselines
 from mba_dist.evaluate import Scorer, evaluate, mba_scorer, mf_scorer
 from mba_dist.losses import Kind, Logits, Phase, bpr_loss, l2, mba_loss, phase_of_step
 from mba_dist.models import (DN_MODELS, DP_MODELS, FROZEN, Model, TableGroup, build_group,
-                             init_weights, logits)
+                             init_weights, model_logits)
 
 Progress = Callable[[str, int, int, dict], None]  # (stage, epoch, max_epochs, info)
 TEST_SELECTION_LABEL = "test (authors' protocol: reproduction only, not a clean estimate)"
@@ -290,7 +291,10 @@ class Trainer:
         rank, so ranks stay in lockstep)."""
         cap = self.cfg.train.max_steps_per_epoch
         it = self.source.epoch(stage, epoch)
-        return self._timed(itertools.islice(it, cap) if cap > 0 else it)
+        it = itertools.islice(it, cap) if cap > 0 else it
+        if isinstance(self.source, MemorySource):  # Ray Data's iterator prefetches itself
+            it = prefetch(it)
+        return self._timed(it)
 
     def _timed(self, it: Iterator[Batch]) -> Iterator[Batch]:
         """Counts the time spent waiting for batches (`data_s` of the epoch's record)."""
@@ -315,12 +319,11 @@ class Trainer:
         def epoch_fn(epoch: int) -> dict:
             total, n = 0.0, 0
             for _, u, pos, j in self._epoch(stage, epoch):
-                ut = torch.from_numpy(u).to(self.device)
-                it = torch.from_numpy(np.concatenate([pos, j])).to(self.device)
-                U, I = group(ut, it)[name]
                 b = len(u)
-                loss = (bpr_loss(logits(U, I[:b]), logits(U, I[b:]))
-                        + lam * self.sum_scale * self._l2(group, name, U, I))
+                rows = group.lookup(*self._ids(u, pos, j))
+                lg = model_logits(group, rows)[name]
+                loss = (bpr_loss(lg[:, 0], lg[:, 1])
+                        + lam * self.sum_scale * self._l2(group, name, rows.users, rows.items))
                 loss.backward()
                 group.step()
                 self.global_step += 1
@@ -332,6 +335,9 @@ class Trainer:
 
         return self._fit(name, c.pretrain.epochs, c.pretrain.patience, epoch_fn,
                          lambda w: mf_scorer(w[name]), [group])
+
+    def _ids(self, *arrays: np.ndarray) -> list[torch.Tensor]:
+        return [torch.from_numpy(a).to(self.device) for a in arrays]
 
     def _l2(self, group: TableGroup, model: str, *rows: torch.Tensor) -> torch.Tensor:
         """L2 of the authors' form: whole tables in dense mode, the batch rows otherwise."""
@@ -380,19 +386,18 @@ class Trainer:
         `lap(part)` is called after the forward pass, the backward pass (with the optimizer
         where it is fused into backward) and the optimizer step (benchmarks time the parts)."""
         m = self.cfg.mba
-        b = len(u)
-        ut = torch.from_numpy(u).to(self.device)
-        it = torch.from_numpy(np.concatenate([pos, neg])).to(self.device)
-        rows = {**frozen(ut, it), **t(ut, it), **h(ut, it)}
+        ids = self._ids(u, pos, neg)
+        t_rows = t.lookup(*ids)
+        lg = {**model_logits(frozen, frozen.lookup(*ids)), **model_logits(t, t_rows),
+              **model_logits(h, h.lookup(*ids))}
         hf, hg = (Model.H1_F, Model.H1_G) if phase is Phase.DN else (Model.H2_F, Model.H2_G)
 
-        def side(sl: slice) -> Logits:
-            return Logits(*(logits(rows[k.value][0], rows[k.value][1][sl])
-                            for k in (Model.T, Model.PRE_F, Model.PRE_G, hf, hg)))
+        def side(s: int) -> Logits:
+            return Logits(*(lg[k.value][:, s] for k in (Model.T, Model.PRE_F, Model.PRE_G, hf, hg)))
 
-        Ut, It = rows[Model.T.value]
-        loss = (mba_loss(kind, phase, side(slice(0, b)), side(slice(b, 2 * b)), m.alpha, m.c1, m.c2)
-                + m.lambda_t * self.sum_scale * self._l2(t, Model.T.value, Ut, It))
+        loss = (mba_loss(kind, phase, side(0), side(1), m.alpha, m.c1, m.c2)
+                + m.lambda_t * self.sum_scale * self._l2(t, Model.T.value, t_rows.users,
+                                                         t_rows.items))
         lap("forward")
         loss.backward()
         lap("backward")

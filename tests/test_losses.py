@@ -106,6 +106,11 @@ def test_bpr_and_l2():
                                rtol=RTOL)
     w = [torch.ones(3, 2), 2 * torch.ones(1, 2)]
     assert float(l2(w, num_users=4)) == pytest.approx(0.5 * (6 + 8) / 4)
+    x = torch.tensor(rng.normal(0, 1, (5, 3)), requires_grad=True)
+    l2([x, x[:2]], num_users=7).backward()  # d/dx 0.5 |x|^2 / U = x / U, rows 0-1 counted twice
+    want = x.detach() / 7
+    want[:2] *= 2
+    torch.testing.assert_close(x.grad, want)
 
 
 def test_phase_schedule_starts_with_dp_and_alternates():
