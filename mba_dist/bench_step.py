@@ -2,9 +2,10 @@
 
   - `ours`: the trainer's step (`Trainer.mba_step`): vectorised negative sampling, grouped
     lookups, sparse row updates (plain-torch backend by default);
-  - `authors`: the step as the authors' code runs it: a Python loop drawing each negative,
-    seven separate `nn.Embedding` models, L2 over whole tables and dense Adam over every row of
-    the trained models.
+  - `authors`: the step as the authors' code runs it: a map-style `Dataset` whose `__getitem__`
+    returns one (user, positive, negative) triple, drawing the negative in a Python loop, batched
+    by a `DataLoader` (shuffle, per-sample collation), seven separate `nn.Embedding` models, L2
+    over whole tables and dense Adam over every row of the trained models.
 
 Figures: triples/s (one triple = user, positive, negative), and the time split into sampling
 (host), step (lookups, loss, backward, optimizer). Devices: CPU or one CUDA GPU.
@@ -92,8 +93,31 @@ def ours_speed(num_users: int, num_items: int, pairs: Pairs, batch: int, steps: 
             "peak_mb": _peak_mb(dev)}
 
 
+class _AuthorsTriples(torch.utils.data.Dataset):
+    """One (user, positive, negative) triple per index, the negative drawn per sample in Python
+    until it is not one of the user's items (the authors' data path)."""
+
+    def __init__(self, num_items: int, pairs: Pairs):
+        self.num_items = num_items
+        self.users, self.items = pairs.users.tolist(), pairs.items.tolist()
+        self.user_items: dict[int, set[int]] = {}
+        for u, i in zip(self.users, self.items):
+            self.user_items.setdefault(u, set()).add(i)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def __getitem__(self, k: int) -> tuple[int, int, int]:
+        u = self.users[k]
+        seen = self.user_items[u]
+        while True:
+            j = random.randint(0, self.num_items - 1)
+            if j not in seen:
+                return u, self.items[k], j
+
+
 class AuthorsStep:
-    """The authors' way: seven MF models, per-sample Python negatives, dense Adam + full L2."""
+    """The authors' way: seven MF models, per-sample batches and negatives, dense Adam + full L2."""
 
     def __init__(self, num_users: int, num_items: int, pairs: Pairs, dim: int, device, cfg: C.Config):
         self.dev, self.cfg = torch.device(device), cfg
@@ -106,9 +130,7 @@ class AuthorsStep:
         for m in FROZEN:
             for e in self.emb[m.value]:
                 e.weight.requires_grad_(False)
-        self.user_items = {}
-        for u, i in zip(pairs.users.tolist(), pairs.items.tolist()):
-            self.user_items.setdefault(u, set()).add(i)
+        self.triples = _AuthorsTriples(num_items, pairs)
 
         def params(models):
             return [p for m in models for e in self.emb[m.value] for p in e.parameters()]
@@ -116,26 +138,21 @@ class AuthorsStep:
         self.opt = {Phase.DN: torch.optim.Adam(params((Model.T, *DN_MODELS)), lr=lr),
                     Phase.DP: torch.optim.Adam(params((Model.T, *DP_MODELS)), lr=lr)}
 
-    def sample(self, users: list[int]) -> list[int]:
-        out = []
-        for u in users:
-            seen = self.user_items.get(u, ())
-            while True:
-                j = random.randint(0, self.num_items - 1)
-                if j not in seen:
-                    break
-            out.append(j)
-        return out
+    def batches(self, batch: int):
+        """Endless shuffled batches of (users, positives, negatives) int64 tensors."""
+        loader = torch.utils.data.DataLoader(self.triples, batch_size=batch, shuffle=True,
+                                             num_workers=0)
+        while True:
+            yield from loader
 
-    def step(self, step: int, u: np.ndarray, pos: np.ndarray) -> None:
+    def step(self, step: int, u: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> None:
         m = self.cfg.mba
-        neg = self.sample(u.tolist())
         phase = phase_of_step(step)
         hf, hg = (Model.H1_F, Model.H1_G) if phase is Phase.DN else (Model.H2_F, Model.H2_G)
-        ut = torch.tensor(u, device=self.dev)
+        ut = u.to(self.dev)
         side = []
         for items in (pos, neg):
-            it = torch.tensor(items, device=self.dev)
+            it = items.to(self.dev)
             side.append(Logits(*(logits(self.emb[k.value][0](ut), self.emb[k.value][1](it))
                                  for k in (Model.T, Model.PRE_F, Model.PRE_G, hf, hg))))
         full = [e.weight for k in (Model.T, hf, hg) for e in self.emb[k.value]]
@@ -151,13 +168,12 @@ def authors_speed(num_users: int, num_items: int, pairs: Pairs, batch: int, step
     dev = torch.device(device)
     _reset_peak(dev)
     a = AuthorsStep(num_users, num_items, pairs, dim, dev, C.load_config(None))
-    rng = np.random.default_rng(1)
+    it = a.batches(batch)
     for s in range(warmup + steps):
         if s == warmup:
             sync(dev)
             t0 = time.perf_counter()
-        idx = rng.integers(0, len(pairs), size=batch)
-        a.step(s, pairs.users[idx], pairs.items[idx])
+        a.step(s, *next(it))
     sync(dev)
     dt = time.perf_counter() - t0
     return {"method": "authors-style step", "batch": batch, "steps": steps,

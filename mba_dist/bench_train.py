@@ -9,8 +9,11 @@ the vectorised sampler). Per rank it times:
     forward        lookups in every table group (sharded: includes the lookup all-to-all) + loss
     backward       autograd, with the fused optimizer of the torchrec tables inside it
     optimizer      the separate optimizer step (torch backend; ~0 when fused)
-    communication  time inside torch.distributed collectives (torch profiler, a part of
-                   forward + backward, reported on its own)
+    communication  time the collectives run (the profiler's `gloo:*` / `nccl:*` events: a
+                   gloo collective runs on the process group's thread and lasts until every
+                   peer has sent its part, so it counts waiting for the slower rank too; the
+                   step waits for each one). A part of forward + backward, reported on its own.
+                   With NCCL it is the host-side time only.
 
 and peak RSS (CPU) or peak allocated memory (GPU). Rank 0 gathers every rank's figures.
 Throughput = global triples / the slowest rank's wall time; scaling efficiency =
@@ -34,7 +37,7 @@ from mba_dist.losses import Phase, phase_of_step
 from mba_dist.models import DN_MODELS, DP_MODELS, FROZEN, Model
 
 PARTS = ("data", "forward", "backward", "optimizer")
-COMM_PREFIXES = ("c10d::", "gloo:", "nccl:", "record_param_comms")
+COMM_PREFIXES = ("gloo:", "nccl:")  # the collectives themselves (c10d:: is only their enqueue)
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class BenchSpec:
     optim: str = "adagrad"
     device: str = "cpu"
     profile_comm: bool = True
+    threads: int | None = None  # torch threads per worker (None: the host's cores / workers)
 
 
 def _train_data(spec: BenchSpec, cfg: C.Config):
@@ -75,6 +79,8 @@ def bench_worker(spec: BenchSpec) -> dict | None:
     the torch backend). Returns the gathered figures on rank 0, None elsewhere."""
     from mba_dist.train import Trainer
 
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
     dev = torch.device(spec.device)
     if dev.type == "cuda" and dist.is_initialized():
         dev = torch.device("cuda", dist.get_rank() % torch.cuda.device_count())
@@ -128,7 +134,7 @@ def bench_worker(spec: BenchSpec) -> dict | None:
     if prof is not None:
         prof.__exit__(None, None, None)
         comm = sum(e.cpu_time_total for e in prof.key_averages()
-                   if e.key.startswith(COMM_PREFIXES) and "::" in e.key) / 1e6
+                   if e.key.startswith(COMM_PREFIXES)) / 1e6
     mine = {"wall_s": wall, "triples": triples, "comm_s": comm, "peak_mb": _peak_mb(dev),
             **{f"{p}_s": v for p, v in times.items()}}
     every = [mine]
@@ -144,7 +150,8 @@ def _summary(spec: BenchSpec, ranks: list[dict]) -> dict:
     w = len(ranks)
     wall = max(r["wall_s"] for r in ranks)
     triples = sum(r["triples"] for r in ranks)
-    row = {"method": f"mba ({spec.backend}, {spec.optim})", "workers": w, "batch": spec.batch,
+    threads = f", {spec.threads} thread{'s' if spec.threads > 1 else ''}" if spec.threads else ""
+    row = {"method": f"mba ({spec.backend}, {spec.optim}{threads})", "workers": w, "batch": spec.batch,
            "steps": spec.steps, "triples_per_s": triples / wall,
            "triples_per_s_per_worker": triples / wall / w,
            "peak_mb_per_worker": max(r["peak_mb"] for r in ranks)}
@@ -173,6 +180,7 @@ def with_backend(spec: BenchSpec, backend: str, optim: str) -> BenchSpec:
 
 
 # ---- side-by-side baselines (one worker) -------------------------------------------------------
+AUTHORS_MAX_PAIRS = 10_000_000  # Python ints, lists and sets: ~200 bytes a pair
 def authors_row(spec: BenchSpec, steps: int) -> dict:
     """The authors'-style step (per-sample Python negatives, dense Adam, seven nn.Embedding
     models) on the same pairs; fewer steps, it is slow."""
@@ -180,6 +188,10 @@ def authors_row(spec: BenchSpec, steps: int) -> dict:
 
     cfg = _config(spec)
     data = _train_data(spec, cfg)
+    if len(data.target) > AUTHORS_MAX_PAIRS:
+        return {"method": "authors-style step", "workers": 1, "batch": spec.batch,
+                "note": f"not run: its per-sample Python lists and sets of {len(data.target):,} "
+                        f"pairs need ~{len(data.target) * 200 / 2**30:.0f} GiB"}
     r = authors_speed(data.num_users, data.num_items, data.target, spec.batch, steps,
                       device=spec.device)
     return {"method": "authors-style step", "workers": 1, "batch": spec.batch, "steps": steps,
@@ -242,6 +254,18 @@ def markdown(rows: list[dict], title: str) -> str:
               "communication is time inside torch.distributed collectives, already counted "
               "in fwd and bwd."]
     return "\n".join(lines)
+
+
+def ratios(rows: list[dict]) -> str:
+    """One line per baseline: MBA with one worker (all the host's cores) against it."""
+    ours = next((r for r in rows if r["workers"] == 1 and r.get("scaling_efficiency")), None)
+    if ours is None:
+        return ""
+    lines = [f"- MBA, 1 worker: {ours['triples_per_s']:,.0f} triples/s"]
+    for r in rows:
+        if r is not ours and r.get("triples_per_s") and r["workers"] == 1:
+            lines.append(f"  - {ours['triples_per_s'] / r['triples_per_s']:.2f}x {r['method']}")
+    return "\n\n" + "\n".join(lines)
 
 
 def csv_text(rows: list[dict]) -> str:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -225,6 +226,11 @@ def cmd_bench(a) -> int:
     print(f"benchmarking the MBA step on {what}, workers {workers}, global batch {a.batch}, "
           f"{a.steps} steps after {a.warmup}", file=sys.stderr)
     rows = B.run_workers(spec, workers)
+    if a.device == "cpu" and max(workers) > 1:
+        # W workers on W cores can at best reach W x one worker on one core
+        one_core = B.run_workers(dataclasses.replace(spec, threads=1), [1])[0]
+        rows.append({**one_core, "scaling_efficiency": None,
+                     "note": "per-core reference: W workers on W cores reach at most W x this"})
     if not a.no_baselines:
         print("side by side: plain-torch backend, authors'-style step, implicit BPR",
               file=sys.stderr)
@@ -235,6 +241,7 @@ def cmd_bench(a) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     report = B.markdown(rows, f"MBA step, {what}, global batch {a.batch} ({a.device})")
+    report += B.ratios(rows)
     atomic_write_bytes(out / "bench.md", (report + "\n").encode())
     atomic_write_bytes(out / "bench.csv", B.csv_text(rows).encode())
     atomic_write_bytes(out / "bench.json", json.dumps(rows, indent=2).encode())

@@ -2,7 +2,10 @@
 import csv
 import json
 
+import numpy as np
+
 from mba_dist.cli import main
+from mba_dist.dataset import Pairs
 
 
 def test_bench_over_worker_counts_writes_tables(tmp_path):
@@ -11,8 +14,10 @@ def test_bench_over_worker_counts_writes_tables(tmp_path):
                "--batch", "64", "--steps", "6", "--warmup", "2", "--out", str(out)])
     assert rc == 0
     rows = json.loads((out / "bench.json").read_text())
-    ours = [r for r in rows if r["method"].startswith("mba (torchrec")]
+    ours = [r for r in rows if r["method"] == "mba (torchrec, adagrad)"]
     assert [r["workers"] for r in ours] == [1, 2]
+    one_core = [r for r in rows if r["method"] == "mba (torchrec, adagrad, 1 thread)"]
+    assert len(one_core) == 1 and one_core[0]["workers"] == 1  # the per-core reference
     for r in ours:
         assert r["triples_per_s"] > 0 and r["peak_mb_per_worker"] > 0
         parts = sum(r[f"{p}_frac"] for p in ("data", "forward", "backward", "optimizer"))
@@ -24,4 +29,16 @@ def test_bench_over_worker_counts_writes_tables(tmp_path):
     assert any(m.startswith("implicit BPR") for m in methods)
     with open(out / "bench.csv") as f:
         assert len(list(csv.DictReader(f))) == len(rows)
-    assert "| mba (torchrec, adagrad) | 2 |" in (out / "bench.md").read_text()
+    report = (out / "bench.md").read_text()
+    assert "| mba (torchrec, adagrad) | 2 |" in report
+    assert "x authors-style step" in report and "x implicit BPR" in report
+
+
+def test_authors_style_triples_draw_negatives_the_user_never_touched():
+    from mba_dist.bench_step import _AuthorsTriples
+
+    ds = _AuthorsTriples(3, Pairs(np.array([0, 0, 1]), np.array([0, 1, 2])))
+    for k, (user, item) in enumerate([(0, 0), (0, 1), (1, 2)]):
+        for _ in range(20):
+            u, i, j = ds[k]
+            assert (u, i) == (user, item) and j not in ds.user_items[u]
