@@ -251,8 +251,8 @@ def markdown(rows: list[dict], title: str) -> str:
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |")
     lines += ["", "Time fractions are of each worker's wall time (mean over workers); "
-              "communication is time inside torch.distributed collectives, already counted "
-              "in fwd and bwd."]
+              "communication is the time the collectives run, waiting for peers included, "
+              "already counted in fwd and bwd."]
     return "\n".join(lines)
 
 
