@@ -181,6 +181,8 @@ def with_backend(spec: BenchSpec, backend: str, optim: str) -> BenchSpec:
 
 # ---- side-by-side baselines (one worker) -------------------------------------------------------
 AUTHORS_MAX_PAIRS = 10_000_000  # Python ints, lists and sets: ~200 bytes a pair
+
+
 def authors_row(spec: BenchSpec, steps: int) -> dict:
     """The authors'-style step (per-sample Python negatives, dense Adam, seven nn.Embedding
     models) on the same pairs; fewer steps, it is slow."""

@@ -79,6 +79,7 @@ class TorchrecTableGroup(TableGroup):
         self.dmp = DistributedModelParallel(ebc, device=device, plan=plan, sharders=sharders)
         self.num_users, self.num_items, self.dim = num_users, num_items, dim
         self.device = device
+        self._orders: dict[tuple[str, ...], torch.Tensor] = {}
 
     def lookup(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> Rows:
         k, b, d = len(self.models), len(users), self.dim
@@ -93,9 +94,16 @@ class TorchrecTableGroup(TableGroup):
             return Rows(u.view(b, k, d), i.view(b, k, 2, d))
         # sharded: the output lists each rank's features in turn; gather them into that order
         v = out.values().view(b, len(self.features), d)
-        where = {f: n for n, f in enumerate(out.keys())}
-        idx = torch.tensor([where[f] for f in self.features], device=v.device)
+        idx = self._order(tuple(out.keys()), v.device)
         return Rows(v.index_select(1, idx[:k]), v.index_select(1, idx[k:]).view(b, k, 2, d))
+
+    def _order(self, keys: tuple[str, ...], device: torch.device) -> torch.Tensor:
+        """Where each of `self.features` sits in a pooled output listing `keys` (fixed by the
+        sharding plan, so computed once)."""
+        if keys not in self._orders:
+            where = {f: n for n, f in enumerate(keys)}
+            self._orders[keys] = torch.tensor([where[f] for f in self.features], device=device)
+        return self._orders[keys]
 
     def _sharded(self, key: str):
         return self.dmp.state_dict()[f"embedding_bags.{key}.weight"]
