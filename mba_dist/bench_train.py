@@ -160,15 +160,20 @@ def _summary(spec: BenchSpec, ranks: list[dict]) -> dict:
     return row
 
 
-def run_workers(spec: BenchSpec, workers: list[int]) -> list[dict]:
-    """The MBA step on each worker count, each in fresh processes (local gloo ranks)."""
+def run_workers(spec: BenchSpec, workers: list[int], repeat: int = 1) -> list[dict]:
+    """The MBA step on each worker count, each in fresh processes (local gloo ranks). With
+    `repeat` > 1 each count runs that many times and the run of median triples/s is kept (its
+    `runs` field lists them all): shared machines vary from one run to the next."""
     from mba_dist.distenv import run_local_ranks
 
     rows = []
     for w in workers:
         if w > 1 and spec.backend != "torchrec":
             raise ValueError(f"{w} workers need the torchrec backend (sharded tables)")
-        rows.append(run_local_ranks(bench_worker, w, spec)[0])
+        runs = sorted((run_local_ranks(bench_worker, w, spec)[0] for _ in range(repeat)),
+                      key=lambda r: r["triples_per_s"])
+        rows.append({**runs[len(runs) // 2],
+                     "runs": [round(r["triples_per_s"]) for r in runs] if repeat > 1 else None})
     base = next((r["triples_per_s"] for r in rows if r["workers"] == 1), None)
     for r in rows:
         r["scaling_efficiency"] = (r["triples_per_s"] / (r["workers"] * base)) if base else None
@@ -231,7 +236,13 @@ def implicit_row(spec: BenchSpec, epochs: int = 3) -> dict:
 # ---- report ------------------------------------------------------------------------------------
 COLUMNS = ["method", "workers", "batch", "steps", "triples_per_s", "triples_per_s_per_worker",
            "scaling_efficiency", "peak_mb_per_worker", "data_frac", "forward_frac",
-           "backward_frac", "optimizer_frac", "comm_frac", "note"]
+           "backward_frac", "optimizer_frac", "comm_frac", "runs", "note"]
+
+
+def _note(r: dict) -> str | None:
+    """The row's note, with every run's triples/s when the row is a median of several."""
+    runs = f"median of runs {', '.join(f'{x:,}' for x in r['runs'])}" if r.get("runs") else None
+    return "; ".join(x for x in (runs, r.get("note")) if x) or None
 
 
 def _fmt(v) -> str:
@@ -251,7 +262,8 @@ def markdown(rows: list[dict], title: str) -> str:
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |",
              "|" + "---|" * len(head)]
     for r in rows:
-        lines.append("| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |")
+        lines.append("| " + " | ".join(_fmt(_note(r) if k == "note" else r.get(k)) for k in keys)
+                     + " |")
     lines += ["", "Time fractions are of each worker's wall time (mean over workers); "
               "communication is the time the collectives run, waiting for peers included, "
               "already counted in fwd and bwd."]

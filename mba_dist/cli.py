@@ -219,22 +219,24 @@ def cmd_bench(a) -> int:
     from mba_dist.dataset import atomic_write_bytes
 
     workers = [int(w) for w in a.workers.split(",")]
+    if a.repeat < 1:
+        raise SystemExit(f"mba-dist bench: --repeat must be at least 1, got {a.repeat}")
     spec = B.BenchSpec(data=a.data, config=a.config, users=a.users, items=a.items, rows=a.rows,
                        batch=a.batch, steps=a.steps, warmup=a.warmup, device=a.device,
                        optim=a.optim)
     what = f"dataset {a.data}" if a.data else f"synthetic {a.users:,} x {a.items:,}, {a.rows:,} rows"
     print(f"benchmarking the MBA step on {what}, workers {workers}, global batch {a.batch}, "
           f"{a.steps} steps after {a.warmup}", file=sys.stderr)
-    rows = B.run_workers(spec, workers)
+    rows = B.run_workers(spec, workers, a.repeat)
     if a.device == "cpu" and max(workers) > 1:
         # W workers on W cores can at best reach W x one worker on one core
-        one_core = B.run_workers(dataclasses.replace(spec, threads=1), [1])[0]
+        one_core = B.run_workers(dataclasses.replace(spec, threads=1), [1], a.repeat)[0]
         rows.append({**one_core, "scaling_efficiency": None,
                      "note": "per-core reference: W workers on W cores reach at most W x this"})
     if not a.no_baselines:
         print("side by side: plain-torch backend, authors'-style step, implicit BPR",
               file=sys.stderr)
-        rows.append(B.run_workers(B.with_backend(spec, "torch", "sparse_adam"), [1])[0])
+        rows.append(B.run_workers(B.with_backend(spec, "torch", "sparse_adam"), [1], a.repeat)[0])
         rows[-1]["scaling_efficiency"] = None
         rows.append(B.authors_row(spec, max(2, a.steps // 10)))
         rows.append(B.implicit_row(spec))
@@ -353,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--steps", type=int, default=100)
     s.add_argument("--warmup", type=int, default=10)
     s.add_argument("--optim", default="adagrad", help="torchrec optimizer of the MBA rows")
+    s.add_argument("--repeat", type=int, default=1,
+                   help="runs per MBA row; the median is reported (noisy shared machines)")
     s.add_argument("--device", default="cpu")
     s.add_argument("--no-baselines", action="store_true")
     s.add_argument("--out", default="runs/bench")

@@ -42,3 +42,13 @@ def test_authors_style_triples_draw_negatives_the_user_never_touched():
         for _ in range(20):
             u, i, j = ds[k]
             assert (u, i) == (user, item) and j not in ds.user_items[u]
+
+
+def test_bench_repeat_reports_the_median_run(tmp_path):
+    out = tmp_path / "bench"
+    assert main(["bench", "--workers", "1", "--users", "300", "--items", "200", "--rows", "3000",
+                 "--batch", "64", "--steps", "4", "--warmup", "1", "--repeat", "3",
+                 "--no-baselines", "--out", str(out)]) == 0
+    (row,) = json.loads((out / "bench.json").read_text())
+    assert len(row["runs"]) == 3 and sorted(row["runs"])[1] == round(row["triples_per_s"])
+    assert "median of runs" in (out / "bench.md").read_text()
