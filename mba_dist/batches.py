@@ -109,6 +109,10 @@ class MemorySource:
                 raise ValueError(f"stage {stage.name}: no {part} training pairs")
 
     def epoch(self, stage: StageInput, epoch: int) -> Iterator[Batch]:
+        """This rank's batches of one epoch, assembled a few ahead by a thread (`prefetch`)."""
+        return prefetch(self._batches(stage, epoch))
+
+    def _batches(self, stage: StageInput, epoch: int) -> Iterator[Batch]:
         rng = np.random.default_rng([self.seed, stage.key, epoch])
         keys = self.pairs(stage.exclude).keys(self.data.num_items) \
             if self.negatives == "exclude" else None

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 from mba_dist import config as C
-from mba_dist.batches import MBA_INPUT, MemorySource, prefetch
+from mba_dist.batches import MBA_INPUT, MemorySource
 from mba_dist.bench_step import _peak_mb, _reset_peak, sync, synthetic_pairs
 from mba_dist.dataset import CSR, Dataset, Pairs
 from mba_dist.losses import Phase, phase_of_step
@@ -108,7 +108,7 @@ def bench_worker(spec: BenchSpec) -> dict | None:
         times[part] += now - mark[0]
         mark[0] = now
 
-    it = prefetch(batches())
+    it = batches()
     prof = None
     triples = 0
     for s in range(spec.warmup + spec.steps):

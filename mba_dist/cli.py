@@ -236,8 +236,8 @@ def cmd_bench(a) -> int:
     if not a.no_baselines:
         print("side by side: plain-torch backend, authors'-style step, implicit BPR",
               file=sys.stderr)
-        rows.append(B.run_workers(B.with_backend(spec, "torch", "sparse_adam"), [1], a.repeat)[0])
-        rows[-1]["scaling_efficiency"] = None
+        torch_row = B.run_workers(B.with_backend(spec, "torch", "sparse_adam"), [1], a.repeat)[0]
+        rows.append({**torch_row, "scaling_efficiency": None})
         rows.append(B.authors_row(spec, max(2, a.steps // 10)))
         rows.append(B.implicit_row(spec))
     out = Path(a.out)

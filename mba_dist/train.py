@@ -26,8 +26,7 @@ import torch
 import torch.distributed as dist
 
 from mba_dist import config as C
-from mba_dist.batches import (MBA_INPUT, MF_TRAIN_SETS, Batch, MemorySource, StageInput,
-                              bpr_input, prefetch)
+from mba_dist.batches import MBA_INPUT, MF_TRAIN_SETS, Batch, MemorySource, StageInput, bpr_input
 from mba_dist.dataset import CSR, Dataset, Pairs, atomic_write_bytes, merge_pairs
 from mba_dist import baselines
 from mba_dist.evaluate import Scorer, evaluate, mba_scorer, mf_scorer
@@ -291,10 +290,7 @@ class Trainer:
         rank, so ranks stay in lockstep)."""
         cap = self.cfg.train.max_steps_per_epoch
         it = self.source.epoch(stage, epoch)
-        it = itertools.islice(it, cap) if cap > 0 else it
-        if isinstance(self.source, MemorySource):  # Ray Data's iterator prefetches itself
-            it = prefetch(it)
-        return self._timed(it)
+        return self._timed(itertools.islice(it, cap) if cap > 0 else it)
 
     def _timed(self, it: Iterator[Batch]) -> Iterator[Batch]:
         """Counts the time spent waiting for batches (`data_s` of the epoch's record)."""
