@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_prep.readers import RawInputError, read_pairs
-from mba_dist.dataset import FORMAT_VERSION, atomic_dir, dedup_sorted, write_pairs
+from mba_dist.dataset import FORMAT_VERSION, atomic_dir, dedup_sorted, unique_ints, write_pairs
 
 _INT_RE = re.compile(r"^-?\d+$")
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
@@ -177,8 +177,8 @@ def prepare(spec: PrepareSpec, log=print) -> dict:
         for (split, b), (u, i) in sorted(merged.items()):
             write_pairs(tmp / split / f"{b}.parquet", u, i)
             splits_meta.setdefault(split, {})[b] = {
-                "rows": int(len(u)), "users": int(len(np.unique(u))),
-                "items": int(len(np.unique(i))), "duplicates_dropped": dup_counts.get(f"{split}/{b}", 0)}
+                "rows": int(len(u)), "users": int(len(unique_ints(u))),
+                "items": int(len(unique_ints(i))), "duplicates_dropped": dup_counts.get(f"{split}/{b}", 0)}
         for entity, vals in (("user", user_vals), ("item", item_vals)):
             pq.write_table(pa.table({"raw": vals, "id": np.arange(len(vals), dtype=np.int64)}),
                            tmp / f"{entity}_map.parquet")

@@ -29,7 +29,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_prep.prepare import carve_valid
-from mba_dist.dataset import FORMAT_VERSION, atomic_dir
+from mba_dist.dataset import FORMAT_VERSION, atomic_dir, unique_ints
+from mba_dist.sampler import contains
 
 TARGET, AUX = "purchase", "click"
 
@@ -69,7 +70,7 @@ def _chunk(spec: SynthSpec, lo: int, hi: int, rng: np.random.Generator, topic_it
     which = (rng.random(len(u_true)) >= 0.7).astype(np.int64)
     topic = topic_pair[u_true - lo, which]
     i_true = topic_items[topic, np.searchsorted(topic_cdf, rng.random(len(u_true)))]
-    keys = np.unique(u_true * n_items + i_true)  # drop repeats
+    keys = unique_ints(u_true * n_items + i_true)  # drop repeats
     u_true, i_true = keys // n_items, keys % n_items
 
     bought = rng.random(len(keys)) < spec.p_buy
@@ -77,13 +78,13 @@ def _chunk(spec: SynthSpec, lo: int, hi: int, rng: np.random.Generator, topic_it
     n_false = rng.poisson(spec.false_click_ratio * L)
     u_false = np.repeat(np.arange(lo, hi), n_false)
     i_false = np.minimum(np.searchsorted(pop_cdf, rng.random(len(u_false))), n_items - 1)
-    click = np.unique(np.concatenate([keys[clicked_true], u_false * n_items + i_false]))
+    click = unique_ints(np.concatenate([keys[clicked_true], u_false * n_items + i_false]))
 
     buy = keys[bought]
     is_test = rng.random(len(buy)) < spec.test_fraction
     train, test = buy[~is_test], buy[is_test]
     keep, val = carve_valid(train // n_items, train % n_items, spec.valid_fraction, int(rng.integers(1 << 31)))
-    truth = keys[~np.isin(keys, train[keep])]
+    truth = keys[~contains(train[keep], keys)]  # train[keep] is sorted
     out = {"train/purchase": train[keep], "valid/purchase": train[val], "test/purchase": test,
            "train/click": click, "truth/purchase": truth}
     return {k: (v // n_items, v % n_items) for k, v in out.items()}
@@ -119,7 +120,7 @@ def generate(spec: SynthSpec, out: str | Path, overwrite: bool = False,
                     writers[name].write_table(pa.table({"user": u, "item": i}, schema=schema))
                     c = counts.setdefault(name, {"rows": 0, "users": 0})
                     c["rows"] += int(len(u))
-                    c["users"] += int(len(np.unique(u)))
+                    c["users"] += int(len(unique_ints(u)))
                 if progress:
                     progress(hi, spec.users)
         finally:

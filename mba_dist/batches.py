@@ -31,7 +31,7 @@ import numpy as np
 
 from mba_dist.dataset import Pairs, merge_pairs, subtract_pairs
 from mba_dist.losses import Kind
-from mba_dist.sampler import NegativeSampler
+from mba_dist.sampler import NegativeSampler, Observed
 
 PART_KIND = {"target": Kind.B, "aux_only": Kind.A}
 T = TypeVar("T")
@@ -86,6 +86,7 @@ class MemorySource:
                  rank: int = 0, world: int = 1):
         self.data, self.batch_size, self.negatives = data, batch_size, negatives
         self.seed, self.batch_order, self.rank, self.world = seed, batch_order, rank, world
+        self._index: dict[str, Observed] = {}
 
     @cached_property
     def _sets(self) -> dict[str, Pairs]:
@@ -102,6 +103,13 @@ class MemorySource:
             raise ValueError(f"pair set {name!r} needs data.aux")
         return self._sets[name]
 
+    def _observed(self, name: str) -> Observed:
+        """The membership index of a pair set, built once (not every epoch)."""
+        if name not in self._index:
+            self._index[name] = Observed(self.pairs(name).keys(self.data.num_items),
+                                         self.data.num_items)
+        return self._index[name]
+
     def check(self, stage: StageInput) -> None:
         """Fail before training when a stage has nothing to train on."""
         for part in stage.parts:
@@ -114,9 +122,8 @@ class MemorySource:
 
     def _batches(self, stage: StageInput, epoch: int) -> Iterator[Batch]:
         rng = np.random.default_rng([self.seed, stage.key, epoch])
-        keys = self.pairs(stage.exclude).keys(self.data.num_items) \
-            if self.negatives == "exclude" else None
-        sampler = NegativeSampler(self.data.num_items, keys,
+        observed = self._observed(stage.exclude) if self.negatives == "exclude" else None
+        sampler = NegativeSampler(self.data.num_items, observed,
                                   [self.seed, stage.key, epoch, 7919, self.rank])
         if stage.by_kind:
             runs = [(PART_KIND[p], self.pairs(p)) for p in stage.parts]

@@ -103,7 +103,7 @@ def _local_process_group(cfg):
 
 def cmd_run(a) -> int:
     from mba_dist import config as C
-    from mba_dist.dataset import Dataset, atomic_write_bytes
+    from mba_dist.dataset import Dataset, atomic_write_bytes, unique_ints
     from mba_dist.recommend import known_target_mask, top_n_table, write_table
     from mba_dist.train import run_training
 
@@ -140,7 +140,7 @@ def cmd_run(a) -> int:
     from mba_dist.recommend import load_run
 
     _, _, scorer = load_run(out)
-    users = np.unique(ds.pairs("test", ds.target).users)
+    users = unique_ints(ds.pairs("test", ds.target).users)
     table = top_n_table(scorer, ds, users, known_target_mask(cfg, ds), cfg.eval.top_n,
                         cfg.eval.memory_mb)
     write_table(out / "recommendations.parquet", table)

@@ -28,6 +28,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mba_dist.sampler import contains
+
 FORMAT_VERSION = 1
 SPLITS = ("train", "valid", "test", "truth")
 
@@ -82,9 +84,25 @@ def write_pairs(path: Path, users: np.ndarray, items: np.ndarray) -> None:
     pq.write_table(table, path)
 
 
+def unique_ints(values: np.ndarray) -> np.ndarray:
+    """The sorted distinct values of an integer array, as `np.unique` returns them.
+
+    `np.unique` hashes integer input before sorting in this numpy: 35 s for 20M values here,
+    against 0.5 s for a sort. Input made of a few sorted runs (concatenated pair sets) takes a
+    stable sort, which merges the runs in one linear pass."""
+    if len(values) == 0:
+        return np.sort(values)
+    runs = 1 + np.count_nonzero(values[1:] < values[:-1])
+    values = np.sort(values, kind="stable" if runs <= 64 else "quicksort")
+    keep = np.empty(len(values), dtype=bool)
+    keep[0] = True
+    np.not_equal(values[1:], values[:-1], out=keep[1:])
+    return values[keep]
+
+
 def dedup_sorted(users: np.ndarray, items: np.ndarray, num_items: int) -> tuple[np.ndarray, np.ndarray]:
     """Unique (user, item) pairs sorted by user then item."""
-    keys = np.unique(users.astype(np.int64) * num_items + items.astype(np.int64))
+    keys = unique_ints(users.astype(np.int64) * num_items + items.astype(np.int64))
     return keys // num_items, keys % num_items
 
 
@@ -99,8 +117,9 @@ class Pairs:
         return len(self.users)
 
     def keys(self, num_items: int) -> np.ndarray:
-        """Sorted int64 keys user*num_items+item: the exclusion/membership structure."""
-        return np.sort(self.users * num_items + self.items)
+        """Sorted int64 keys user*num_items+item: the exclusion/membership structure (pairs
+        are kept sorted, so the stable sort is one linear pass)."""
+        return np.sort(self.users * num_items + self.items, kind="stable")
 
 
 def merge_pairs(parts: list[Pairs], num_items: int) -> Pairs:
@@ -113,8 +132,7 @@ def merge_pairs(parts: list[Pairs], num_items: int) -> Pairs:
 
 def subtract_pairs(a: Pairs, b: Pairs, num_items: int) -> Pairs:
     """Pairs of `a` not in `b`."""
-    ka, kb = a.users * num_items + a.items, b.keys(num_items)
-    keep = ~np.isin(ka, kb, assume_unique=False)
+    keep = ~contains(b.keys(num_items), a.users * num_items + a.items)
     return Pairs(a.users[keep], a.items[keep])
 
 

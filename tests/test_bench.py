@@ -37,11 +37,17 @@ def test_bench_over_worker_counts_writes_tables(tmp_path):
 def test_authors_style_triples_draw_negatives_the_user_never_touched():
     from mba_dist.bench_step import _AuthorsTriples
 
-    ds = _AuthorsTriples(3, Pairs(np.array([0, 0, 1]), np.array([0, 1, 2])))
+    pairs = Pairs(np.array([0, 0, 1]), np.array([0, 1, 2]))
+    ds = _AuthorsTriples(3, pairs)
     for k, (user, item) in enumerate([(0, 0), (0, 1), (1, 2)]):
         for _ in range(20):
             u, i, j = ds[k]
             assert (u, i) == (user, item) and j not in ds.user_items[u]
+    # serving a draw of two pairs: distinct pairs of the set, their users' whole item sets
+    part = _AuthorsTriples(3, pairs, serve=2, seed=1)
+    served = set(zip(part.users, part.items))
+    assert len(part) == 2 and len(served) == 2 and served <= {(0, 0), (0, 1), (1, 2)}
+    assert all(part.user_items[u] == {0: {0, 1}, 1: {2}}[u] for u, _ in served)
 
 
 def test_bench_repeat_reports_the_median_run(tmp_path):

@@ -5,10 +5,10 @@ import torch
 
 from mba_dist import config as C
 from mba_dist.batches import bpr_input
-from mba_dist.dataset import Dataset, Pairs
+from mba_dist.dataset import Dataset, Pairs, unique_ints
 from mba_dist.losses import Kind, Phase
 from mba_dist.models import DN_MODELS, DP_MODELS, FROZEN, Model
-from mba_dist.sampler import NegativeSampler, contains
+from mba_dist.sampler import NegativeSampler, Observed, contains
 from mba_dist.train import TrainData, Trainer
 
 
@@ -23,7 +23,7 @@ def test_sampler_never_returns_observed_pairs():
         users += [u] * (n_items - len(free))
     obs = Pairs(np.array(users), np.array(items))
     keys = obs.keys(n_items)
-    s = NegativeSampler(n_items, keys, seed=1)
+    s = NegativeSampler(n_items, Observed(keys, n_items), seed=1)
     batch = np.repeat(np.arange(n_users), 200)
     neg = s.sample(batch)
     assert not contains(keys, batch * n_items + neg).any()
@@ -32,6 +32,32 @@ def test_sampler_never_returns_observed_pairs():
     for u in range(3):
         allowed = set(range(n_items)) - set(obs.items[obs.users == u])
         assert set(neg[batch == u]) == allowed
+
+
+def test_observed_rows_answer_like_a_search_over_all_keys():
+    rng = np.random.default_rng(3)
+    n_items = 50
+    # user u has u items (user 7 none; users past 39 none either)
+    lengths = [0 if u == 7 else u for u in range(40)]
+    users = np.concatenate([np.full(n, u) for u, n in enumerate(lengths)])
+    items = np.concatenate([rng.choice(n_items, n, replace=False) for n in lengths])
+    keys = np.sort(users * n_items + items)
+    obs = Observed(keys, n_items)
+    qu = rng.integers(0, 60, 20_000)  # includes users past the last observed one
+    qi = rng.integers(0, n_items, 20_000)
+    got = obs.contains(qu, qi)
+    assert got.any() and not got.all()
+    assert (got == contains(keys, qu * n_items + qi)).all()
+    assert list(obs.row(3)) == sorted(items[users == 3]) and len(obs.row(55)) == 0
+    empty = Observed(np.zeros(0, np.int64), n_items)
+    assert not empty.contains(qu, qi).any() and len(empty.row(0)) == 0
+
+
+def test_unique_ints_matches_numpy_on_runs_and_on_random_input():
+    rng = np.random.default_rng(0)
+    a, b = np.sort(rng.integers(0, 1000, 500)), np.sort(rng.integers(0, 1000, 700))
+    for values in (np.concatenate([a, b]), rng.integers(-50, 50, 10_000), np.zeros(0, np.int64)):
+        assert np.array_equal(unique_ints(values), np.unique(values))
 
 
 def test_uniform_sampler_can_hit_observed_pairs():
