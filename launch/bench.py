@@ -1,12 +1,13 @@
-"""Job entry point: `python -m launch.bench --workers 1,2 [--data DIR --config F] --out DIR`.
+"""Job entry point: `python -m launch.bench --workers 1,2,4 [--data DIR --config F] --out DIR`.
 
-The arguments of `mba-dist bench`. The worker counts run as local gloo ranks (or NCCL GPUs with
---device cuda) on the node that runs the job; a multi-node sweep through Ray Train is not built
-yet.
+The arguments of `mba-dist bench`, with the worker counts run as Ray Train workers of the
+cluster the job was submitted to (`--ray`), so a sweep spans nodes. The side-by-side baselines
+run in the job's driver process. `--data` must be a path every node can read.
 """
 import sys
 
 from mba_dist.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["bench"] + sys.argv[1:]))
+    args = sys.argv[1:]
+    sys.exit(main(["bench"] + args + ([] if "--ray" in args else ["--ray"])))

@@ -22,6 +22,7 @@ triples/s(W) / (W x triples/s(1)).
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass
 
@@ -83,7 +84,10 @@ def bench_worker(spec: BenchSpec) -> dict | None:
         torch.set_num_threads(spec.threads)
     dev = torch.device(spec.device)
     if dev.type == "cuda" and dist.is_initialized():
-        dev = torch.device("cuda", dist.get_rank() % torch.cuda.device_count())
+        # LOCAL_RANK: set by Ray Train (ranks of several nodes); the local launcher's ranks
+        # are all on one node
+        local = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
+        dev = torch.device("cuda", local % torch.cuda.device_count())
     cfg = _config(spec)
     data = _train_data(spec, cfg)
     tr = Trainer(cfg, data, None, device=dev)
@@ -160,17 +164,25 @@ def _summary(spec: BenchSpec, ranks: list[dict]) -> dict:
     return row
 
 
-def run_workers(spec: BenchSpec, workers: list[int], repeat: int = 1) -> list[dict]:
-    """The MBA step on each worker count, each in fresh processes (local gloo ranks). With
-    `repeat` > 1 each count runs that many times and the run of median triples/s is kept (its
-    `runs` field lists them all): shared machines vary from one run to the next."""
-    from mba_dist.distenv import run_local_ranks
+def run_workers(spec: BenchSpec, workers: list[int], repeat: int = 1,
+                on_ray: bool = False) -> list[dict]:
+    """The MBA step on each worker count, each in fresh processes: local gloo ranks, or with
+    `on_ray` Ray Train workers (any number of nodes). With `repeat` > 1 each count runs that
+    many times and the run of median triples/s is kept (its `runs` field lists them all):
+    shared machines vary from one run to the next."""
+    if on_ray:
+        from functools import partial
+
+        from mba_dist.ray_train import run_ray_ranks
+        run = partial(run_ray_ranks, use_gpu=spec.device == "cuda")
+    else:
+        from mba_dist.distenv import run_local_ranks as run
 
     rows = []
     for w in workers:
         if w > 1 and spec.backend != "torchrec":
             raise ValueError(f"{w} workers need the torchrec backend (sharded tables)")
-        runs = sorted((run_local_ranks(bench_worker, w, spec)[0] for _ in range(repeat)),
+        runs = sorted((run(bench_worker, w, spec)[0] for _ in range(repeat)),
                       key=lambda r: r["triples_per_s"])
         rows.append({**runs[len(runs) // 2],
                      "runs": [round(r["triples_per_s"]) for r in runs] if repeat > 1 else None})

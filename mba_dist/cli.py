@@ -212,6 +212,25 @@ def cmd_bench_eval(a) -> int:
     return 0
 
 
+def _bench_rows(B, a, spec, workers: list[int]) -> list[dict]:
+    """The rows of `mba-dist bench`: MBA over the worker counts, then the reference rows."""
+    rows = B.run_workers(spec, workers, a.repeat, a.ray)
+    if a.device == "cpu" and max(workers) > 1:
+        # W workers on W cores can at best reach W x one worker on one core
+        one_core = B.run_workers(dataclasses.replace(spec, threads=1), [1], a.repeat, a.ray)[0]
+        rows.append({**one_core, "scaling_efficiency": None,
+                     "note": "per-core reference: W workers on W cores reach at most W x this"})
+    if not a.no_baselines:
+        print("side by side: plain-torch backend, authors'-style step, implicit BPR",
+              file=sys.stderr)
+        torch_row = B.run_workers(B.with_backend(spec, "torch", "sparse_adam"), [1], a.repeat,
+                                  a.ray)[0]
+        rows.append({**torch_row, "scaling_efficiency": None})
+        rows.append(B.authors_row(spec, max(2, a.steps // 10)))
+        rows.append(B.implicit_row(spec))
+    return rows
+
+
 def cmd_bench(a) -> int:
     """MBA step throughput over worker counts, beside the authors'-style step, implicit's BPR
     and the plain-torch backend, on the same data."""
@@ -225,21 +244,19 @@ def cmd_bench(a) -> int:
                        batch=a.batch, steps=a.steps, warmup=a.warmup, device=a.device,
                        optim=a.optim)
     what = f"dataset {a.data}" if a.data else f"synthetic {a.users:,} x {a.items:,}, {a.rows:,} rows"
-    print(f"benchmarking the MBA step on {what}, workers {workers}, global batch {a.batch}, "
-          f"{a.steps} steps after {a.warmup}", file=sys.stderr)
-    rows = B.run_workers(spec, workers, a.repeat)
-    if a.device == "cpu" and max(workers) > 1:
-        # W workers on W cores can at best reach W x one worker on one core
-        one_core = B.run_workers(dataclasses.replace(spec, threads=1), [1], a.repeat)[0]
-        rows.append({**one_core, "scaling_efficiency": None,
-                     "note": "per-core reference: W workers on W cores reach at most W x this"})
-    if not a.no_baselines:
-        print("side by side: plain-torch backend, authors'-style step, implicit BPR",
-              file=sys.stderr)
-        torch_row = B.run_workers(B.with_backend(spec, "torch", "sparse_adam"), [1], a.repeat)[0]
-        rows.append({**torch_row, "scaling_efficiency": None})
-        rows.append(B.authors_row(spec, max(2, a.steps // 10)))
-        rows.append(B.implicit_row(spec))
+    where = "Ray Train workers" if a.ray else "local processes"
+    print(f"benchmarking the MBA step on {what}, workers {workers} ({where}), global batch "
+          f"{a.batch}, {a.steps} steps after {a.warmup}", file=sys.stderr)
+    started_ray = False
+    if a.ray:  # one Ray session for every row (each row's workers are a new Ray Train run)
+        from mba_dist.ray_train import init_ray
+        started_ray = init_ray()
+    try:
+        rows = _bench_rows(B, a, spec, workers)
+    finally:
+        if started_ray:
+            import ray
+            ray.shutdown()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     report = B.markdown(rows, f"MBA step, {what}, global batch {a.batch} ({a.device})")
@@ -359,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="runs per MBA row; the median is reported (noisy shared machines)")
     s.add_argument("--device", default="cpu")
     s.add_argument("--no-baselines", action="store_true")
+    s.add_argument("--ray", action="store_true",
+                   help="workers as Ray Train workers: the cluster at RAY_ADDRESS (any number "
+                        "of nodes), else an embedded local one (default: local processes)")
     s.add_argument("--out", default="runs/bench")
     s.set_defaults(fn=cmd_bench)
 

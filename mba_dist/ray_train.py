@@ -199,3 +199,54 @@ def run_with_ray(cfg: C.Config, data_dir: str | Path, out_dir: str | Path,
         if started:
             ray.shutdown()
     return json.loads((out / "metrics.json").read_text())
+
+
+def _rank_loop(loop_config: dict) -> None:
+    """Runs `fn(*args)` on one Ray Train worker and hands its result to the driver's collector."""
+    import ray
+    import ray.train
+    import torch.distributed as dist
+
+    from mba_dist.distenv import share_cores
+
+    share_cores(ray.train.get_context().get_local_world_size())
+    result = loop_config["fn"](*loop_config["args"])
+    ray.get(loop_config["results"].put.remote(dist.get_rank(), result))
+
+
+def run_ray_ranks(fn, world: int, *args, use_gpu: bool = False) -> list:
+    """`distenv.run_local_ranks` through Ray Train: `fn(*args)` on `world` Ray Train workers of
+    the cluster at RAY_ADDRESS (any number of nodes) or of the embedded local one, in the
+    process group Ray's torch backend creates (gloo, or NCCL with `use_gpu`); returns the
+    results by rank. Results travel through a small actor, so no storage has to be shared."""
+    started = init_ray()
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    @ray.remote(num_cpus=0)
+    class Results:
+        def __init__(self):
+            self.by_rank: dict[int, object] = {}
+
+        def put(self, rank: int, value) -> None:
+            self.by_rank[rank] = value
+
+        def get(self) -> dict:
+            return self.by_rank
+
+    try:
+        results = Results.remote()
+        with tempfile.TemporaryDirectory(prefix="mba-dist-ranks-") as storage:
+            TorchTrainer(
+                _rank_loop,
+                train_loop_config={"fn": fn, "args": args, "results": results},
+                torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+                scaling_config=ScalingConfig(num_workers=world, use_gpu=use_gpu),
+                run_config=RunConfig(name="mba-dist-ranks", storage_path=storage),
+            ).fit()
+        by_rank = ray.get(results.get.remote())
+        return [by_rank[r] for r in range(world)]
+    finally:
+        if started:
+            ray.shutdown()

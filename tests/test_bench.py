@@ -3,6 +3,7 @@ import csv
 import json
 
 import numpy as np
+import pytest
 
 from mba_dist.cli import main
 from mba_dist.dataset import Pairs
@@ -58,3 +59,15 @@ def test_bench_repeat_reports_the_median_run(tmp_path):
     (row,) = json.loads((out / "bench.json").read_text())
     assert len(row["runs"]) == 3 and sorted(row["runs"])[1] == round(row["triples_per_s"])
     assert "median of runs" in (out / "bench.md").read_text()
+
+
+@pytest.mark.slow  # two Ray Train runs (about a minute); the Ray worker path is in test_ray
+def test_bench_runs_the_workers_through_ray_train(tmp_path):
+    out = tmp_path / "bench"
+    assert main(["bench", "--ray", "--workers", "2", "--users", "300", "--items", "200",
+                 "--rows", "3000", "--batch", "64", "--steps", "4", "--warmup", "1",
+                 "--no-baselines", "--out", str(out)]) == 0
+    two, one_core = json.loads((out / "bench.json").read_text())
+    assert two["workers"] == 2 and two["triples_per_s"] > 0
+    assert two["comm_frac"] > 0  # the two Ray Train workers ran collectives with each other
+    assert one_core["workers"] == 1 and "1 thread" in one_core["method"]
