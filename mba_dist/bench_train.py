@@ -44,7 +44,9 @@ COMM_PREFIXES = ("gloo:", "nccl:")  # the collectives themselves (c10d:: is only
 @dataclass(frozen=True)
 class BenchSpec:
     data: str | None = None  # a prepared dataset (target + config's aux), or None: synthetic
-    config: str | None = None  # config file for the dataset (aux behavior, MBA weights)
+    # the dataset's config (aux behavior, MBA weights): a file, or its `config.to_dict` mapping
+    # (what the CLI passes, so that workers on other nodes need not see the file)
+    config: str | dict | None = None
     users: int = 21_716  # synthetic shape (default: Beibei's)
     items: int = 7_977
     rows: int = 860_000  # synthetic auxiliary pairs; a third of them are target pairs

@@ -235,12 +235,19 @@ def cmd_bench(a) -> int:
     """MBA step throughput over worker counts, beside the authors'-style step, implicit's BPR
     and the plain-torch backend, on the same data."""
     from mba_dist import bench_train as B
-    from mba_dist.dataset import atomic_write_bytes
+    from mba_dist import config as C
+    from mba_dist.dataset import Dataset, atomic_write_bytes
 
     workers = [int(w) for w in a.workers.split(",")]
     if a.repeat < 1:
         raise SystemExit(f"mba-dist bench: --repeat must be at least 1, got {a.repeat}")
-    spec = B.BenchSpec(data=a.data, config=a.config, users=a.users, items=a.items, rows=a.rows,
+    # Read here: a missing or bad config fails before any worker starts, and workers (Ray Train
+    # ones run elsewhere, in another directory) get its content and the dataset's absolute path.
+    config = C.to_dict(C.load_config(a.config)) if a.config else None
+    data = str(Path(a.data).resolve()) if a.data else None
+    if data:
+        Dataset(data)  # a missing or incomplete dataset: one clear line, here
+    spec = B.BenchSpec(data=data, config=config, users=a.users, items=a.items, rows=a.rows,
                        batch=a.batch, steps=a.steps, warmup=a.warmup, device=a.device,
                        optim=a.optim)
     what = f"dataset {a.data}" if a.data else f"synthetic {a.users:,} x {a.items:,}, {a.rows:,} rows"

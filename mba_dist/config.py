@@ -190,9 +190,13 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def load_config(path: str | Path | None = None, sets: list[str] | None = None) -> Config:
+def load_config(path: str | Path | dict | None = None, sets: list[str] | None = None) -> Config:
+    """Defaults, then a YAML file (or the mapping of one already read, e.g. `to_dict` output
+    sent to workers that may not see the file), then `--set KEY=VALUE` items; validated."""
     cfg = Config()
-    if path is not None:
+    if isinstance(path, dict):
+        cfg = apply_overrides(cfg, path, "config")
+    elif path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")

@@ -82,13 +82,18 @@ def load_resume_state(checkpoint) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _train_loop_per_worker(loop_config: dict) -> None:
-    """Runs on each Ray Train worker: the typed config is rebuilt from its plain-dict form."""
+def _quiet_worker_logs() -> None:
+    """Warnings and errors only from a Ray Train worker: no INFO lines per report, per
+    checkpoint, per loaded FBGEMM library and per built TBE (torchrec and FBGEMM log on the
+    root logger), which Ray would copy into the driver's output."""
     import logging
-    # One progress line per epoch (rank 0) instead of INFO lines per report, per checkpoint and
-    # per loaded FBGEMM library (which logs on the root logger when torchrec is imported).
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("ray.train").setLevel(logging.WARNING)
+
+
+def _train_loop_per_worker(loop_config: dict) -> None:
+    """Runs on each Ray Train worker: the typed config is rebuilt from its plain-dict form."""
+    _quiet_worker_logs()  # one progress line per epoch (rank 0) instead
     import ray.train
     import ray.train.torch
     import torch.distributed as dist
@@ -203,6 +208,7 @@ def run_with_ray(cfg: C.Config, data_dir: str | Path, out_dir: str | Path,
 
 def _rank_loop(loop_config: dict) -> None:
     """Runs `fn(*args)` on one Ray Train worker and hands its result to the driver's collector."""
+    _quiet_worker_logs()
     import ray
     import ray.train
     import torch.distributed as dist

@@ -71,3 +71,11 @@ def test_bench_runs_the_workers_through_ray_train(tmp_path):
     assert two["workers"] == 2 and two["triples_per_s"] > 0
     assert two["comm_frac"] > 0  # the two Ray Train workers ran collectives with each other
     assert one_core["workers"] == 1 and "1 thread" in one_core["method"]
+
+
+def test_bench_rejects_a_missing_dataset_or_config_before_starting_workers(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["bench", "--data", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert "nope does not exist" in capsys.readouterr().err
+    assert main(["bench", "--config", str(tmp_path / "x.yaml"), "--out", str(out)]) == 2
+    assert "config file" in capsys.readouterr().err and not out.exists()
