@@ -199,13 +199,19 @@ def with_backend(spec: BenchSpec, backend: str, optim: str) -> BenchSpec:
 
 
 # ---- side-by-side baselines (one worker) -------------------------------------------------------
-def authors_row(spec: BenchSpec, steps: int) -> dict:
+def baseline_rows(spec: BenchSpec, authors_steps: int) -> list[dict]:
+    """The side-by-side baselines that run in this process, on one load of the data: the
+    authors'-style step and `implicit`'s BPR."""
+    cfg = _config(spec)
+    data = _train_data(spec, cfg)
+    return [authors_row(spec, data, authors_steps), implicit_row(cfg, data)]
+
+
+def authors_row(spec: BenchSpec, data, steps: int) -> dict:
     """The authors'-style step (per-sample Python negatives, dense Adam, seven nn.Embedding
     models) on the same pairs; fewer steps, it is slow."""
     from mba_dist.bench_step import authors_speed
 
-    cfg = _config(spec)
-    data = _train_data(spec, cfg)
     r = authors_speed(data.num_users, data.num_items, data.target, spec.batch, steps,
                       device=spec.device)
     return {"method": "authors-style step", "workers": 1, "batch": spec.batch, "steps": steps,
@@ -213,7 +219,7 @@ def authors_row(spec: BenchSpec, steps: int) -> dict:
             "peak_mb_per_worker": r["peak_mb"]}
 
 
-def implicit_row(spec: BenchSpec, epochs: int = 3) -> dict:
+def implicit_row(cfg: C.Config, data, epochs: int = 3) -> dict:
     """`implicit`'s BPR (one MF model, its own multithreaded CPU kernel) on the target pairs:
     triples/s = sampled (user, pos, neg) updates per second = pairs x epochs / wall time."""
     row = {"method": "implicit BPR (target, 1 model)", "workers": 1, "batch": None,
@@ -223,8 +229,6 @@ def implicit_row(spec: BenchSpec, epochs: int = 3) -> dict:
         from scipy.sparse import csr_matrix
     except ImportError:
         return {**row, "note": "not installed (pip install implicit)"}
-    cfg = _config(spec)
-    data = _train_data(spec, cfg)
     p = data.target
     m = csr_matrix((np.ones(len(p), dtype=np.float32), (p.users, p.items)),
                    shape=(data.num_users, data.num_items))

@@ -212,8 +212,10 @@ def cmd_bench_eval(a) -> int:
     return 0
 
 
-def _bench_rows(B, a, spec, workers: list[int]) -> list[dict]:
+def _bench_rows(a, spec, workers: list[int]) -> list[dict]:
     """The rows of `mba-dist bench`: MBA over the worker counts, then the reference rows."""
+    from mba_dist import bench_train as B
+
     rows = B.run_workers(spec, workers, a.repeat, a.ray)
     if a.device == "cpu" and max(workers) > 1:
         # W workers on W cores can at best reach W x one worker on one core
@@ -226,8 +228,7 @@ def _bench_rows(B, a, spec, workers: list[int]) -> list[dict]:
         torch_row = B.run_workers(B.with_backend(spec, "torch", "sparse_adam"), [1], a.repeat,
                                   a.ray)[0]
         rows.append({**torch_row, "scaling_efficiency": None})
-        rows.append(B.authors_row(spec, max(2, a.steps // 10)))
-        rows.append(B.implicit_row(spec))
+        rows += B.baseline_rows(spec, authors_steps=max(2, a.steps // 10))
     return rows
 
 
@@ -259,7 +260,7 @@ def cmd_bench(a) -> int:
         from mba_dist.ray_train import init_ray
         started_ray = init_ray()
     try:
-        rows = _bench_rows(B, a, spec, workers)
+        rows = _bench_rows(a, spec, workers)
     finally:
         if started_ray:
             import ray

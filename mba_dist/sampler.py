@@ -45,11 +45,13 @@ class Observed:
     def contains(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Boolean mask: which (users[b], items[b]) are observed. A lower-bound binary search
         run for all b at once, each within its user's row: ceil(log2(longest row + 1)) steps."""
+        if len(self.keys) == 0:
+            return np.zeros(len(users), dtype=bool)
         u = np.minimum(users, len(self.starts) - 2)
         lo, end = self.starts[u], self.starts[u + 1]
         hi = end.copy()
         q = users.astype(np.int64) * self.num_items + items
-        last = max(len(self.keys) - 1, 0)
+        last = len(self.keys) - 1
         while True:
             active = lo < hi
             if not active.any():
@@ -58,8 +60,6 @@ class Observed:
             less = self.keys[np.minimum(mid, last)] < q
             lo = np.where(active & less, mid + 1, lo)
             hi = np.where(active & ~less, mid, hi)
-        if len(self.keys) == 0:
-            return np.zeros(len(q), dtype=bool)
         return (lo < end) & (self.keys[np.minimum(lo, last)] == q)
 
 

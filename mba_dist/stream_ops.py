@@ -17,8 +17,8 @@ def keys_of(paths: list[str], num_items: int) -> np.ndarray:
     import pyarrow.parquet as pq
     keys = [pq.read_table(p, columns=["user", "item"]) for p in paths]
     return unique_ints(np.concatenate([t.column("user").to_numpy().astype(np.int64) * num_items
-                                     + t.column("item").to_numpy().astype(np.int64)
-                                     for t in keys]))
+                                       + t.column("item").to_numpy().astype(np.int64)
+                                       for t in keys]))
 
 
 def union_keys(*keys: np.ndarray) -> np.ndarray:
