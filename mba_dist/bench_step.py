@@ -158,14 +158,14 @@ class AuthorsStep:
         m = self.cfg.mba
         phase = phase_of_step(step)
         hf, hg = (Model.H1_F, Model.H1_G) if phase is Phase.DN else (Model.H2_F, Model.H2_G)
-        ut = u.to(self.dev)
-        side = []
-        for items in (pos, neg):
-            it = items.to(self.dev)
-            side.append(Logits(*(logits(self.emb[k.value][0](ut), self.emb[k.value][1](it))
-                                 for k in (Model.T, Model.PRE_F, Model.PRE_G, hf, hg))))
+        ut, sides = u.to(self.dev), (pos.to(self.dev), neg.to(self.dev))
+
+        def lg(*models: Model) -> torch.Tensor:  # [B, k, 2]: each model's positive, negative
+            return torch.stack([torch.stack([logits(self.emb[k.value][0](ut), self.emb[k.value][1](x))
+                                             for x in sides], -1) for k in models], 1)
+        lgs = Logits(lg(Model.T), lg(*FROZEN), lg(hf, hg))
         full = [e.weight for k in (Model.T, hf, hg) for e in self.emb[k.value]]
-        loss = (mba_loss(Kind.B, phase, side[0], side[1], m.alpha, m.c1, m.c2)
+        loss = (mba_loss(Kind.B, phase, lgs, m.alpha, m.c1, m.c2)
                 + m.lambda_t * l2(full, self.num_users))
         self.opt[phase].zero_grad()
         loss.backward()

@@ -58,6 +58,10 @@ class BenchSpec:
     device: str = "cpu"
     profile_comm: bool = True
     threads: int | None = None  # torch threads per worker (None: the host's cores / workers)
+    overrides: tuple[str, ...] = ()  # further `key=value` config settings (`--set`)
+    # write the profiler's per-op table of the timed steps (rank 0) to this file; the row's
+    # figures then include the profiler's overhead
+    profile_table: str | None = None
 
 
 def _train_data(spec: BenchSpec, cfg: C.Config):
@@ -74,12 +78,13 @@ def _train_data(spec: BenchSpec, cfg: C.Config):
 
 def _config(spec: BenchSpec) -> C.Config:
     return C.load_config(spec.config, [f"model.backend={spec.backend}", f"optim.mode={spec.optim}",
-                                       f"train.batch_size={spec.batch}"])
+                                       f"train.batch_size={spec.batch}", *spec.overrides])
 
 
-def bench_worker(spec: BenchSpec) -> dict | None:
+def bench_worker(spec: BenchSpec, data=None) -> dict | None:
     """One rank of one worker count (a process group of W ranks exists, or none for W = 1 with
-    the torch backend). Returns the gathered figures on rank 0, None elsewhere."""
+    the torch backend) on `data` (a `TrainData`; by default loaded or generated from `spec`).
+    Returns the gathered figures on rank 0, None elsewhere."""
     from mba_dist.train import Trainer
 
     if spec.threads:
@@ -91,7 +96,7 @@ def bench_worker(spec: BenchSpec) -> dict | None:
         local = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
         dev = torch.device("cuda", local % torch.cuda.device_count())
     cfg = _config(spec)
-    data = _train_data(spec, cfg)
+    data = _train_data(spec, cfg) if data is None else data
     tr = Trainer(cfg, data, None, device=dev)
     src = MemorySource(data, spec.batch, cfg.train.negatives, cfg.train.seed, "interleaved",
                        tr.rank, tr.world)
@@ -123,8 +128,12 @@ def bench_worker(spec: BenchSpec) -> dict | None:
                 dist.barrier()
             times = dict.fromkeys(PARTS, 0.0)
             triples = 0
-            if spec.profile_comm and dist.is_initialized() and dist.get_world_size() > 1:
-                prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            if spec.profile_table or (spec.profile_comm and dist.is_initialized()
+                                      and dist.get_world_size() > 1):
+                acts = [torch.profiler.ProfilerActivity.CPU]
+                if dev.type == "cuda" and spec.profile_table:
+                    acts.append(torch.profiler.ProfilerActivity.CUDA)
+                prof = torch.profiler.profile(activities=acts)
                 prof.__enter__()
             t_start = time.perf_counter()
         mark[0] = time.perf_counter()
@@ -139,8 +148,10 @@ def bench_worker(spec: BenchSpec) -> dict | None:
     comm = 0.0
     if prof is not None:
         prof.__exit__(None, None, None)
-        comm = sum(e.cpu_time_total for e in prof.key_averages()
-                   if e.key.startswith(COMM_PREFIXES)) / 1e6
+        ops = prof.key_averages()
+        comm = sum(e.cpu_time_total for e in ops if e.key.startswith(COMM_PREFIXES)) / 1e6
+        if spec.profile_table and (not dist.is_initialized() or dist.get_rank() == 0):
+            _write_profile(spec, ops, dev)
     mine = {"wall_s": wall, "triples": triples, "comm_s": comm, "peak_mb": _peak_mb(dev),
             **{f"{p}_s": v for p, v in times.items()}}
     every = [mine]
@@ -152,12 +163,24 @@ def bench_worker(spec: BenchSpec) -> dict | None:
     return _summary(spec, every)
 
 
+def _write_profile(spec: BenchSpec, ops, dev: torch.device) -> None:
+    """The per-op tables of the timed steps: by self device time (GPU) and by self CPU time."""
+    from pathlib import Path
+
+    head = (f"MBA step, {spec.backend} backend, {spec.optim}, batch {spec.batch}, "
+            f"{spec.steps} steps on {dev}\n")
+    tables = [ops.table(sort_by=k, row_limit=30) for k in
+              (("self_device_time_total",) if dev.type == "cuda" else ()) + ("self_cpu_time_total",)]
+    Path(spec.profile_table).write_text(head + "\n\n".join(tables))
+
+
 def _summary(spec: BenchSpec, ranks: list[dict]) -> dict:
     w = len(ranks)
     wall = max(r["wall_s"] for r in ranks)
     triples = sum(r["triples"] for r in ranks)
     threads = f", {spec.threads} thread{'s' if spec.threads > 1 else ''}" if spec.threads else ""
-    row = {"method": f"mba ({spec.backend}, {spec.optim}{threads})", "workers": w, "batch": spec.batch,
+    sets = "".join(f", {o}" for o in spec.overrides)
+    row = {"method": f"mba ({spec.backend}, {spec.optim}{threads}{sets})", "workers": w, "batch": spec.batch,
            "steps": spec.steps, "triples_per_s": triples / wall,
            "triples_per_s_per_worker": triples / wall / w,
            "peak_mb_per_worker": max(r["peak_mb"] for r in ranks)}

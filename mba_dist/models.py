@@ -22,7 +22,8 @@ one product. Each user row is read once per triple, and nothing downstream slice
 lookup output per model (a slice's backward writes a zeroed copy of the whole output: it was
 a quarter of the torchrec step). Two backends share this interface:
 
-- `torch`: one `nn.Embedding` per (model, entity); sparse gradients for the scalable optimizers.
+- `torch`: one `nn.Embedding` per (model, entity); sparse gradients for the scalable optimizers
+  (`row_optim`: Adagrad and lazy Adam over the touched rows, no coalescing, no host sync).
 - `torchrec`: one `EmbeddingBagCollection` per group (tables `<model>_user`, `<model>_item`,
   bags of one id), sharded table-wise by `DistributedModelParallel`, optimizer fused into the
   backward pass (FBGEMM kernels: SGD, Adagrad, row-wise Adagrad on CPU). Needs a process group.
@@ -36,6 +37,8 @@ from typing import Iterable, NamedTuple
 import numpy as np
 import torch
 from torch import nn
+
+from mba_dist.row_optim import RowAdagrad, RowAdam
 
 
 class Model(str, Enum):
@@ -118,7 +121,7 @@ class TorchTableGroup(TableGroup):
     """Plain `nn.Embedding` tables with a torch optimizer over the group."""
 
     def __init__(self, models: Iterable[str], num_users: int, num_items: int, dim: int,
-                 optim_mode: str | None, lr: float, device: torch.device):
+                 optim_mode: str | None, lr: float, device: torch.device, sparse_impl: str = "auto"):
         super().__init__()
         self.models = tuple(str(m.value if isinstance(m, Model) else m) for m in models)
         sparse = optim_mode not in (None, "dense_adam")
@@ -132,10 +135,13 @@ class TorchTableGroup(TableGroup):
             self.opt = None
         elif optim_mode == "dense_adam":
             self.opt = torch.optim.Adam(params, lr=lr)
-        elif optim_mode == "sparse_adam":
-            self.opt = torch.optim.SparseAdam(params, lr=lr)
-        elif optim_mode == "adagrad":
-            self.opt = torch.optim.Adagrad(params, lr=lr)
+        elif optim_mode in ("sparse_adam", "adagrad"):
+            # optim.torch_sparse (config.py): no sort and no host sync on a GPU
+            rows = sparse_impl == "rows" or (sparse_impl == "auto" and torch.device(device).type == "cuda")
+            adam = optim_mode == "sparse_adam"
+            cls = (RowAdam if adam else RowAdagrad) if rows else (
+                torch.optim.SparseAdam if adam else torch.optim.Adagrad)
+            self.opt = cls(params, lr=lr)
         elif optim_mode == "sgd":
             self.opt = torch.optim.SGD(params, lr=lr)
         else:
@@ -186,10 +192,12 @@ class TorchTableGroup(TableGroup):
 
 
 def build_group(backend: str, models: Iterable[Model | str], num_users: int, num_items: int,
-                dim: int, optim_mode: str | None, lr: float, device: torch.device) -> TableGroup:
-    """A table group on the chosen backend; `optim_mode=None` builds a frozen group."""
+                dim: int, optim_mode: str | None, lr: float, device: torch.device,
+                sparse_impl: str = "auto") -> TableGroup:
+    """A table group on the chosen backend; `optim_mode=None` builds a frozen group.
+    `sparse_impl`: `optim.torch_sparse` (torch backend only)."""
     if backend == "torch":
-        return TorchTableGroup(models, num_users, num_items, dim, optim_mode, lr, device)
+        return TorchTableGroup(models, num_users, num_items, dim, optim_mode, lr, device, sparse_impl)
     if backend == "torchrec":
         from mba_dist.torchrec_tables import TorchrecTableGroup
         return TorchrecTableGroup(models, num_users, num_items, dim, optim_mode, lr, device)
@@ -199,13 +207,6 @@ def build_group(backend: str, models: Iterable[Model | str], num_users: int, num
 def logits(u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
     """MF logit per row: <u_b, i_b>; [B, d] x [B, d] -> [B]."""
     return (u * i).sum(-1)
-
-
-def model_logits(group: TableGroup, rows: Rows) -> dict[str, torch.Tensor]:
-    """{model: its logits [B, 2] (positive, negative)} from a group's `lookup`, in float64 (the
-    losses compute in float64)."""
-    lg = rows.logits().double()
-    return {m: lg[:, j] for j, m in enumerate(group.models)}
 
 
 def save_weights(groups: Iterable[TableGroup]) -> dict[str, dict[str, np.ndarray]]:

@@ -32,7 +32,7 @@ from mba_dist import baselines
 from mba_dist.evaluate import Scorer, evaluate, mba_scorer, mf_scorer
 from mba_dist.losses import Kind, Logits, Phase, bpr_loss, l2, mba_loss, phase_of_step
 from mba_dist.models import (DN_MODELS, DP_MODELS, FROZEN, Model, TableGroup, build_group,
-                             init_weights, model_logits)
+                             init_weights)
 
 Progress = Callable[[str, int, int, dict], None]  # (stage, epoch, max_epochs, info)
 TEST_SELECTION_LABEL = "test (authors' protocol: reproduction only, not a clean estimate)"
@@ -186,7 +186,7 @@ class Trainer:
     def _group(self, models, optim_mode: str | None) -> TableGroup:
         c, d = self.cfg, self.data
         g = build_group(c.model.backend, models, d.num_users, d.num_items, c.model.dim,
-                        optim_mode, c.optim.lr, self.device)
+                        optim_mode, c.optim.lr, self.device, c.optim.torch_sparse)
         for m in g.models:
             g.load(m, init_weights(d.num_users, c.model.dim, c.model.init_std, c.train.seed, m, "user"),
                    init_weights(d.num_items, c.model.dim, c.model.init_std, c.train.seed, m, "item"))
@@ -317,7 +317,7 @@ class Trainer:
             for _, u, pos, j in self._epoch(stage, epoch):
                 b = len(u)
                 rows = group.lookup(*self._ids(u, pos, j))
-                lg = model_logits(group, rows)[name]
+                lg = rows.logits()[:, 0]  # the group's one model: [B, 2]
                 loss = (bpr_loss(lg[:, 0], lg[:, 1])
                         + lam * self.sum_scale * self._l2(group, name, rows.users, rows.items))
                 loss.backward()
@@ -384,14 +384,9 @@ class Trainer:
         m = self.cfg.mba
         ids = self._ids(u, pos, neg)
         t_rows = t.lookup(*ids)
-        lg = {**model_logits(frozen, frozen.lookup(*ids)), **model_logits(t, t_rows),
-              **model_logits(h, h.lookup(*ids))}
-        hf, hg = (Model.H1_F, Model.H1_G) if phase is Phase.DN else (Model.H2_F, Model.H2_G)
-
-        def side(s: int) -> Logits:
-            return Logits(*(lg[k.value][:, s] for k in (Model.T, Model.PRE_F, Model.PRE_G, hf, hg)))
-
-        loss = (mba_loss(kind, phase, side(0), side(1), m.alpha, m.c1, m.c2)
+        # group order: frozen (pre_f, pre_g), h (h_f, h_g) as FROZEN / DN_MODELS / DP_MODELS
+        lg = Logits(t_rows.logits(), frozen.lookup(*ids).logits(), h.lookup(*ids).logits())
+        loss = (mba_loss(kind, phase, lg, m.alpha, m.c1, m.c2)
                 + m.lambda_t * self.sum_scale * self._l2(t, Model.T.value, t_rows.users,
                                                          t_rows.items))
         lap("forward")

@@ -15,9 +15,15 @@ def _logits(rng, n, scale):
     return {f: rng.uniform(-scale, scale, n) for f in FIELDS}
 
 
-def _torch(d, dtype=torch.float64, grad=False):
-    return Logits(*(torch.tensor(d[f], dtype=dtype, requires_grad=grad and f in ("t", "h_f", "h_g"))
-                    for f in FIELDS))
+def _torch(P, N, dtype=torch.float64, grad=False):
+    """The step's stacked `Logits` from per-field logits at the positive (P) and negative (N)
+    item, and the leaf tensors {side: {field: [B]}} (gradients land there)."""
+    leaves = {side: {f: torch.tensor(d[f], dtype=dtype, requires_grad=grad and f in ("t", "h_f", "h_g"))
+                     for f in FIELDS} for side, d in (("pos", P), ("neg", N))}
+
+    def block(*fields):  # [B, len(fields), 2]
+        return torch.stack([torch.stack([leaves["pos"][f], leaves["neg"][f]], -1) for f in fields], 1)
+    return Logits(block("t"), block("pre_f", "pre_g"), block("h_f", "h_g")), leaves
 
 
 @pytest.mark.parametrize("scale", [3.0, 30.0])
@@ -57,43 +63,50 @@ def test_mba_batch_loss_matches_oracle_with_finite_grads(kind, phase, scale, alp
     rng = np.random.default_rng(3)
     P, N = _logits(rng, 256, scale), _logits(rng, 256, scale)
     for dtype in (torch.float64, torch.float32):
-        tp, tn = _torch(P, dtype, grad=True), _torch(N, dtype, grad=True)
-        loss = mba_loss(Kind.B if kind == "B" else Kind.A, Phase(phase), tp, tn, alpha, c1, c2)
+        lg, leaves = _torch(P, N, dtype, grad=True)
+        loss = mba_loss(Kind.B if kind == "B" else Kind.A, Phase(phase), lg, alpha, c1, c2)
         # float32 inputs are rounded before the float64 maths: compare with the oracle on them.
-        Pr = {f: getattr(tp, f).detach().double().numpy() for f in FIELDS}
-        Nr = {f: getattr(tn, f).detach().double().numpy() for f in FIELDS}
+        Pr, Nr = ({f: v.detach().double().numpy() for f, v in leaves[s].items()} for s in ("pos", "neg"))
         want = oracle.mba_batch(kind, phase, Pr, Nr, alpha, c1, c2)
         np.testing.assert_allclose(float(loss.detach()), want, rtol=RTOL, atol=ATOL)
         loss.backward()
-        for side in (tp, tn):
+        for side in leaves.values():
             for f in ("t", "h_f", "h_g"):
-                g = getattr(side, f).grad
+                g = side[f].grad
                 assert g is not None and torch.isfinite(g).all()
 
 
-def test_mba_loss_gradient_matches_finite_difference():
+@pytest.mark.parametrize("kind", ["B", "A"])
+@pytest.mark.parametrize("phase", ["DN", "DP"])
+def test_mba_loss_gradient_matches_finite_difference(kind, phase):
+    """Every trained logit (t, h_f, h_g at both items) against central differences of the
+    oracle: the stacked terms must reach the right model and side."""
     rng = np.random.default_rng(4)
     P, N = _logits(rng, 8, 4.0), _logits(rng, 8, 4.0)
-    tp, tn = _torch(P, grad=True), _torch(N, grad=True)
-    mba_loss(Kind.A, Phase.DP, tp, tn, 10.0, 100.0, 100.0).backward()
+    lg, leaves = _torch(P, N, grad=True)
+    mba_loss(Kind.B if kind == "B" else Kind.A, Phase(phase), lg, 10.0, 100.0, 100.0).backward()
     eps = 1e-6
-    for i in range(3):
-        Pp = {k: v.copy() for k, v in P.items()}
-        Pm = {k: v.copy() for k, v in P.items()}
-        Pp["t"][i] += eps
-        Pm["t"][i] -= eps
-        fd = (oracle.mba_batch("A", "DP", Pp, N, 10, 100, 100)
-              - oracle.mba_batch("A", "DP", Pm, N, 10, 100, 100)) / (2 * eps)
-        assert abs(float(tp.t.grad[i]) - fd) < 1e-5 * max(1.0, abs(fd))
+    for side, d in (("pos", P), ("neg", N)):
+        for f in ("t", "h_f", "h_g"):
+            for i in range(3):
+                up = {k: v.copy() for k, v in d.items()}
+                dn = {k: v.copy() for k, v in d.items()}
+                up[f][i] += eps
+                dn[f][i] -= eps
+                args = [(up, N), (dn, N)] if side == "pos" else [(P, up), (P, dn)]
+                fd = (oracle.mba_batch(kind, phase, *args[0], 10, 100, 100)
+                      - oracle.mba_batch(kind, phase, *args[1], 10, 100, 100)) / (2 * eps)
+                got = float(leaves[side][f].grad[i])
+                assert abs(got - fd) < 1e-5 * max(1.0, abs(fd)), (side, f, i, got, fd)
 
 
 def test_kind_a_treats_clicked_item_as_negative_for_f():
     """In a kind-A batch the positive item enters f's terms only through NEG_f."""
     rng = np.random.default_rng(5)
     P, N = _logits(rng, 16, 2.0), _logits(rng, 16, 2.0)
-    tp, tn = _torch(P), _torch(N)
-    a = float(mba_loss(Kind.A, Phase.DN, tp, tn, 1.0, 10.0, 10.0))
-    b = float(mba_loss(Kind.B, Phase.DN, tp, tn, 1.0, 10.0, 10.0))
+    lg, _ = _torch(P, N)
+    a = float(mba_loss(Kind.A, Phase.DN, lg, 1.0, 10.0, 10.0))
+    b = float(mba_loss(Kind.B, Phase.DN, lg, 1.0, 10.0, 10.0))
     t, hf = P["t"], P["h_f"]
     diff = np.mean(oracle.pos("DN", t, hf, 10.0)) - np.mean(oracle.neg("DN", t, hf, 10.0))
     np.testing.assert_allclose(a - b, diff, rtol=1e-9)
