@@ -1,14 +1,12 @@
-"""MBA training-step benchmarks, side by side on the same in-memory data.
+"""The authors'-style MBA training step, the baseline `mba-dist bench` and the GPU script run
+beside the trainer's own step (`bench_train.bench_worker`), and the shared pieces of the
+benchmarks (synthetic pairs, device sync, peak memory).
 
-  - `ours`: the trainer's step (`Trainer.mba_step`): vectorised negative sampling, grouped
-    lookups, sparse row updates (plain-torch backend by default);
-  - `authors`: the step as the authors' code runs it: a map-style `Dataset` whose `__getitem__`
-    returns one (user, positive, negative) triple, drawing the negative in a Python loop, batched
-    by a `DataLoader` (shuffle, per-sample collation), seven separate `nn.Embedding` models, L2
-    over whole tables and dense Adam over every row of the trained models.
-
-Figures: triples/s (one triple = user, positive, negative), and the time split into sampling
-(host), step (lookups, loss, backward, optimizer). Devices: CPU or one CUDA GPU.
+The authors' step as their code runs it: a map-style `Dataset` whose `__getitem__` returns one
+(user, positive, negative) triple, drawing the negative in a Python loop, batched by a
+`DataLoader` (shuffle, per-sample collation), seven separate `nn.Embedding` models, L2 over whole
+tables and dense Adam over every row of the trained models. Figure: triples/s (one triple =
+user, positive, negative). Devices: CPU or one CUDA GPU.
 """
 from __future__ import annotations
 
@@ -20,12 +18,10 @@ import torch
 from torch import nn
 
 from mba_dist import config as C
-from mba_dist.dataset import CSR, Pairs, dedup_sorted
+from mba_dist.dataset import Pairs, dedup_sorted
 from mba_dist.losses import Kind, Logits, Phase, l2, mba_loss, phase_of_step
 from mba_dist.models import DN_MODELS, DP_MODELS, FROZEN, Model, logits
-from mba_dist.sampler import NegativeSampler, Observed
-
-BEIBEI_SHAPE = (21_716, 7_977)
+from mba_dist.sampler import Observed
 
 
 def synthetic_pairs(num_users: int, num_items: int, rows: int, seed: int = 0) -> Pairs:
@@ -53,44 +49,6 @@ def _peak_mb(dev: torch.device) -> float:
         return torch.cuda.max_memory_allocated() / 2**20
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def ours_speed(num_users: int, num_items: int, pairs: Pairs, batch: int, steps: int,
-               warmup: int = 5, device: str = "cpu", backend: str = "torch",
-               optim: str = "sparse_adam") -> dict:
-    """Triples/s of the trainer's MBA step (kind-B batches, DN/DP alternating)."""
-    from mba_dist.train import Trainer, TrainData
-
-    dev = torch.device(device)
-    _reset_peak(dev)
-    cfg = C.load_config(None, [f"model.backend={backend}", f"optim.mode={optim}",
-                               f"train.batch_size={batch}"])
-    data = TrainData(num_users, num_items, pairs, pairs, None, pairs, None, CSR(pairs, num_users))
-    tr = Trainer(cfg, data, None, device=dev)
-    frozen, t = tr._group(FROZEN, None), tr._group([Model.T], optim)
-    dn, dp = tr._group(DN_MODELS, optim), tr._group(DP_MODELS, optim)
-    sampler = NegativeSampler(num_items, Observed(pairs.keys(num_items), num_items), seed=0)
-    rng = np.random.default_rng(1)
-    t_sample = t_step = 0.0
-    for s in range(warmup + steps):
-        if s == warmup:
-            sync(dev)
-            t_sample = t_step = 0.0
-        t0 = time.perf_counter()
-        idx = rng.integers(0, len(pairs), size=batch)
-        u, pos = pairs.users[idx], pairs.items[idx]
-        neg = sampler.sample(u)
-        t1 = time.perf_counter()
-        phase = phase_of_step(s)
-        tr.mba_step(Kind.B, phase, u, pos, neg, frozen, t, dn if phase is Phase.DN else dp)
-        sync(dev)
-        t2 = time.perf_counter()
-        t_sample += t1 - t0
-        t_step += t2 - t1
-    total = t_sample + t_step
-    return {"method": f"ours ({backend}, {optim})", "batch": batch, "steps": steps,
-            "triples_per_s": batch * steps / total, "sample_s": t_sample, "step_s": t_step,
-            "peak_mb": _peak_mb(dev)}
 
 
 class _AuthorsTriples(torch.utils.data.Dataset):

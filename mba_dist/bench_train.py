@@ -236,7 +236,7 @@ def authors_row(spec: BenchSpec, data, steps: int) -> dict:
     from mba_dist.bench_step import authors_speed
 
     r = authors_speed(data.num_users, data.num_items, data.target, spec.batch, steps,
-                      device=spec.device)
+                      device=spec.device, dim=_config(spec).model.dim)
     return {"method": "authors-style step", "workers": 1, "batch": spec.batch, "steps": steps,
             "triples_per_s": r["triples_per_s"], "triples_per_s_per_worker": r["triples_per_s"],
             "peak_mb_per_worker": r["peak_mb"]}
