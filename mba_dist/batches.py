@@ -14,18 +14,20 @@ Two sources share the trainer: `MemorySource` (pairs in memory, this module) and
 `stream.StreamSource` (Ray Data shards). Both keep ranks in lockstep: every rank yields the
 same number of batches of the same kinds in the same order, so collectives never wait.
 
-Randomness of `MemorySource` is keyed by (seed, stage, epoch, rank), not carried from one epoch
-to the next: a run resumed from an epoch checkpoint draws exactly the batches and negatives the
-uninterrupted run would have drawn.
+Randomness of `MemorySource` is keyed by (seed, stage, epoch, rank) for the batches and by that
+and the step for each batch's negatives, never carried from one batch or epoch to the next: a
+run resumed from an epoch checkpoint draws exactly the batches and negatives the uninterrupted
+run would have drawn, and batches can be assembled by several threads at once.
 """
 from __future__ import annotations
 
-import queue
-import threading
+import collections
+import os
 import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Iterator, NamedTuple, TypeVar
+from typing import Callable, Iterator, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -35,6 +37,7 @@ from mba_dist.sampler import NegativeSampler, Observed
 
 PART_KIND = {"target": Kind.B, "aux_only": Kind.A}
 T = TypeVar("T")
+U = TypeVar("U")
 
 
 class Batch(NamedTuple):
@@ -83,9 +86,10 @@ class MemorySource:
     """Batches from pairs held in memory (`TrainData`), split by rank."""
 
     def __init__(self, data, batch_size: int, negatives: str, seed: int, batch_order: str,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, threads: int = 0):
         self.data, self.batch_size, self.negatives = data, batch_size, negatives
         self.seed, self.batch_order, self.rank, self.world = seed, batch_order, rank, world
+        self.threads = threads or data_threads()
         self._index: dict[str, Observed] = {}
 
     @cached_property
@@ -117,14 +121,14 @@ class MemorySource:
                 raise ValueError(f"stage {stage.name}: no {part} training pairs")
 
     def epoch(self, stage: StageInput, epoch: int) -> Iterator[Batch]:
-        """This rank's batches of one epoch, assembled a few ahead by a thread (`prefetch`)."""
-        return prefetch(self._batches(stage, epoch))
+        """This rank's batches of one epoch, assembled a few ahead by `threads` threads
+        (`prefetch`)."""
+        return prefetch(self._assemble, self._plan(stage, epoch), self.threads)
 
-    def _batches(self, stage: StageInput, epoch: int) -> Iterator[Batch]:
+    def _plan(self, stage: StageInput, epoch: int) -> Iterator[tuple]:
+        """What each batch of the epoch is: (kind, pairs, row indices, negative-sampling seed)."""
         rng = np.random.default_rng([self.seed, stage.key, epoch])
         observed = self._observed(stage.exclude) if self.negatives == "exclude" else None
-        sampler = NegativeSampler(self.data.num_items, observed,
-                                  [self.seed, stage.key, epoch, 7919, self.rank])
         if stage.by_kind:
             runs = [(PART_KIND[p], self.pairs(p)) for p in stage.parts]
         else:  # one shuffled order over the union ("target" + "aux_only" is "merged")
@@ -133,52 +137,40 @@ class MemorySource:
                    for idx in split_batches(len(pairs), self.batch_size, self.rank, self.world, rng)]
         order = (np.arange(len(batches)) if self.batch_order == "sequential" or not stage.by_kind
                  else rng.permutation(len(batches)))
-        for bi in order:
-            kind, pairs, idx = batches[bi]
-            u = pairs.users[idx]
-            yield Batch(kind, u, pairs.items[idx], sampler.sample(u))
+        for step, bi in enumerate(order):
+            # each batch its own stream of negatives, so that any thread can draw it
+            yield (*batches[bi], observed, [self.seed, stage.key, epoch, 7919, self.rank, step])
+
+    def _assemble(self, plan: tuple) -> Batch:
+        kind, pairs, idx, observed, seed = plan
+        u = pairs.users[idx]
+        neg = NegativeSampler(self.data.num_items, observed, seed).sample(u)
+        return Batch(kind, u, pairs.items[idx], neg)
 
 
-class _End(NamedTuple):
-    error: BaseException | None
+def data_threads() -> int:
+    """Batch-assembly threads of a source by default: one per four cores, at most 4 (on a small
+    host the cores run the training step)."""
+    return max(1, min(4, (os.cpu_count() or 1) // 4))
 
 
-def prefetch(it: Iterator[T], depth: int = 2) -> Iterator[T]:
-    """Yields `it`'s items, drawn up to `depth` ahead by a background thread: slicing and
-    negative sampling (numpy kernels, which release the GIL) overlap the training step instead
-    of preceding it. The items and their order are unchanged; an error in `it` is raised here.
-    Closing this generator early stops the thread."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(x) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(x, timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    def fill() -> None:
+def prefetch(fn: Callable[[T], U], items: Iterator[T], threads: int = 1,
+             depth: int = 2) -> Iterator[U]:
+    """Yields fn(x) for the items in order, computed up to `threads + depth` ahead by
+    `threads` background threads: slicing and negative sampling (numpy kernels, which release
+    the GIL) overlap the training step instead of preceding it, and on a GPU host several
+    batches are assembled at once. The results and their order are those of a plain loop; an
+    error raised by `fn` or `items` is raised here, in order. Closing this generator early
+    cancels what is pending and waits for the threads."""
+    ahead: collections.deque[Future] = collections.deque()
+    with ThreadPoolExecutor(threads, thread_name_prefix="mba-prefetch") as pool:
         try:
-            for x in it:
-                if not put(x):
-                    return
-            put(_End(None))
-        except BaseException as e:  # handed to the consumer
-            put(_End(e))
-
-    worker = threading.Thread(target=fill, name="mba-prefetch", daemon=True)
-    worker.start()
-    try:
-        while True:
-            x = q.get()
-            if isinstance(x, _End):
-                if x.error is not None:
-                    raise x.error
-                return
-            yield x
-    finally:
-        stop.set()
-        worker.join()
+            for x in items:
+                ahead.append(pool.submit(fn, x))
+                if len(ahead) > threads + depth - 1:
+                    yield ahead.popleft().result()
+            while ahead:
+                yield ahead.popleft().result()
+        finally:
+            for f in ahead:
+                f.cancel()

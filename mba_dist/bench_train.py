@@ -99,7 +99,7 @@ def bench_worker(spec: BenchSpec, data=None) -> dict | None:
     data = _train_data(spec, cfg) if data is None else data
     tr = Trainer(cfg, data, None, device=dev)
     src = MemorySource(data, spec.batch, cfg.train.negatives, cfg.train.seed, "interleaved",
-                       tr.rank, tr.world)
+                       tr.rank, tr.world, cfg.train.data_threads)
     frozen, t = tr._group(FROZEN, None), tr._group([Model.T], cfg.optim.mode)
     dn, dp = tr._group(DN_MODELS, cfg.optim.mode), tr._group(DP_MODELS, cfg.optim.mode)
     _reset_peak(dev)

@@ -84,6 +84,9 @@ class TrainConfig:
     select_on: Literal["valid", "test"] = "valid"  # "test" = authors' protocol, reproduction only
     merged_baseline: bool = True  # also train MF-BPR on all behaviors merged (a baseline row)
     max_steps_per_epoch: int = 0  # 0 = all; >0 caps an epoch, for smoke runs and benchmarks
+    # threads that assemble in-memory batches (slices, negatives) ahead of the step; 0: one per
+    # four cores, at most 4 (a GPU step outruns one thread at large batches)
+    data_threads: int = 0
     # Under Ray: stream (Ray Data reads the Parquet files, shuffles, samples negatives and splits
     # the rows across workers), memory (every worker reads the pairs, as outside Ray), or auto:
     # stream when the train pairs the run reads exceed `stream_min_rows`. A streamed epoch pays

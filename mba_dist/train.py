@@ -180,7 +180,8 @@ class Trainer:
             self.log_path = None  # rank 0 writes the log
         t = cfg.train
         self.source = source or MemorySource(data, t.batch_size, t.negatives, t.seed,
-                                             cfg.mba.batch_order, self.rank, self.world)
+                                             cfg.mba.batch_order, self.rank, self.world,
+                                             t.data_threads)
 
     # ---- helpers -------------------------------------------------------------------------
     def _group(self, models, optim_mode: str | None) -> TableGroup:

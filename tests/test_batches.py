@@ -1,32 +1,77 @@
 import threading
+import time
 
+import numpy as np
 import pytest
 
-from mba_dist.batches import prefetch
+from mba_dist.batches import MBA_INPUT, MemorySource, prefetch
+from mba_dist.dataset import CSR, Pairs, dedup_sorted
+from mba_dist.train import TrainData
 
 
 def _threads() -> int:
-    return sum(t.name == "mba-prefetch" for t in threading.enumerate())
+    return sum(t.name.startswith("mba-prefetch") for t in threading.enumerate())
 
 
-def test_prefetch_keeps_items_and_order():
-    assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
+def _same(x):
+    return x
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_prefetch_keeps_items_and_order(threads):
+    def slow_evens(x):  # later items finish first
+        time.sleep(0.002 * (x % 2 == 0))
+        return x * x
+    assert list(prefetch(slow_evens, iter(range(50)), threads, depth=3)) == [x * x for x in range(50)]
     assert _threads() == 0
 
 
-def test_prefetch_raises_the_sources_error():
-    def bad():
-        yield 1
-        raise ValueError("broken batch")
+@pytest.mark.parametrize("threads", [1, 3])
+def test_prefetch_raises_the_error_in_order(threads):
+    def bad(x):
+        if x == 4:
+            raise ValueError("broken batch")
+        return x
 
-    it = prefetch(bad())
-    assert next(it) == 1
+    it = prefetch(bad, iter(range(10)), threads)
+    assert [next(it) for _ in range(4)] == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="broken batch"):
         next(it)
+    assert _threads() == 0
+
+    def bad_items():
+        yield 1
+        raise ValueError("broken plan")
+    it = prefetch(_same, bad_items(), threads)
+    with pytest.raises(ValueError, match="broken plan"):
+        list(it)
 
 
-def test_prefetch_stops_its_thread_when_closed_early():
-    it = prefetch(iter(range(10**9)))
+def test_prefetch_stops_its_threads_when_closed_early():
+    it = prefetch(_same, iter(range(10**9)), threads=2)
     assert [next(it) for _ in range(3)] == [0, 1, 2]
     it.close()
     assert _threads() == 0
+
+
+def _source(threads: int) -> MemorySource:
+    rng = np.random.default_rng(0)
+    users, items = rng.integers(0, 300, 5000), rng.integers(0, 200, 5000)
+    target = Pairs(*dedup_sorted(users[:2000], items[:2000], 200))
+    aux = Pairs(*dedup_sorted(users, items, 200))
+    data = TrainData(300, 200, target, aux, target, target, None, CSR(target, 300))
+    return MemorySource(data, 128, "exclude", seed=3, batch_order="interleaved", threads=threads)
+
+
+def test_batches_do_not_depend_on_the_number_of_threads():
+    """Each batch draws from its own seed: 1 or 4 assembling threads give the same epoch."""
+    one, four = (list(_source(t).epoch(MBA_INPUT, 2)) for t in (1, 4))
+    assert len(one) == len(four) > 10
+    for a, b in zip(one, four):
+        assert a.kind == b.kind
+        for x, y in zip(a[1:], b[1:]):
+            np.testing.assert_array_equal(x, y)
+    src = _source(2)
+    obs = src._observed("merged")
+    for b in one:
+        assert not obs.contains(b.users, b.neg).any()  # negatives avoid every observed pair

@@ -29,8 +29,11 @@ from mba_dist.bench_eval import TAOBAO_SHAPE, eval_speed  # noqa: E402
 from mba_dist.bench_train import BenchSpec, _config, _train_data, authors_row, bench_worker  # noqa: E402
 
 INDUSTRIAL = (2_000_000, 500_000, 50_000_000)  # users, items, auxiliary rows (a third target)
-# (optim.mode, optim.torch_sparse): torch's coalescing optimizers beside `row_optim`'s
-OPTIMS = [(o, impl) for o in ("adagrad", "sparse_adam") for impl in ("rows", "coalesce")]
+# (optim.mode, config settings, batches): torch's coalescing optimizers beside `row_optim`'s, and
+# one batch-assembly thread beside the default (a thread per four cores, at most 4)
+VARIANTS = [(o, (f"optim.torch_sparse={impl}",), (2048, 65536))
+            for o in ("adagrad", "sparse_adam") for impl in ("rows", "coalesce")]
+VARIANTS.append(("adagrad", ("optim.torch_sparse=rows", "train.data_threads=1"), (65536,)))
 
 
 def main() -> int:
@@ -38,6 +41,7 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--sections", default="steps,eval", help="comma-separated: steps, eval")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -69,11 +73,11 @@ def main() -> int:
         info = {"data": name, "users": nu, "items": ni, "pairs": len(data.aux)}
         print(f"{name}: {len(data.aux):,} pairs ({len(data.target):,} target) in "
               f"{time.perf_counter() - t0:.1f} s", flush=True)
-        for optim, impl in OPTIMS:
-            for batch in (2048, 65536):
+        for optim, sets, batches in VARIANTS:
+            for batch in batches:
                 steps = 4 if q else (100 if batch == 2048 else 30)
                 run = replace(spec, optim=optim, batch=batch, steps=steps, warmup=3 if q else 10,
-                              overrides=(f"optim.torch_sparse={impl}",))
+                              overrides=sets)
                 res["steps"].append({**info, **bench_worker(run, data)})
                 log(res["steps"][-1])
         if name == "beibei":
@@ -88,10 +92,12 @@ def main() -> int:
                                                        2 if q else 10)})
             log(res["steps"][-1])
 
-    for name, shape in shapes.items():
+    parts = a.sections.split(",")
+    for name, shape in shapes.items() if "steps" in parts else ():
         section(f"steps {name}", lambda: steps_of(name, *shape))
 
-    for nu, ni, measured, mb in ((*TAOBAO_SHAPE, TAOBAO_SHAPE[0], 1024), (200_000, 1_000_000, 16_384, 512)):
+    evals = ((*TAOBAO_SHAPE, TAOBAO_SHAPE[0], 1024), (200_000, 1_000_000, 16_384, 512))
+    for nu, ni, measured, mb in evals if "eval" in parts else ():
         if q:
             nu, ni, measured, mb = 3000, 5000, 1000, 16
 
