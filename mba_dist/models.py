@@ -66,14 +66,47 @@ def init_weights(num: int, dim: int, std: float, seed: int, model: str, entity: 
 
 
 class Rows(NamedTuple):
-    """One group's rows for a batch of B (user, positive, negative) triples."""
+    """One group's rows for a batch of B (user, positive, negative) triples, in one tensor
+    [B, 3k, d]: the k models' user rows, then each model's positive and negative item rows
+    (model j: user at j, positive at k + 2j, negative at k + 2j + 1)."""
 
-    users: torch.Tensor  # [B, k, d], model j of the group at index j
-    items: torch.Tensor  # [B, k, 2, d]: positive at [..., 0, :], negative at [..., 1, :]
+    packed: torch.Tensor
+
+    @property
+    def users(self) -> torch.Tensor:  # [B, k, d] view
+        return self.packed[:, :self.packed.shape[1] // 3]
+
+    @property
+    def items(self) -> torch.Tensor:  # [B, k, 2, d] view: positive at [..., 0, :]
+        b, n, d = self.packed.shape
+        return self.packed[:, n // 3:].view(b, n // 3, 2, d)
 
     def logits(self) -> torch.Tensor:
         """MF logits <user, item> of every model and side: [B, k, 2]."""
-        return (self.users.unsqueeze(2) * self.items).sum(-1)
+        return _PackedLogits.apply(self.packed)
+
+
+class _PackedLogits(torch.autograd.Function):
+    """`Rows.logits` with a backward that writes the user and item gradients straight into one
+    tensor shaped like `packed`. Autograd through the user and item views would assemble it
+    with a `cat` (or zero-filled copies per slice): 25% of a step at batch 32,768 on
+    2M x 500k tables."""
+
+    @staticmethod
+    def forward(ctx, packed: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(packed)
+        r = Rows(packed)
+        return torch.linalg.vecdot(r.users.unsqueeze(2), r.items)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
+        (packed,) = ctx.saved_tensors
+        r, grad = Rows(packed), Rows(torch.empty_like(packed))
+        g = g.to(packed.dtype).unsqueeze(-1)  # [B, k, 2, 1]
+        torch.mul(r.users.unsqueeze(2), g, out=grad.items)  # d/d item = g * user
+        side = r.items * g  # d/d user = g_pos * positive + g_neg * negative
+        torch.add(side[:, :, 0], side[:, :, 1], out=grad.users)
+        return grad.packed
 
 
 class TableGroup(nn.Module):
@@ -150,11 +183,9 @@ class TorchTableGroup(TableGroup):
 
     def lookup(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> Rows:
         items = torch.stack([pos, neg], 1)  # [B, 2]: one item lookup gives [B, 2, d]
-        u = [self.tables[f"{m}_user"](users) for m in self.models]
+        u = [self.tables[f"{m}_user"](users).unsqueeze(1) for m in self.models]
         i = [self.tables[f"{m}_item"](items) for m in self.models]
-        if len(self.models) == 1:  # no copy
-            return Rows(u[0].unsqueeze(1), i[0].unsqueeze(1))
-        return Rows(torch.stack(u, 1), torch.stack(i, 1))
+        return Rows(torch.cat(u + i, 1))
 
     def weights(self, model: str) -> tuple[torch.Tensor, torch.Tensor]:
         return tuple(self.tables[f"{model}_{e}"].weight.detach().cpu().clone() for e in ENTITIES)

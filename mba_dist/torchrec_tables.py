@@ -5,11 +5,11 @@ Layout of one group's lookup (B triples (user, pos, neg), models m1..mk):
     tables:      m1_user ... mk_user   m1_item            ...  mk_item
     KJT keys:    m1_user ... mk_user   m1_pos  m1_neg     ...  mk_pos  mk_neg
     lengths:     [1]*B       [1]*B     [1]*B   [1]*B           [1]*B   [1]*B   (bags of one id)
-    pooled out:  one [B, 3k*d] tensor = [B, k, d] user rows | [B, k, 2, d] item rows (views)
+    pooled out:  one [B, 3k*d] tensor, viewed as `Rows` [B, 3k, d] (features in this order)
 
 Every key has the B rows of the batch (a KJT has one batch size for all keys), and each item
 table serves two features, the positives and the negatives. The pooled output is cut into the
-`Rows` views without a per-model slice.
+`Rows` layout as a view, without a per-model slice or a split.
 
 Bags of one id run on the fused FBGEMM TBE kernel; DESIGN §3 measured EmbeddingBagCollection at
 about 2.7x EmbeddingCollection on CPU. The optimizer is applied inside backward
@@ -89,13 +89,11 @@ class TorchrecTableGroup(TableGroup):
             lengths=torch.ones(len(values), dtype=torch.int32, device=values.device))
         with torch.set_grad_enabled(not self.frozen and torch.is_grad_enabled()):
             out = self.dmp(kjt)
-        if out.keys() == self.features:  # one rank: the features in table order, as views
-            u, i = out.values().split([k * d, 2 * k * d], dim=1)
-            return Rows(u.view(b, k, d), i.view(b, k, 2, d))
-        # sharded: the output lists each rank's features in turn; gather them into that order
         v = out.values().view(b, len(self.features), d)
-        idx = self._order(tuple(out.keys()), v.device)
-        return Rows(v.index_select(1, idx[:k]), v.index_select(1, idx[k:]).view(b, k, 2, d))
+        if out.keys() == self.features:  # one rank: the features in table order, as a view
+            return Rows(v)
+        # sharded: the output lists each rank's features in turn; gather them into that order
+        return Rows(v.index_select(1, self._order(tuple(out.keys()), v.device)))
 
     def _order(self, keys: tuple[str, ...], device: torch.device) -> torch.Tensor:
         """Where each of `self.features` sits in a pooled output listing `keys` (fixed by the

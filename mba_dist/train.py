@@ -320,7 +320,7 @@ class Trainer:
                 rows = group.lookup(*self._ids(u, pos, j))
                 lg = rows.logits()[:, 0]  # the group's one model: [B, 2]
                 loss = (bpr_loss(lg[:, 0], lg[:, 1])
-                        + lam * self.sum_scale * self._l2(group, name, rows.users, rows.items))
+                        + lam * self.sum_scale * self._l2(group, name, rows.packed))
                 loss.backward()
                 group.step()
                 self.global_step += 1
@@ -388,8 +388,7 @@ class Trainer:
         # group order: frozen (pre_f, pre_g), h (h_f, h_g) as FROZEN / DN_MODELS / DP_MODELS
         lg = Logits(t_rows.logits(), frozen.lookup(*ids).logits(), h.lookup(*ids).logits())
         loss = (mba_loss(kind, phase, lg, m.alpha, m.c1, m.c2)
-                + m.lambda_t * self.sum_scale * self._l2(t, Model.T.value, t_rows.users,
-                                                         t_rows.items))
+                + m.lambda_t * self.sum_scale * self._l2(t, Model.T.value, t_rows.packed))
         lap("forward")
         loss.backward()
         lap("backward")
