@@ -267,6 +267,10 @@ def cmd_bench(a) -> int:
             ray.shutdown()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    if a.profile:  # one more 1-worker run under the profiler, local (the file is written here)
+        print("profiling the 1-worker step", file=sys.stderr)
+        B.run_workers(dataclasses.replace(spec, profile_table=str((out / "profile.txt").resolve())),
+                      [1])
     report = B.markdown(rows, f"MBA step, {what}, global batch {a.batch} ({a.device})")
     report += B.ratios(rows)
     atomic_write_bytes(out / "bench.md", (report + "\n").encode())
@@ -275,7 +279,8 @@ def cmd_bench(a) -> int:
     png = B.plot_png(rows, out / "bench.png")
     print(report)
     print(f"\nwrote {out}/bench.md, bench.csv, bench.json" + (", bench.png" if png else
-          " (no bench.png: matplotlib is not installed)"), file=sys.stderr)
+          " (no bench.png: matplotlib is not installed)") + (", profile.txt" if a.profile else ""),
+          file=sys.stderr)
     return 0
 
 
@@ -384,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="runs per MBA row; the median is reported (noisy shared machines)")
     s.add_argument("--device", default="cpu")
     s.add_argument("--no-baselines", action="store_true")
+    s.add_argument("--profile", action="store_true",
+                   help="also write profile.txt: the 1-worker step's time per op (torch profiler)")
     s.add_argument("--ray", action="store_true",
                    help="workers as Ray Train workers: the cluster at RAY_ADDRESS (any number "
                         "of nodes), else an embedded local one (default: local processes)")

@@ -15,15 +15,16 @@ A step runs forward only through the groups it reads and builds gradients only f
 trains, so off-phase models and their optimizer state cannot move, whatever the optimizer
 (row-wise Adagrad and Adam included).
 
-A batch of B triples (user, positive, negative) is looked up once per group: `lookup` returns the
-group's user rows as one [B, k, d] tensor and its item rows as one [B, k, 2, d] tensor (k models,
-positive and negative side by side), and `Rows.logits()` scores all k models and both sides in
-one product. Each user row is read once per triple, and nothing downstream slices the wide
-lookup output per model (a slice's backward writes a zeroed copy of the whole output: it was
-a quarter of the torchrec step). Two backends share this interface:
+A batch of B triples (user, positive, negative) is looked up once per group: `lookup` returns
+`Rows`, one [B, 3k, d] tensor of the k models' user rows and their positive and negative item
+rows, and `Rows.logits()` scores all k models and both sides in one product, with a backward
+that writes the gradient of the whole tensor at once. Each user row is read once per triple, and
+nothing downstream slices or splits the wide lookup output (a slice's backward writes a zeroed
+copy of the whole output, a split's a `cat`: each was a quarter of the torchrec step). Two
+backends share this interface:
 
 - `torch`: one `nn.Embedding` per (model, entity); sparse gradients for the scalable optimizers
-  (`row_optim`: Adagrad and lazy Adam over the touched rows, no coalescing, no host sync).
+  (on a GPU `row_optim`'s updates: no sort of the ids, no host sync; `optim.torch_sparse`).
 - `torchrec`: one `EmbeddingBagCollection` per group (tables `<model>_user`, `<model>_item`,
   bags of one id), sharded table-wise by `DistributedModelParallel`, optimizer fused into the
   backward pass (FBGEMM kernels: SGD, Adagrad, row-wise Adagrad on CPU). Needs a process group.

@@ -61,6 +61,16 @@ def test_bench_repeat_reports_the_median_run(tmp_path):
     assert "median of runs" in (out / "bench.md").read_text()
 
 
+def test_bench_profile_writes_the_steps_time_per_op(tmp_path):
+    out = tmp_path / "bench"
+    assert main(["bench", "--workers", "1", "--users", "300", "--items", "200", "--rows", "3000",
+                 "--batch", "64", "--steps", "3", "--warmup", "1", "--no-baselines", "--profile",
+                 "--out", str(out)]) == 0
+    table = (out / "profile.txt").read_text()
+    assert table.startswith("MBA step, torchrec backend, adagrad, batch 64, 3 steps on cpu")
+    assert "fbgemm::split_embedding" in table and "Self CPU" in table  # the fused kernels' rows
+
+
 @pytest.mark.slow  # two Ray Train runs (about a minute); the Ray worker path is in test_ray
 def test_bench_runs_the_workers_through_ray_train(tmp_path):
     out = tmp_path / "bench"
