@@ -230,6 +230,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("train.eval_every_steps must be 0 (off) or positive")
     if cfg.train.checkpoint_every < 0:
         raise ConfigError("train.checkpoint_every must be 0 (off) or positive")
+    if cfg.train.data_threads < 0:
+        raise ConfigError("train.data_threads must be 0 (one per four cores) or positive")
     if cfg.model.dim <= 0 or cfg.train.batch_size <= 0 or cfg.train.eval_every <= 0:
         raise ConfigError("model.dim, train.batch_size and train.eval_every must be positive")
     if not 0.0 <= cfg.mba.beta <= 1.0:

@@ -135,6 +135,10 @@ def test_config_errors(tmp_path, tiny_dataset, capsys):
         C.load_config(tmp_path / "missing.yaml")
     with pytest.raises(C.ConfigError, match="not a fused torchrec kernel"):
         C.load_config(None, ["model.backend=torchrec", "optim.mode=sparse_adam"])
+    with pytest.raises(C.ConfigError, match="train.data_threads must be 0"):
+        C.load_config(None, ["train.data_threads=-1"])
+    with pytest.raises(C.ConfigError, match="must be one of"):
+        C.load_config(None, ["optim.torch_sparse=sorted"])
     assert main(["run", "--local", "--data", str(tiny_dataset), "--config", str(bad), "--out",
                  str(tmp_path / "r")]) == 2
     assert "unknown key 'mba.alfa'" in capsys.readouterr().err

@@ -81,3 +81,14 @@ def test_dense_gradient_is_refused():
     w.sum().backward()
     with pytest.raises(ValueError, match="sparse row gradients"):
         opt.step()
+
+
+def test_torch_backend_picks_the_update_by_config_and_device():
+    from mba_dist.models import TorchTableGroup
+
+    def opt(mode, impl):
+        return type(TorchTableGroup(["t"], 5, 4, 2, mode, 0.1, torch.device("cpu"), impl).opt)
+    assert opt("adagrad", "auto") is torch.optim.Adagrad  # on CPU: coalesce
+    assert opt("sparse_adam", "auto") is torch.optim.SparseAdam
+    assert opt("adagrad", "rows") is RowAdagrad and opt("sparse_adam", "rows") is RowAdam
+    assert opt("sparse_adam", "coalesce") is torch.optim.SparseAdam
