@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import platform
+import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -116,6 +117,9 @@ def cmd_run(a) -> int:
     if (out / "metrics.json").exists() and not a.overwrite:
         raise FileExistsError(f"{out} holds a finished run (metrics.json); pass --overwrite or "
                               "choose another --out")
+    if a.overwrite and not a.storage:
+        # Ray Train would resume the earlier run's last checkpoint from its storage here
+        shutil.rmtree(out / "ray", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "log.jsonl").unlink(missing_ok=True)
     C.dump_config(cfg, out / "config.yaml")
@@ -135,7 +139,8 @@ def cmd_run(a) -> int:
         from mba_dist.ray_train import run_with_ray
 
         metrics = run_with_ray(cfg, a.data, out, num_workers=a.workers, use_gpu=a.gpu,
-                               max_failures=a.max_failures, storage=a.storage)
+                               max_failures=a.max_failures, storage=a.storage,
+                               fresh=a.overwrite)
     # Recommendations for every test user, raw ids, known purchases excluded.
     from mba_dist.recommend import load_run
 

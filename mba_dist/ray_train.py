@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from mba_dist import config as C
@@ -151,7 +152,7 @@ def streams(cfg: C.Config, data_dir: str | Path) -> bool:
 
 def run_with_ray(cfg: C.Config, data_dir: str | Path, out_dir: str | Path,
                  num_workers: int = 1, use_gpu: bool = False, max_failures: int = 3,
-                 storage: str | None = None) -> dict:
+                 storage: str | None = None, fresh: bool = False) -> dict:
     """Train through Ray Train on `num_workers` workers; returns the run's metrics.json content.
 
     `train.input: stream` feeds the workers from Ray Data (`stream.StreamPlan`); `memory` has
@@ -195,15 +196,46 @@ def run_with_ray(cfg: C.Config, data_dir: str | Path, out_dir: str | Path,
             # 0.5 CPU per worker leaves room for Ray Data's tasks on a 2-core machine.
             scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                          resources_per_worker=None if use_gpu else {"CPU": 0.5}),
-            run_config=RunConfig(name="mba-dist", storage_path=storage or str(out / "ray"),
+            run_config=RunConfig(name=ray_run_name(out, storage, fresh),
+                                 storage_path=storage or str(out / "ray"),
                                  failure_config=FailureConfig(max_failures=max_failures)),
             datasets=datasets or None,
         )
-        trainer.fit()
+        try:
+            trainer.fit()
+        except Exception as e:
+            cause = input_error(e)
+            if cause is None:
+                raise
+            raise cause from None  # a bad config or input: its one clear line, not Ray's wrapping
     finally:
         if started:
             ray.shutdown()
     return json.loads((out / "metrics.json").read_text())
+
+
+def ray_run_name(out: Path, storage: str | None, fresh: bool) -> str:
+    """The Ray Train run a job resumes from when it is submitted again. Under RUN/ray it is the
+    run directory's own ("mba-dist"; `--overwrite` clears RUN/ray first). In a shared
+    `storage` it is keyed by the run directory, so runs do not resume each other's checkpoints,
+    and a `fresh` start (`--overwrite`) gets a new one."""
+    if storage is None:
+        return "mba-dist"
+    import hashlib
+    name = f"mba-dist-{out.name}-{hashlib.sha1(str(out).encode()).hexdigest()[:8]}"
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}" if fresh else name
+
+
+def input_error(e: BaseException) -> BaseException | None:
+    """The input error (`ValueError`, `FileNotFoundError`: bad config, dataset, checkpoint)
+    that failed a Ray Train worker, from the driver's exception, or None for other failures."""
+    for failure in getattr(e, "worker_failures", {}).values():
+        x, seen = failure, 0
+        while x is not None and seen < 5:  # Ray wraps the worker's exception (cause chain)
+            if isinstance(x, (ValueError, FileNotFoundError)):
+                return x
+            x, seen = getattr(x, "cause", None) or x.__cause__, seen + 1
+    return None
 
 
 def _rank_loop(loop_config: dict) -> None:

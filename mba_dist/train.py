@@ -455,7 +455,11 @@ def _check_resumable(state: dict, cfg: C.Config) -> None:
                 for k2, v2 in (flat(v, f"{prefix}{k}.") if isinstance(v, dict)
                                else {f"{prefix}{k}": v}).items()}
 
-    saved, now = flat(state["config"]), flat(C.to_dict(cfg))
+    try:  # keys added since the state was written count with their defaults
+        saved = flat(C.to_dict(C.load_config(state["config"])))
+    except C.ConfigError as e:
+        raise C.ConfigError(f"cannot resume: the checkpoint's config does not load here ({e})") from None
+    now = flat(C.to_dict(cfg))
     if saved != now:
         diff = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
         raise C.ConfigError(f"cannot resume: the checkpoint was written with another config "

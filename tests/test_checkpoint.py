@@ -3,6 +3,7 @@ uninterrupted run ends (in-memory batches draw per-epoch randomness), and the ta
 restore weights and optimizer state exactly."""
 import io
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -88,3 +89,39 @@ def test_torchrec_group_state_restores_weights_and_optimizer(mode):
             step(a, k), step(b, k), step(c, k)
         assert diff(a, b) == 0.0
         assert diff(a, c) > 1e-4  # the optimizer state matters, so the check above can fail
+
+
+def test_resume_accepts_keys_added_since_with_their_defaults_and_refuses_changed_ones():
+    from mba_dist import config as C
+    from mba_dist.train import RESUME_FORMAT, _check_resumable
+
+    cfg = C.load_config(None)
+    older = C.to_dict(cfg)
+    del older["train"]["data_threads"]  # a state written before the key existed
+    _check_resumable({"format": RESUME_FORMAT, "config": older}, cfg)
+    changed = C.to_dict(C.load_config(None, ["train.data_threads=3", "mba.alpha=7"]))
+    with pytest.raises(C.ConfigError, match=r"differs in mba\.alpha, train\.data_threads"):
+        _check_resumable({"format": RESUME_FORMAT, "config": changed}, cfg)
+    gone = {**C.to_dict(cfg), "old_section": {"x": 1}}
+    with pytest.raises(C.ConfigError, match="does not load here"):
+        _check_resumable({"format": RESUME_FORMAT, "config": gone}, cfg)
+
+
+def test_worker_input_errors_surface_from_rays_wrapping():
+    from ray.exceptions import RayTaskError
+    from ray.train import WorkerGroupError
+
+    from mba_dist.config import ConfigError
+    from mba_dist.ray_train import input_error, ray_run_name
+
+    bad = ConfigError("cannot resume: the checkpoint was written with another config")
+    wrapped = RayTaskError("train_fn", "traceback text", bad)
+    assert input_error(WorkerGroupError("rank 0 failed", {0: wrapped})) is bad
+    assert input_error(WorkerGroupError("rank 0 failed", {0: RuntimeError("oom")})) is None
+    assert input_error(RuntimeError("not from workers")) is None
+    # runs in one shared storage do not share a Ray Train run; a fresh start gets a new one
+    a, b = Path("/runs/a").resolve(), Path("/runs/b").resolve()
+    assert ray_run_name(a, None, False) == "mba-dist"
+    assert ray_run_name(a, "s3://x", False) != ray_run_name(b, "s3://x", False)
+    assert ray_run_name(a, "s3://x", False) == ray_run_name(a, "s3://x", False)
+    assert ray_run_name(a, "s3://x", True) != ray_run_name(a, "s3://x", False)

@@ -99,6 +99,18 @@ def test_run_mf_baseline_with_test_selection_is_labelled(tiny_dataset, tmp_path,
     assert "reproduction only" in capsys.readouterr().out
 
 
+def test_overwrite_starts_over_without_the_earlier_runs_ray_checkpoints(tiny_dataset, tmp_path,
+                                                                         capsys):
+    out = tmp_path / "mf"
+    args = ["run", "--local", "--data", str(tiny_dataset), "--model", "mf", "--out", str(out)]
+    assert main(args) == 0
+    assert main(args) == 2 and "holds a finished run" in capsys.readouterr().err
+    old_ckpt = out / "ray" / "mba-dist" / "checkpoint_old"  # what Ray Train would resume
+    old_ckpt.mkdir(parents=True)
+    assert main(args + ["--overwrite"]) == 0
+    assert not (out / "ray").exists() and (out / "metrics.json").exists()
+
+
 def test_validation_every_n_steps(tiny_dataset, tmp_path):
     out = tmp_path / "steps"
     assert main(["run", "--local", "--data", str(tiny_dataset), "--model", "mf", "--out", str(out)]
