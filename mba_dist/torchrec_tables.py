@@ -34,8 +34,9 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 
 from mba_dist.models import ENTITIES, Model, Rows, TableGroup
 
-_OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad,
-               "rowwise_adagrad": RowWiseAdagrad}
+# optim.mode -> the optimizer FBGEMM fuses into the TBE backward
+FUSED_OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad,
+                    "rowwise_adagrad": RowWiseAdagrad}
 
 
 class TorchrecTableGroup(TableGroup):
@@ -45,9 +46,9 @@ class TorchrecTableGroup(TableGroup):
         if not dist.is_initialized():
             raise RuntimeError("model.backend=torchrec needs a torch.distributed process group "
                                "(Ray Train creates one; the local launcher starts a 1-rank group)")
-        if optim_mode is not None and optim_mode not in _OPTIMIZERS:
+        if optim_mode is not None and optim_mode not in FUSED_OPTIMIZERS:
             raise ValueError(f"optim.mode {optim_mode!r} has no fused torchrec kernel on CPU; "
-                             f"use one of {sorted(_OPTIMIZERS)}")
+                             f"use one of {sorted(FUSED_OPTIMIZERS)}")
         # The trainer relies on gradients averaged over ranks (see Trainer.sum_scale).
         set_gradient_division(True)
         self.models = tuple(str(m.value if isinstance(m, Model) else m) for m in models)
@@ -65,7 +66,7 @@ class TorchrecTableGroup(TableGroup):
         self.frozen = optim_mode is None
         if not self.frozen:
             # A fresh kwargs dict per call: DMP mutates it (DESIGN §3).
-            apply_optimizer_in_backward(_OPTIMIZERS[optim_mode], ebc.parameters(), {"lr": lr})
+            apply_optimizer_in_backward(FUSED_OPTIMIZERS[optim_mode], ebc.parameters(), {"lr": lr})
         compute = "cuda" if device.type == "cuda" else "cpu"
         constraints = None
         if compute == "cpu":

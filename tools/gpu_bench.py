@@ -31,8 +31,9 @@ from mba_dist.bench_train import BenchSpec, _config, _train_data, authors_row, b
 INDUSTRIAL = (2_000_000, 500_000, 50_000_000)  # users, items, auxiliary rows (a third target)
 # (optim.mode, config settings, batches): torch's coalescing optimizers beside `row_optim`'s, and
 # one batch-assembly thread beside the default (a thread per four cores, at most 4)
+SPARSE_PATHS = ("rows", "coalesce")
 VARIANTS = [(o, (f"optim.torch_sparse={impl}",), (2048, 65536))
-            for o in ("adagrad", "sparse_adam") for impl in ("rows", "coalesce")]
+            for o in ("adagrad", "sparse_adam") for impl in SPARSE_PATHS]
 VARIANTS.append(("adagrad", ("optim.torch_sparse=rows", "train.data_threads=1"), (65536,)))
 
 
@@ -82,7 +83,7 @@ def main() -> int:
                 log(res["steps"][-1])
         if name == "beibei":
             # where a small step's time goes (the profiler's overhead: not a throughput row)
-            for impl in ("rows", "coalesce"):
+            for impl in SPARSE_PATHS:
                 prof = replace(spec, batch=2048, steps=4 if q else 20, warmup=3 if q else 10,
                                overrides=(f"optim.torch_sparse={impl}",),
                                profile_table=str(out / f"profile_beibei_2048_{impl}.txt"))

@@ -58,15 +58,13 @@ def main() -> int:
     a = ap.parse_args()
     logging.disable(logging.WARNING)  # the planner's warnings, once per table
     warnings.filterwarnings("ignore", category=FutureWarning)
-    from torchrec.optim import RowWiseAdagrad
+    from mba_dist.torchrec_tables import FUSED_OPTIMIZERS  # the trainer's optim.mode kernels
 
-    optims = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad,
-              "rowwise_adagrad": RowWiseAdagrad}
     print(f"{a.ids:,} ids a step, one table of dim 32, mean of 10 steps\n")
     print("| optimizer | rows | forward ms | backward + fused update ms |")
     print("|---|---|---|---|")
     with local_process_group():
-        for name, optim in optims.items():
+        for name, optim in FUSED_OPTIMIZERS.items():
             for rows in (int(r) for r in a.rows.split(",")):
                 fwd, bwd = time_table(optim, rows, a.ids)
                 print(f"| {name} | {rows:,} | {fwd * 1e3:.1f} | {bwd * 1e3:.1f} |", flush=True)
