@@ -25,6 +25,7 @@ import dataclasses
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -62,6 +63,8 @@ class BenchSpec:
     # write the profiler's per-op table of the timed steps (rank 0) to this file; the row's
     # figures then include the profiler's overhead
     profile_table: str | None = None
+    # "mba": `Trainer.mba_step`; "tables": `tables_step`, the tables' own floor
+    step: str = "mba"
 
 
 def _train_data(spec: BenchSpec, cfg: C.Config):
@@ -119,6 +122,7 @@ def bench_worker(spec: BenchSpec, data=None) -> dict | None:
         times[part] += now - mark[0]
         mark[0] = now
 
+    step = tr.mba_step if spec.step == "mba" else partial(tables_step, dev)
     it = batches()
     prof = None
     triples = 0
@@ -140,7 +144,7 @@ def bench_worker(spec: BenchSpec, data=None) -> dict | None:
         kind, u, pos, neg = next(it)
         lap("data")
         phase = phase_of_step(s)
-        tr.mba_step(kind, phase, u, pos, neg, frozen, t, dn if phase is Phase.DN else dp, lap=lap)
+        step(kind, phase, u, pos, neg, frozen, t, dn if phase is Phase.DN else dp, lap=lap)
         triples += len(u)
     sync(dev)
     wall = time.perf_counter() - t_start
@@ -163,6 +167,22 @@ def bench_worker(spec: BenchSpec, data=None) -> dict | None:
     return _summary(spec, every)
 
 
+def tables_step(dev: torch.device, kind, phase, u: np.ndarray, pos: np.ndarray, neg: np.ndarray,
+                frozen, t, h, lap) -> None:
+    """The floor of an MBA step on these tables: the same three group lookups and fused
+    updates as `Trainer.mba_step`, with the sum of the trained rows as the loss in place of the
+    MBA maths (logits, KL and likelihood terms, L2). No step on these tables can run faster."""
+    ids = [torch.from_numpy(a).to(dev) for a in (u, pos, neg)]
+    frozen.lookup(*ids)
+    loss = t.lookup(*ids).packed.sum() + h.lookup(*ids).packed.sum()
+    lap("forward")
+    loss.backward()
+    lap("backward")
+    t.step()
+    h.step()
+    lap("optimizer")
+
+
 def _write_profile(spec: BenchSpec, ops, dev: torch.device) -> None:
     """The per-op tables of the timed steps: by self device time (GPU) and by self CPU time."""
     from pathlib import Path
@@ -180,8 +200,9 @@ def _summary(spec: BenchSpec, ranks: list[dict]) -> dict:
     triples = sum(r["triples"] for r in ranks)
     threads = f", {spec.threads} thread{'s' if spec.threads > 1 else ''}" if spec.threads else ""
     sets = "".join(f", {o}" for o in spec.overrides)
-    row = {"method": f"mba ({spec.backend}, {spec.optim}{threads}{sets})", "workers": w, "batch": spec.batch,
-           "steps": spec.steps, "triples_per_s": triples / wall,
+    what = "mba" if spec.step == "mba" else "tables only"
+    row = {"method": f"{what} ({spec.backend}, {spec.optim}{threads}{sets})", "workers": w,
+           "batch": spec.batch, "steps": spec.steps, "triples_per_s": triples / wall,
            "triples_per_s_per_worker": triples / wall / w,
            "peak_mb_per_worker": max(r["peak_mb"] for r in ranks)}
     for p in PARTS + ("comm",):
@@ -196,8 +217,6 @@ def run_workers(spec: BenchSpec, workers: list[int], repeat: int = 1,
     many times and the run of median triples/s is kept (its `runs` field lists them all):
     shared machines vary from one run to the next."""
     if on_ray:
-        from functools import partial
-
         from mba_dist.ray_train import run_ray_ranks
         run = partial(run_ray_ranks, use_gpu=spec.device == "cuda")
     else:
@@ -313,6 +332,12 @@ def ratios(rows: list[dict]) -> str:
     for r in rows:
         if r is not ours and r.get("triples_per_s") and r["workers"] == 1:
             lines.append(f"  - {ours['triples_per_s'] / r['triples_per_s']:.2f}x {r['method']}")
+    floor = next((r for r in rows if r["method"].startswith("tables only")), None)
+    bpr = next((r for r in rows if r["method"].startswith("implicit") and r.get("triples_per_s")),
+               None)
+    if floor and bpr:  # the most any step on these tables could reach against implicit
+        lines.append(f"- tables only, 1 worker: {floor['triples_per_s'] / bpr['triples_per_s']:.2f}x "
+                     f"{bpr['method']}")
     return "\n\n" + "\n".join(lines)
 
 

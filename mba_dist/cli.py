@@ -228,11 +228,14 @@ def _bench_rows(a, spec, workers: list[int]) -> list[dict]:
         rows.append({**one_core, "scaling_efficiency": None,
                      "note": "per-core reference: W workers on W cores reach at most W x this"})
     if not a.no_baselines:
-        print("side by side: plain-torch backend, authors'-style step, implicit BPR",
+        print("side by side: plain-torch backend, tables only, authors'-style step, implicit BPR",
               file=sys.stderr)
         torch_row = B.run_workers(B.with_backend(spec, "torch", "sparse_adam"), [1], a.repeat,
                                   a.ray)[0]
         rows.append({**torch_row, "scaling_efficiency": None})
+        floor = B.run_workers(dataclasses.replace(spec, step="tables"), [1], a.repeat, a.ray)[0]
+        rows.append({**floor, "scaling_efficiency": None,
+                     "note": "the same lookups and fused updates, no MBA maths: the floor"})
         rows += B.baseline_rows(spec, authors_steps=max(2, a.steps // 10))
     return rows
 

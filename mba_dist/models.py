@@ -102,12 +102,33 @@ class _PackedLogits(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor) -> torch.Tensor:
         (packed,) = ctx.saved_tensors
-        r, grad = Rows(packed), Rows(torch.empty_like(packed))
-        g = g.to(packed.dtype).unsqueeze(-1)  # [B, k, 2, 1]
-        torch.mul(r.users.unsqueeze(2), g, out=grad.items)  # d/d item = g * user
-        side = r.items * g  # d/d user = g_pos * positive + g_neg * negative
-        torch.add(side[:, :, 0], side[:, :, 1], out=grad.users)
-        return grad.packed
+        grad = torch.empty_like(packed)
+        fill = logit_grad_broadcast if packed.device.type == "cuda" else logit_grad_per_model
+        fill(Rows(packed), g.to(packed.dtype), Rows(grad))
+        return grad
+
+
+def logit_grad_broadcast(r: Rows, g: torch.Tensor, grad: Rows) -> None:
+    """The gradient of `Rows.logits` given g = d loss / d logits [B, k, 2], written into `grad`,
+    in one broadcast product per side: the fewest kernels, for GPUs, where steps are
+    launch-bound."""
+    g = g.unsqueeze(-1)  # [B, k, 2, 1]
+    torch.mul(r.users.unsqueeze(2), g, out=grad.items)  # d/d item = g * user
+    side = r.items * g  # d/d user = g_pos * positive + g_neg * negative
+    torch.add(side[:, :, 0], side[:, :, 1], out=grad.users)
+
+
+def logit_grad_per_model(r: Rows, g: torch.Tensor, grad: Rows) -> None:
+    """The same gradient one model and side at a time, each op scaling [B, d] rows by a [B, 1]
+    column: on CPU, the broadcast over [B, k, 2, d] restarts its vectorised inner loop at every
+    32-float row and ran 2x slower (DESIGN §9)."""
+    g = g.permute(1, 2, 0).contiguous().unsqueeze(-1)  # [k, 2, B, 1]
+    for j in range(g.shape[0]):
+        user, pos, neg = r.users[:, j], r.items[:, j, 0], r.items[:, j, 1]
+        torch.mul(user, g[j, 0], out=grad.items[:, j, 0])
+        torch.mul(user, g[j, 1], out=grad.items[:, j, 1])
+        torch.mul(pos, g[j, 0], out=grad.users[:, j])
+        grad.users[:, j].addcmul_(neg, g[j, 1])
 
 
 class TableGroup(nn.Module):

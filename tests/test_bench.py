@@ -27,12 +27,37 @@ def test_bench_over_worker_counts_writes_tables(tmp_path):
     assert ours[0]["comm_frac"] == 0.0 < ours[1]["comm_frac"]  # collectives only with 2 ranks
     methods = [r["method"] for r in rows]
     assert "authors-style step" in methods and any("torch, sparse_adam" in m for m in methods)
+    assert "tables only (torchrec, adagrad)" in methods
     assert any(m.startswith("implicit BPR") for m in methods)
     with open(out / "bench.csv") as f:
         assert len(list(csv.DictReader(f))) == len(rows)
     report = (out / "bench.md").read_text()
     assert "| mba (torchrec, adagrad) | 2 |" in report
     assert "x authors-style step" in report and "x implicit BPR" in report
+    assert "- tables only, 1 worker: " in report  # the floor against implicit
+
+
+def test_the_tables_floor_moves_the_trained_rows_of_the_batch_only():
+    """`tables_step` does the lookups and updates of an MBA step: the batch's rows of t and
+    the h group move, the frozen group and every other row do not."""
+    import torch
+
+    from mba_dist.bench_train import tables_step
+    from mba_dist.models import TorchTableGroup
+
+    cpu = torch.device("cpu")
+    groups = [TorchTableGroup(models, 20, 10, 4, mode, 0.1, cpu) for models, mode in
+              ((["pre_f", "pre_g"], None), (["t"], "adagrad"), (["h1_f", "h1_g"], "adagrad"))]
+    before = [{m: g.weights(m) for m in g.models} for g in groups]
+    u, pos, neg = np.array([0, 1, 1]), np.array([2, 3, 3]), np.array([5, 6, 7])
+    tables_step(cpu, None, None, u, pos, neg, *groups, lap=lambda part: None)
+    for g, was in zip(groups, before):
+        for m in g.models:
+            (u0, i0), (u1, i1) = was[m], g.weights(m)
+            moved_u = (u0 != u1).any(1).nonzero().flatten().tolist()
+            moved_i = (i0 != i1).any(1).nonzero().flatten().tolist()
+            want = ([], []) if m.startswith("pre") else ([0, 1], [2, 3, 5, 6, 7])
+            assert (moved_u, moved_i) == want, m
 
 
 def test_authors_style_triples_draw_negatives_the_user_never_touched():
