@@ -172,15 +172,11 @@ def tables_step(dev: torch.device, kind, phase, u: np.ndarray, pos: np.ndarray, 
     """The floor of an MBA step on these tables: the same three group lookups and fused
     updates as `Trainer.mba_step`, with the sum of the trained rows as the loss in place of the
     MBA maths (logits, KL and likelihood terms, L2). No step on these tables can run faster."""
+    from mba_dist.train import backward_and_step
+
     ids = [torch.from_numpy(a).to(dev) for a in (u, pos, neg)]
     frozen.lookup(*ids)
-    loss = t.lookup(*ids).packed.sum() + h.lookup(*ids).packed.sum()
-    lap("forward")
-    loss.backward()
-    lap("backward")
-    t.step()
-    h.step()
-    lap("optimizer")
+    backward_and_step(t.lookup(*ids).packed.sum() + h.lookup(*ids).packed.sum(), (t, h), lap)
 
 
 def _write_profile(spec: BenchSpec, ops, dev: torch.device) -> None:
@@ -246,16 +242,16 @@ def baseline_rows(spec: BenchSpec, authors_steps: int) -> list[dict]:
     authors'-style step and `implicit`'s BPR."""
     cfg = _config(spec)
     data = _train_data(spec, cfg)
-    return [authors_row(spec, data, authors_steps), implicit_row(cfg, data)]
+    return [authors_row(spec, data, authors_steps, cfg.model.dim), implicit_row(cfg, data)]
 
 
-def authors_row(spec: BenchSpec, data, steps: int) -> dict:
+def authors_row(spec: BenchSpec, data, steps: int, dim: int) -> dict:
     """The authors'-style step (per-sample Python negatives, dense Adam, seven nn.Embedding
     models) on the same pairs; fewer steps, it is slow."""
     from mba_dist.bench_step import authors_speed
 
     r = authors_speed(data.num_users, data.num_items, data.target, spec.batch, steps,
-                      device=spec.device, dim=_config(spec).model.dim)
+                      device=spec.device, dim=dim)
     return {"method": "authors-style step", "workers": 1, "batch": spec.batch, "steps": steps,
             "triples_per_s": r["triples_per_s"], "triples_per_s_per_worker": r["triples_per_s"],
             "peak_mb_per_worker": r["peak_mb"]}

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -389,13 +389,20 @@ class Trainer:
         lg = Logits(t_rows.logits(), frozen.lookup(*ids).logits(), h.lookup(*ids).logits())
         loss = (mba_loss(kind, phase, lg, m.alpha, m.c1, m.c2)
                 + m.lambda_t * self.sum_scale * self._l2(t, Model.T.value, t_rows.packed))
-        lap("forward")
-        loss.backward()
-        lap("backward")
-        t.step()
-        h.step()
-        lap("optimizer")
+        backward_and_step(loss, (t, h), lap)
         return float(loss.detach())
+
+
+def backward_and_step(loss: torch.Tensor, groups: Sequence[TableGroup],
+                      lap: Callable[[str], None] = _no_lap) -> None:
+    """The end of a step after its forward pass: backward (with the optimizer where it is fused
+    into backward), then the groups' own optimizer steps; `lap` marks each part."""
+    lap("forward")
+    loss.backward()
+    lap("backward")
+    for g in groups:
+        g.step()
+    lap("optimizer")
 
 
 def _tensor_state(weights: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict:
