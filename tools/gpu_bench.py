@@ -70,7 +70,8 @@ def main() -> int:
     def steps_of(name: str, nu: int, ni: int, rows: int) -> None:
         spec = replace(base, users=nu, items=ni, rows=rows)
         t0 = time.perf_counter()
-        data = _train_data(spec, _config(spec))
+        cfg = _config(spec)
+        data = _train_data(spec, cfg)
         info = {"data": name, "users": nu, "items": ni, "pairs": len(data.aux)}
         print(f"{name}: {len(data.aux):,} pairs ({len(data.target):,} target) in "
               f"{time.perf_counter() - t0:.1f} s", flush=True)
@@ -90,7 +91,7 @@ def main() -> int:
                 bench_worker(prof, data)
             # its per-user Python sets take minutes to build at 50M rows
             res["steps"].append({**info, **authors_row(replace(spec, batch=2048), data,
-                                                       2 if q else 10)})
+                                                       2 if q else 10, cfg.model.dim)})
             log(res["steps"][-1])
 
     parts = a.sections.split(",")
