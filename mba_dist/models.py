@@ -24,7 +24,7 @@ copy of the whole output, a split's a `cat`: each was a quarter of the torchrec 
 backends share this interface:
 
 - `torch`: one `nn.Embedding` per (model, entity); sparse gradients for the scalable optimizers
-  (on a GPU `row_optim`'s updates: no sort of the ids, no host sync; `optim.torch_sparse`).
+  (`row_optim`'s updates: no sort of the ids, and on a GPU no host sync; `optim.torch_sparse`).
 - `torchrec`: one `EmbeddingBagCollection` per group (tables `<model>_user`, `<model>_item`,
   bags of one id), sharded table-wise by `DistributedModelParallel`, optimizer fused into the
   backward pass (FBGEMM kernels: SGD, Adagrad, row-wise Adagrad on CPU). Needs a process group.
@@ -191,8 +191,8 @@ class TorchTableGroup(TableGroup):
         elif optim_mode == "dense_adam":
             self.opt = torch.optim.Adam(params, lr=lr)
         elif optim_mode in ("sparse_adam", "adagrad"):
-            # optim.torch_sparse (config.py): no sort and no host sync on a GPU
-            rows = sparse_impl == "rows" or (sparse_impl == "auto" and torch.device(device).type == "cuda")
+            # optim.torch_sparse (config.py): auto is rows, no sort (and no host sync on a GPU)
+            rows = sparse_impl in ("rows", "auto")
             adam = optim_mode == "sparse_adam"
             cls = (RowAdam if adam else RowAdagrad) if rows else (
                 torch.optim.SparseAdam if adam else torch.optim.Adagrad)

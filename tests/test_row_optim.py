@@ -26,14 +26,16 @@ def _run(make_opt, steps=6, seed=0):
     return [e.weight.detach().clone() for e in emb], opt
 
 
+@pytest.mark.parametrize("distinct", [True, False])  # the CPU form, and the GPU form
 @pytest.mark.parametrize("ours,theirs", [
-    (lambda p: RowAdagrad(p, lr=0.05), lambda p: torch.optim.Adagrad(p, lr=0.05)),
-    (lambda p: RowAdam(p, lr=0.01), lambda p: torch.optim.SparseAdam(p, lr=0.01)),
+    (lambda p, d: RowAdagrad(p, lr=0.05, distinct=d), lambda p: torch.optim.Adagrad(p, lr=0.05)),
+    (lambda p, d: RowAdam(p, lr=0.01, distinct=d), lambda p: torch.optim.SparseAdam(p, lr=0.01)),
 ])
-def test_matches_torch_optimizer(ours, theirs):
-    got, opt = _run(ours)
+def test_matches_torch_optimizer(ours, theirs, distinct):
+    """Each distinct row updated once, or every lookup's row with the same values (GPU)."""
+    got, opt = _run(lambda p: ours(p, distinct))
     want, ref = _run(theirs)
-    start, _ = _run(ours, steps=0)
+    start, _ = _run(lambda p: ours(p, distinct), steps=0)
     for a, b, w0 in zip(got, want, start):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
         assert not torch.equal(a, w0)  # it did move
@@ -75,6 +77,14 @@ def test_state_dict_resumes_the_same_trajectory(make):
     assert torch.equal(a.weight, b.weight)
 
 
+def test_distinct_rows_are_each_id_once():
+    opt = RowAdagrad([nn.Parameter(torch.zeros(10, 2))], lr=0.1)
+    p = opt.param_groups[0]["params"][0]
+    ids = torch.tensor([3, 7, 3, 3, 0, 7, 9])
+    assert sorted(opt._distinct(p, ids).tolist()) == [0, 3, 7, 9]
+    assert opt._distinct(p, torch.tensor([5])).tolist() == [5]  # the owner table is reused
+
+
 def test_dense_gradient_is_refused():
     w = nn.Parameter(torch.zeros(4, 2))
     opt = RowAdagrad([w], lr=0.1)
@@ -83,12 +93,12 @@ def test_dense_gradient_is_refused():
         opt.step()
 
 
-def test_torch_backend_picks_the_update_by_config_and_device():
+def test_torch_backend_picks_the_update_by_config():
     from mba_dist.models import TorchTableGroup
 
     def opt(mode, impl):
         return type(TorchTableGroup(["t"], 5, 4, 2, mode, 0.1, torch.device("cpu"), impl).opt)
-    assert opt("adagrad", "auto") is torch.optim.Adagrad  # on CPU: coalesce
-    assert opt("sparse_adam", "auto") is torch.optim.SparseAdam
+    assert opt("adagrad", "auto") is RowAdagrad and opt("sparse_adam", "auto") is RowAdam
     assert opt("adagrad", "rows") is RowAdagrad and opt("sparse_adam", "rows") is RowAdam
     assert opt("sparse_adam", "coalesce") is torch.optim.SparseAdam
+    assert opt("adagrad", "coalesce") is torch.optim.Adagrad
