@@ -26,6 +26,7 @@ import os
 import time
 from dataclasses import dataclass
 from functools import partial
+from typing import Literal
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ from mba_dist.bench_step import _peak_mb, _reset_peak, sync, synthetic_pairs
 from mba_dist.dataset import CSR, Dataset, Pairs
 from mba_dist.losses import Phase, phase_of_step
 from mba_dist.models import DN_MODELS, DP_MODELS, FROZEN, Model
+from mba_dist.train import Trainer, TrainData, backward_and_step
 
 PARTS = ("data", "forward", "backward", "optimizer")
 COMM_PREFIXES = ("gloo:", "nccl:")  # the collectives themselves (c10d:: is only their enqueue)
@@ -64,12 +66,10 @@ class BenchSpec:
     # figures then include the profiler's overhead
     profile_table: str | None = None
     # "mba": `Trainer.mba_step`; "tables": `tables_step`, the tables' own floor
-    step: str = "mba"
+    step: Literal["mba", "tables"] = "mba"
 
 
 def _train_data(spec: BenchSpec, cfg: C.Config):
-    from mba_dist.train import TrainData
-
     if spec.data:
         return TrainData.load(Dataset(spec.data), cfg)
     aux = synthetic_pairs(spec.users, spec.items, spec.rows, seed=0)
@@ -88,8 +88,6 @@ def bench_worker(spec: BenchSpec, data=None) -> dict | None:
     """One rank of one worker count (a process group of W ranks exists, or none for W = 1 with
     the torch backend) on `data` (a `TrainData`; by default loaded or generated from `spec`).
     Returns the gathered figures on rank 0, None elsewhere."""
-    from mba_dist.train import Trainer
-
     if spec.threads:
         torch.set_num_threads(spec.threads)
     dev = torch.device(spec.device)
@@ -172,8 +170,6 @@ def tables_step(dev: torch.device, kind, phase, u: np.ndarray, pos: np.ndarray, 
     """The floor of an MBA step on these tables: the same three group lookups and fused
     updates as `Trainer.mba_step`, with the sum of the trained rows as the loss in place of the
     MBA maths (logits, KL and likelihood terms, L2). No step on these tables can run faster."""
-    from mba_dist.train import backward_and_step
-
     ids = [torch.from_numpy(a).to(dev) for a in (u, pos, neg)]
     frozen.lookup(*ids)
     backward_and_step(t.lookup(*ids).packed.sum() + h.lookup(*ids).packed.sum(), (t, h), lap)
