@@ -1,0 +1,11 @@
+"""Raw behavior logs -> the Parquet dataset of `mba_dist.data.format`, and synthetic datasets.
+
+    readers.py    text (TSV/CSV/space, .gz) and Parquet logs -> raw id columns, with errors
+                  naming the file and line
+    prepare.py    `mba-dist prepare`: id maps, dedup, the validation carve, meta.json
+    synthetic.py  `mba-dist synth`: planted-preference data with true and false clicks
+
+May import: numpy, pyarrow, `mba_dist.data.format`, `mba_dist.data.pairs`, `mba_dist.files`,
+`mba_dist.errors`. Nothing of training (mba_dist never imports data_prep; the CLI in `launch`
+uses both).
+"""

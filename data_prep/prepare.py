@@ -1,4 +1,4 @@
-"""`mba-dist prepare`: raw behavior logs -> the Parquet dataset of `mba_dist.dataset`.
+"""`mba-dist prepare`: raw behavior logs -> the Parquet dataset of `mba_dist.data.format`.
 
     mba-dist prepare --out DIR --target purchase \\
         --train purchase=buy_train.csv --train cart=cart.csv.gz --test purchase=buy_test.csv \\
@@ -26,7 +26,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_prep.readers import RawInputError, read_pairs
-from mba_dist.dataset import FORMAT_VERSION, atomic_dir, dedup_sorted, unique_ints, write_pairs
+from mba_dist.data.format import FORMAT_VERSION, write_pairs
+from mba_dist.data.pairs import dedup_sorted, unique_ints
+from mba_dist.files import atomic_dir
 
 _INT_RE = re.compile(r"^-?\d+$")
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")

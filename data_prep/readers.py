@@ -20,13 +20,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from mba_dist.errors import RawInputError
+
 HEADER_NAMES = {"uid", "sid", "user", "item", "user_id", "item_id", "userid", "itemid", "u", "i",
                 "iid", "users", "items"}
 PARQUET_COLUMNS = [("user", "item"), ("uid", "sid"), ("user_id", "item_id")]
-
-
-class RawInputError(ValueError):
-    """Malformed raw input; the message names the file, the line and the problem."""
 
 
 def _open_binary(path: Path) -> io.BufferedIOBase:

@@ -29,8 +29,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_prep.prepare import carve_valid
-from mba_dist.dataset import FORMAT_VERSION, atomic_dir, unique_ints
-from mba_dist.sampler import contains
+from mba_dist.data.format import FORMAT_VERSION
+from mba_dist.data.pairs import contains, unique_ints
+from mba_dist.errors import ArgumentError
+from mba_dist.files import atomic_dir
 
 TARGET, AUX = "purchase", "click"
 
@@ -92,9 +94,9 @@ def _chunk(spec: SynthSpec, lo: int, hi: int, rng: np.random.Generator, topic_it
 
 def generate(spec: SynthSpec, out: str | Path, overwrite: bool = False,
              progress: Callable[[int, int], None] | None = None) -> dict:
-    """Write a prepared dataset (see `mba_dist.dataset`) with planted preferences to `out`."""
+    """Write a prepared dataset (see `mba_dist.data.format`) with planted preferences to `out`."""
     if spec.users < 2 or spec.items < spec.topics or spec.topics < 1:
-        raise ValueError(f"synthetic sizes too small: {spec.users} users, {spec.items} items, "
+        raise ArgumentError(f"synthetic sizes too small: {spec.users} users, {spec.items} items, "
                          f"{spec.topics} topics (need users >= 2, items >= topics >= 1)")
     rng = np.random.default_rng(spec.seed)
     per_topic = spec.items // spec.topics

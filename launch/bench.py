@@ -6,7 +6,7 @@ run in the job's driver process. `--data` must be a path every node can read.
 """
 import sys
 
-from mba_dist.cli import main
+from launch.cli import main
 
 if __name__ == "__main__":
     args = sys.argv[1:]

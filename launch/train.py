@@ -4,7 +4,7 @@ Thin by design: the same arguments and code path as `mba-dist run`.
 """
 import sys
 
-from mba_dist.cli import main
+from launch.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["run"] + sys.argv[1:]))

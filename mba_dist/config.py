@@ -15,9 +15,10 @@ from typing import Any, Literal
 
 import yaml
 
+from mba_dist.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A config file or override that cannot be applied (unknown key, wrong type or value)."""
+__all__ = ["Config", "ConfigError", "load_config", "validate", "validate_world", "needs_aux",
+           "to_dict", "config_yaml"]
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,10 @@ def parse_set(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({e})") from None
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -224,6 +228,8 @@ def load_config(path: str | Path | dict | None = None, sets: list[str] | None = 
 def validate(cfg: Config) -> None:
     if cfg.method == "mba" and not cfg.data.aux:
         raise ConfigError("method: mba needs data.aux (the auxiliary behavior)")
+    if cfg.method == "mf" and cfg.mf_train_on != "target" and not cfg.data.aux:
+        raise ConfigError(f"mf_train_on: {cfg.mf_train_on} needs data.aux")
     if cfg.data.aux == cfg.data.target:
         raise ConfigError(f"data.aux and data.target are both {cfg.data.target!r}")
     if cfg.train.eval_every_steps < 0:
@@ -245,6 +251,19 @@ def validate(cfg: Config) -> None:
         )
 
 
+def validate_world(cfg: Config, workers: int, stream: bool = False) -> None:
+    """Whether `cfg` can train on `workers` ranks (the one check of it): more than one rank needs
+    sharded tables, and a streamed epoch splits each global batch into equal local ones."""
+    if workers < 1:
+        raise ConfigError(f"the number of workers must be at least 1, got {workers}")
+    if workers > 1 and cfg.model.backend != "torchrec":
+        raise ConfigError(f"{workers} workers need model.backend=torchrec (sharded tables); "
+                          "the torch backend keeps one unsynchronised copy per rank")
+    if stream and cfg.train.batch_size % workers:
+        raise ConfigError(f"train.batch_size {cfg.train.batch_size} is not a multiple of "
+                          f"{workers} workers (each reads batch_size / workers rows a step)")
+
+
 def needs_aux(cfg: Config) -> bool:
     """Whether the run reads the auxiliary behavior's train pairs."""
     return bool(cfg.data.aux) and (cfg.method == "mba" or cfg.mf_train_on != "target")
@@ -260,5 +279,6 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return out
 
 
-def dump_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+def config_yaml(cfg: Config) -> str:
+    """The resolved config as YAML (what `load_config` reads back)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,6 +1,6 @@
 import os
 
-from mba_dist.ray_train import LOOPBACK_ENV  # noqa: E402  (imports no Ray)
+from mba_dist.dist.ray import LOOPBACK_ENV  # noqa: E402  (imports no Ray)
 
 # Keep every socket of tests on loopback (set before anything imports ray).
 for _k, _v in LOOPBACK_ENV.items():

@@ -4,9 +4,11 @@ import time
 import numpy as np
 import pytest
 
-from mba_dist.batches import MBA_INPUT, MemorySource, prefetch
-from mba_dist.dataset import CSR, Pairs, dedup_sorted
-from mba_dist.train import TrainData
+from mba_dist.config import TrainConfig
+from mba_dist.data.batches import MemorySource, prefetch
+from mba_dist.mba.stages import MBA_INPUT
+from mba_dist.data.pairs import CSR, Pairs, dedup_sorted
+from mba_dist.data.train_data import TrainData
 
 
 def _threads() -> int:
@@ -60,7 +62,8 @@ def _source(threads: int) -> MemorySource:
     target = Pairs(*dedup_sorted(users[:2000], items[:2000], 200))
     aux = Pairs(*dedup_sorted(users, items, 200))
     data = TrainData(300, 200, target, aux, target, target, None, CSR(target, 300))
-    return MemorySource(data, 128, "exclude", seed=3, batch_order="interleaved", threads=threads)
+    train = TrainConfig(batch_size=128, negatives="exclude", seed=3, data_threads=threads)
+    return MemorySource(data, train, batch_order="interleaved")
 
 
 def test_batches_do_not_depend_on_the_number_of_threads():

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from mba_dist.cli import main
-from mba_dist.dataset import Pairs
+from launch.cli import main
+from mba_dist.data.pairs import Pairs
 
 
 def test_bench_over_worker_counts_writes_tables(tmp_path):
@@ -42,15 +42,18 @@ def test_the_tables_floor_moves_the_trained_rows_of_the_batch_only():
     the h group move, the frozen group and every other row do not."""
     import torch
 
-    from mba_dist.bench_train import tables_step
-    from mba_dist.models import TorchTableGroup
+    from mba_dist.bench.train import tables_step
+    from mba_dist.tables.torch_tables import TorchTableGroup
 
     cpu = torch.device("cpu")
-    groups = [TorchTableGroup(models, 20, 10, 4, mode, 0.1, cpu) for models, mode in
+    from mba_dist.config import OptimConfig
+
+    groups = [TorchTableGroup(models, 20, 10, 4, mode and OptimConfig(mode=mode, lr=0.1), cpu)
+              for models, mode in
               ((["pre_f", "pre_g"], None), (["t"], "adagrad"), (["h1_f", "h1_g"], "adagrad"))]
     before = [{m: g.weights(m) for m in g.models} for g in groups]
     u, pos, neg = np.array([0, 1, 1]), np.array([2, 3, 3]), np.array([5, 6, 7])
-    tables_step(cpu, None, None, u, pos, neg, *groups, lap=lambda part: None)
+    tables_step([torch.from_numpy(a) for a in (u, pos, neg)], *groups)
     for g, was in zip(groups, before):
         for m in g.models:
             (u0, i0), (u1, i1) = was[m], g.weights(m)
@@ -61,7 +64,7 @@ def test_the_tables_floor_moves_the_trained_rows_of_the_batch_only():
 
 
 def test_authors_style_triples_draw_negatives_the_user_never_touched():
-    from mba_dist.bench_step import _AuthorsTriples
+    from mba_dist.bench.step import _AuthorsTriples
 
     pairs = Pairs(np.array([0, 0, 1]), np.array([0, 1, 2]))
     ds = _AuthorsTriples(3, pairs)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from mba_dist import config as C
-from mba_dist.train import run_training
+from mba_dist.run_dir import RunDir
+from mba_dist.train.runner import run_training
 
 SETS = ["pretrain.epochs=3", "pretrain.patience=100", "mba.epochs=3", "mba.patience=100",
         "train.merged_baseline=true", "train.batch_size=256"]
@@ -41,9 +42,9 @@ def _log(run):
 def test_resume_ends_where_the_uninterrupted_run_ends(tiny_dataset, tmp_path, at):
     cfg = C.load_config("configs/synthetic.yaml", SETS)
     rec = Recorder()
-    full = run_training(cfg, tiny_dataset, tmp_path / "full", checkpointer=rec)
+    full = run_training(cfg, tiny_dataset, RunDir(tmp_path / "full"), checkpointer=rec)
     blob = next(b for st, ep, b in rec.states if (st, ep) == at)
-    resumed = run_training(cfg, tiny_dataset, tmp_path / "resumed", resume=_load(blob))
+    resumed = run_training(cfg, tiny_dataset, RunDir(tmp_path / "resumed"), resume=_load(blob))
     assert resumed["test"] == full["test"]
     assert resumed["baselines"] == full["baselines"]
     assert _log(tmp_path / "resumed") == _log(tmp_path / "full")
@@ -52,20 +53,22 @@ def test_resume_ends_where_the_uninterrupted_run_ends(tiny_dataset, tmp_path, at
 def test_resume_refuses_another_config(tiny_dataset, tmp_path):
     cfg = C.load_config("configs/synthetic.yaml", SETS + ["mba.epochs=1", "pretrain.epochs=1"])
     rec = Recorder()
-    run_training(cfg, tiny_dataset, tmp_path / "a", checkpointer=rec)
+    run_training(cfg, tiny_dataset, RunDir(tmp_path / "a"), checkpointer=rec)
     other = C.load_config("configs/synthetic.yaml", SETS + ["mba.epochs=1", "pretrain.epochs=1",
                                                             "mba.alpha=3.5"])
     with pytest.raises(C.ConfigError, match="mba.alpha"):
-        run_training(other, tiny_dataset, tmp_path / "b", resume=_load(rec.states[0][2]))
+        run_training(other, tiny_dataset, RunDir(tmp_path / "b"), resume=_load(rec.states[0][2]))
 
 
 @pytest.mark.parametrize("mode", ["adagrad", "rowwise_adagrad"])
 def test_torchrec_group_state_restores_weights_and_optimizer(mode):
-    from mba_dist.distenv import local_process_group
-    from mba_dist.torchrec_tables import TorchrecTableGroup
+    from mba_dist.dist.local import local_process_group
+    from mba_dist.config import OptimConfig
+    from mba_dist.tables.torchrec_tables import TorchrecTableGroup
 
     def group():
-        return TorchrecTableGroup(["t", "h1_f"], 10, 7, 4, mode, 0.1, torch.device("cpu"))
+        return TorchrecTableGroup(["t", "h1_f"], 10, 7, 4, OptimConfig(mode=mode, lr=0.1),
+                                  torch.device("cpu"))
 
     def step(g, k):
         gen = torch.Generator().manual_seed(k)
@@ -93,7 +96,7 @@ def test_torchrec_group_state_restores_weights_and_optimizer(mode):
 
 def test_resume_accepts_keys_added_since_with_their_defaults_and_refuses_changed_ones():
     from mba_dist import config as C
-    from mba_dist.train import RESUME_FORMAT, _check_resumable
+    from mba_dist.train.checkpoint import RESUME_FORMAT, check_resumable as _check_resumable
 
     cfg = C.load_config(None)
     older = C.to_dict(cfg)
@@ -112,7 +115,7 @@ def test_worker_input_errors_surface_from_rays_wrapping():
     from ray.train import WorkerGroupError
 
     from mba_dist.config import ConfigError
-    from mba_dist.ray_train import input_error, ray_run_name
+    from mba_dist.dist.ray import input_error
 
     bad = ConfigError("cannot resume: the checkpoint was written with another config")
     wrapped = RayTaskError("train_fn", "traceback text", bad)
@@ -120,8 +123,10 @@ def test_worker_input_errors_surface_from_rays_wrapping():
     assert input_error(WorkerGroupError("rank 0 failed", {0: RuntimeError("oom")})) is None
     assert input_error(RuntimeError("not from workers")) is None
     # runs in one shared storage do not share a Ray Train run; a fresh start gets a new one
-    a, b = Path("/runs/a").resolve(), Path("/runs/b").resolve()
-    assert ray_run_name(a, None, False) == "mba-dist"
-    assert ray_run_name(a, "s3://x", False) != ray_run_name(b, "s3://x", False)
-    assert ray_run_name(a, "s3://x", False) == ray_run_name(a, "s3://x", False)
-    assert ray_run_name(a, "s3://x", True) != ray_run_name(a, "s3://x", False)
+    from mba_dist.run_dir import RunDir
+
+    a, b = RunDir("/runs/a"), RunDir("/runs/b")
+    assert a.ray_run_name(None, False) == "mba-dist"
+    assert a.ray_run_name("s3://x", False) != b.ray_run_name("s3://x", False)
+    assert a.ray_run_name("s3://x", False) == a.ray_run_name("s3://x", False)
+    assert a.ray_run_name("s3://x", True) != a.ray_run_name("s3://x", False)

@@ -6,8 +6,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from mba_dist import config as C
-from mba_dist.cli import main
-from mba_dist.dataset import Dataset
+from launch.cli import main
+from mba_dist.data.dataset import Dataset
 
 FAST = ["pretrain.epochs=3", "mba.epochs=3", "optim.mode=adagrad", "optim.lr=0.05",
         "train.batch_size=256"]

@@ -6,10 +6,11 @@ import numpy as np
 import torch
 
 from mba_dist import config as C
-from mba_dist.dataset import CSR, Pairs
-from mba_dist.distenv import run_local_ranks
-from mba_dist.losses import Kind, Phase, phase_of_step
-from mba_dist.models import DN_MODELS, DP_MODELS, FROZEN, Model, build_group
+from mba_dist.data.pairs import CSR, Pairs
+from mba_dist.dist.local import run_local_ranks
+from mba_dist.mba.roles import Kind, Phase, phase_of_step
+from mba_dist.mba.roles import DN_MODELS, DP_MODELS, FROZEN, Model
+from mba_dist.tables.build import build_group
 
 U, I, D, K, B = 40, 30, 8, 6, 16
 TOL = dict(rtol=1e-5, atol=1e-6)
@@ -35,17 +36,17 @@ def snapshot(groups):
 def run_steps(backend: str) -> dict:
     import torch.distributed as dist
 
-    from mba_dist.train import Trainer, TrainData
+    from mba_dist.train.steps import L2, ids_on, mba_step
 
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     cfg = C.load_config(None, [f"model.backend={backend}", "optim.mode=sgd", "optim.lr=0.5",
                                f"model.dim={D}", "mba.alpha=2", "mba.c1=3", "mba.c2=2",
                                "mba.lambda_t=0.1"])
-    empty = Pairs(np.zeros(0, np.int64), np.zeros(0, np.int64))
-    tr = Trainer(cfg, TrainData(U, I, empty, empty, None, empty, None, CSR(empty, U)), None)
+    reg = L2.of(cfg.optim, U)
 
     def group(models, optim):
-        g = build_group(backend, models, U, I, D, optim, cfg.optim.lr, torch.device("cpu"))
+        g = build_group(models, U, I, cfg.model, cfg.optim if optim else None,
+                        torch.device("cpu"), cfg.train.seed)
         for m in g.models:
             g.load(m, hand_weights(m, "user", U), hand_weights(m, "item", I))
         return g
@@ -59,7 +60,8 @@ def run_steps(backend: str) -> dict:
         on, off = (dn, dp) if phase is Phase.DN else (dp, dn)
         before = snapshot([off])
         sl = slice(rank, None, world)  # this rank's share of the global batch
-        losses.append(tr.mba_step(kind, phase, u[sl], p[sl], n[sl], frozen, t, on))
+        ids = ids_on(torch.device("cpu"), u[sl], p[sl], n[sl])
+        losses.append(mba_step(cfg.mba, reg, kind, phase, ids, frozen, t, on))
         after = snapshot([off])
         untouched.append(all(torch.equal(a, b) for m in before for a, b in zip(before[m], after[m])))
     now = snapshot([frozen])
@@ -88,13 +90,14 @@ def test_sharded_two_ranks_match_unsharded():
 def test_two_rank_training_runs_in_lockstep(tiny_dataset, tmp_path):
     """The worker function on 2 gloo ranks (sharded tables): every rank steps the same number
     of times, sees the same all-reduced validation metrics, and rank 0 alone writes outputs."""
-    from mba_dist.train import run_training
+    from mba_dist.run_dir import RunDir
+    from mba_dist.train.runner import run_training
 
     cfg = C.load_config("configs/synthetic.yaml", [
         "data.aux=click", "model.backend=torchrec", "optim.mode=rowwise_adagrad", "optim.lr=0.05",
         "pretrain.epochs=2", "mba.epochs=2", "train.batch_size=256", "train.merged_baseline=false"])
-    two = run_local_ranks(run_training, 2, cfg, str(tiny_dataset), str(tmp_path / "two"))
-    one = run_local_ranks(run_training, 1, cfg, str(tiny_dataset), str(tmp_path / "one"))[0]
+    two = run_local_ranks(run_training, 2, cfg, str(tiny_dataset), RunDir(tmp_path / "two"))
+    one = run_local_ranks(run_training, 1, cfg, str(tiny_dataset), RunDir(tmp_path / "one"))[0]
     assert two[0]["baselines"] == two[1]["baselines"]  # the evaluator's sums are all-reduced
     for stage, info in one["stages"].items():
         # the same global batches; a tail smaller than the world size is dropped

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from mba_dist.dataset import CSR, Pairs
-from mba_dist.evaluate import FactorScorer, MemoryScorer, evaluate, mba_scorer, rank_top_k
+from mba_dist.data.pairs import CSR, Pairs
+from mba_dist.eval.ranking import evaluate, rank_top_k
+from mba_dist.eval.scorers import FactorScorer, MemoryScorer, mba_scorer
 from tests import oracle
 
 
@@ -72,7 +73,7 @@ def random_case(seed: int, U: int = 37, I: int = 150, ties: bool = False):
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("memory_mb", [0, 1, 64])
 def test_matches_brute_force_across_chunkings(memory_mb, ties, monkeypatch):
-    import mba_dist.evaluate as ev
+    import mba_dist.eval.ranking as ev
 
     s, train_sets, test_sets, train, test = random_case(0, ties=ties)
     U, I = s.shape
@@ -95,7 +96,7 @@ def test_ties_broken_by_item_id_within_and_across_chunks():
 
 
 def ev_top(s, mask, k, item_chunk):
-    import mba_dist.evaluate as ev
+    import mba_dist.eval.ranking as ev
     orig = ev.chunk_sizes
     ev.chunk_sizes = lambda nu, ni, mb: (1, item_chunk)
     try:
@@ -136,7 +137,7 @@ def test_factor_scorer_raw_is_logit():
 def test_peak_memory_within_budget_on_a_million_items():
     """Peak RSS growth of an MBA-scorer evaluation over 1,000,000 items (fresh process) stays
     within eval.memory_mb plus 32 MB (top-K buffers, the product's packing, CSR cells)."""
-    from mba_dist.bench_eval import eval_memory
+    from mba_dist.bench.eval import eval_memory
 
     r = eval_memory(num_items=1_000_000, num_users=1024, memory_mb=64)
     assert r["chunks"][1] < r["num_items"]  # several item chunks: the budget binds

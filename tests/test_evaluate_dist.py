@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from mba_dist.dataset import CSR
-from mba_dist.distenv import run_local_ranks
-from mba_dist.evaluate import evaluate, mba_scorer, mf_scorer
+from mba_dist.data.pairs import CSR
+from mba_dist.dist.local import run_local_ranks
+from mba_dist.eval.ranking import evaluate
+from mba_dist.eval.scorers import mba_scorer, mf_scorer
 from tests import oracle
 from tests.test_evaluate import pairs
 
@@ -30,8 +31,8 @@ def case():
 
 
 def rank_fn() -> dict:
-    import mba_dist.evaluate as ev
-    from mba_dist.models import build_group
+    import mba_dist.eval.ranking as ev
+    from mba_dist.tables.build import build_group
 
     ev.MAX_ITEM_CHUNK = 16  # several item chunks, so the running top-K merges across them
     f, _, _, train, test = case()
@@ -41,9 +42,12 @@ def rank_fn() -> dict:
         return evaluate(scorer, test, mask, U, I, KS, memory_mb=0)
 
     out = {"local_mf": run(mf_scorer(f["t"])), "local_mba": run(mba_scorer(f["t"], f["pre_f"], 0.7))}
-    t = build_group("torchrec", ["t"], U, I, D, None, 0.0, torch.device("cpu"))
+    from mba_dist.config import ModelConfig
+
+    model = ModelConfig(dim=D, backend="torchrec")
+    t = build_group(["t"], U, I, model, None, torch.device("cpu"), seed=0)
     t.load("t", *f["t"])
-    frozen = build_group("torchrec", ["pre_f", "pre_g"], U, I, D, None, 0.0, torch.device("cpu"))
+    frozen = build_group(["pre_f", "pre_g"], U, I, model, None, torch.device("cpu"), seed=0)
     frozen.load("pre_f", *f["pre_f"])
     frozen.load("pre_g", *f["t"])
     out["sharded_mf"] = run(mf_scorer(t.factors("t")))

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from mba_dist.losses import (Kind, Logits, Phase, bernoulli_kl, bpr_loss, l2, mba_loss, neg_term,
-                             phase_of_step, pos_term)
+from mba_dist.mba.losses import (Logits, bernoulli_kl, bpr_loss, l2, mba_loss, neg_term, pos_term)
+from mba_dist.mba.roles import Kind, Phase, phase_of_step
 from tests import oracle
 
 RTOL, ATOL = 1e-6, 1e-9

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from mba_dist.models import Rows, logit_grad_broadcast, logit_grad_per_model
+from mba_dist.tables.base import Rows, logit_grad_broadcast, logit_grad_per_model
 
 
 def test_packed_logits_and_gradient_match_autograd_of_the_formula():

@@ -9,8 +9,8 @@ import pytest
 
 from data_prep.prepare import PrepareSpec, carve_valid, parse_source, prepare
 from data_prep.readers import RawInputError, read_pairs
-from mba_dist.cli import main
-from mba_dist.dataset import Dataset
+from launch.cli import main
+from mba_dist.data.dataset import Dataset
 
 
 def write(path, text, gz=False):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mba_dist import config as C
-from mba_dist.cli import main
+from launch.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHREC = ["model.backend=torchrec", "optim.mode=adagrad", "optim.lr=0.05"]
@@ -49,8 +49,8 @@ def test_two_workers_stream_every_stage(tiny_dataset, tmp_path):
 
 
 def test_auto_input_streams_large_data_only(tiny_dataset):
-    from mba_dist.ray_train import streams
-    from mba_dist.stream import train_rows
+    from mba_dist.train.ray_job import streams
+    from mba_dist.data.stream import train_rows
 
     cfg = C.load_config("configs/synthetic.yaml")
     meta = json.loads((tiny_dataset / "meta.json").read_text())["splits"]["train"]
@@ -77,9 +77,10 @@ def _train_worker_pids():
 
 def _reference(cfg, data, out):
     """The uninterrupted run: the same worker function on 2 local gloo ranks."""
-    from mba_dist.distenv import run_local_ranks
-    from mba_dist.train import run_training
-    return run_local_ranks(run_training, 2, cfg, str(data), str(out))[0]
+    from mba_dist.dist.local import run_local_ranks
+    from mba_dist.run_dir import RunDir
+    from mba_dist.train.runner import run_training
+    return run_local_ranks(run_training, 2, cfg, str(data), RunDir(out))[0]
 
 
 def test_killed_worker_resumes_from_last_checkpoint(tiny_dataset, tmp_path):
@@ -127,7 +128,7 @@ def test_killed_worker_resumes_from_last_checkpoint(tiny_dataset, tmp_path):
 
 def test_ray_job_submit_to_a_local_cluster(tiny_dataset, tmp_path):
     """`ray start --head` on loopback, then `ray job submit --working-dir .` of launch.train."""
-    from mba_dist.distenv import free_loopback_port
+    from mba_dist.dist.local import free_loopback_port
 
     venv_bin = Path(sys.executable).parent
     ray_cli = str(venv_bin / "ray")

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from mba_dist.row_optim import RowAdagrad, RowAdam
+from mba_dist.tables.row_optim import RowAdagrad, RowAdam
 
 
 def _run(make_opt, steps=6, seed=0):
@@ -94,10 +94,12 @@ def test_dense_gradient_is_refused():
 
 
 def test_torch_backend_picks_the_update_by_config():
-    from mba_dist.models import TorchTableGroup
+    from mba_dist.config import OptimConfig
+    from mba_dist.tables.torch_tables import TorchTableGroup
 
     def opt(mode, impl):
-        return type(TorchTableGroup(["t"], 5, 4, 2, mode, 0.1, torch.device("cpu"), impl).opt)
+        optim = OptimConfig(mode=mode, lr=0.1, torch_sparse=impl)
+        return type(TorchTableGroup(["t"], 5, 4, 2, optim, torch.device("cpu")).opt)
     assert opt("adagrad", "auto") is RowAdagrad and opt("sparse_adam", "auto") is RowAdam
     assert opt("adagrad", "rows") is RowAdagrad and opt("sparse_adam", "rows") is RowAdam
     assert opt("sparse_adam", "coalesce") is torch.optim.SparseAdam

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from data_prep.synthetic import SynthSpec, generate
-from mba_dist.dataset import Dataset
+from mba_dist.data.dataset import Dataset
 
 
 def _keys(p, n):
@@ -47,11 +47,12 @@ def test_bad_sizes(tmp_path):
 def test_mba_recovers_planted_preferences_better_than_single_behavior_mf(tmp_path):
     """The demo's data: MBA's Recall@20 against the planted truth beats MF on either behavior."""
     from mba_dist import config as C
-    from mba_dist.train import run_training
+    from mba_dist.run_dir import RunDir
+    from mba_dist.train.runner import run_training
 
     generate(SynthSpec(users=3000, items=1500, seed=0), tmp_path / "d")
     cfg = C.load_config("configs/synthetic.yaml")
-    m = run_training(cfg, tmp_path / "d", tmp_path / "run")
+    m = run_training(cfg, tmp_path / "d", RunDir(tmp_path / "run"))
     truth = {k: v["truth"]["recall@20"] for k, v in m["baselines"].items()}
     assert truth["mba"] > truth["mf_purchase"]
     assert truth["mba"] > truth["mf_click"]

@@ -4,12 +4,16 @@ import pytest
 import torch
 
 from mba_dist import config as C
-from mba_dist.batches import bpr_input
-from mba_dist.dataset import Dataset, Pairs, unique_ints
-from mba_dist.losses import Kind, Phase
-from mba_dist.models import DN_MODELS, DP_MODELS, FROZEN, Model
-from mba_dist.sampler import NegativeSampler, Observed, contains
-from mba_dist.train import TrainData, Trainer
+from mba_dist.mba.stages import bpr_input
+from mba_dist.data.dataset import Dataset
+from mba_dist.data.pairs import Pairs, unique_ints
+from mba_dist.mba.losses import Kind, Phase
+from mba_dist.data.pairs import contains
+from mba_dist.data.sampler import NegativeSampler, Observed
+from mba_dist.mba.roles import DN_MODELS, DP_MODELS, FROZEN, Model
+from mba_dist.data.train_data import TrainData
+from mba_dist.train.fit import Worker, fit_bpr
+from mba_dist.train.steps import L2, ids_on, mba_step
 
 
 def test_sampler_never_returns_observed_pairs():
@@ -102,25 +106,28 @@ CASES = [("torch", "dense_adam"), ("torch", "sparse_adam"), ("torch", "adagrad")
 
 @pytest.mark.parametrize("backend,mode", CASES)
 def test_off_phase_models_and_their_optimizer_state_do_not_move(tiny_dataset, backend, mode):
-    from mba_dist.distenv import local_process_group
+    from mba_dist.dist.local import local_process_group
 
     cfg = C.load_config(None, [f"model.backend={backend}", f"optim.mode={mode}", "optim.lr=0.05",
                                "data.aux=click", "model.dim=8"])
     ds = Dataset(tiny_dataset)
     with local_process_group():
-        tr = Trainer(cfg, TrainData.load(ds, cfg), None)
-        frozen = tr._group(FROZEN, None)
-        t = tr._group([Model.T], mode)
-        dn = tr._group(DN_MODELS, mode)
-        dp = tr._group(DP_MODELS, mode)
-        d = tr.data
+        w = Worker.of(cfg, TrainData.load(ds, cfg))
+        frozen = w.group(FROZEN, trained=False)
+        t = w.group([Model.T], trained=True)
+        dn = w.group(DN_MODELS, trained=True)
+        dp = w.group(DP_MODELS, trained=True)
+        reg = L2.of(cfg.optim, w.data.num_users)
+        d = w.data
         rng = np.random.default_rng(0)
         for step in range(6):  # DP, DN, DP, DN, DP, DN
             phase = Phase.DP if step % 2 == 0 else Phase.DN
             idx = rng.choice(len(d.target), 64)
             before = {n: _snapshot(g) for n, g in (("frozen", frozen), ("t", t), ("dn", dn), ("dp", dp))}
-            tr.mba_step(Kind.B if step % 3 else Kind.A, phase, d.target.users[idx], d.target.items[idx],
-                        rng.integers(0, d.num_items, 64), frozen, t, dn if phase is Phase.DN else dp)
+            ids = ids_on(torch.device("cpu"), d.target.users[idx], d.target.items[idx],
+                         rng.integers(0, d.num_items, 64))
+            mba_step(cfg.mba, reg, Kind.B if step % 3 else Kind.A, phase, ids, frozen, t,
+                     dn if phase is Phase.DN else dp)
             after = {n: _snapshot(g) for n, g in (("frozen", frozen), ("t", t), ("dn", dn), ("dp", dp))}
             off = "dp" if phase is Phase.DN else "dn"
             on = "dn" if phase is Phase.DN else "dp"
@@ -134,8 +141,7 @@ def test_bpr_stage_learns_and_selects_on_validation(tiny_dataset, tmp_path):
     cfg = C.load_config(None, ["method=mf", "pretrain.epochs=6", "pretrain.patience=100",
                                "optim.lr=0.05", "optim.mode=adagrad", "data.aux=click"])
     ds = Dataset(tiny_dataset)
-    tr = Trainer(cfg, TrainData.load(ds, cfg), tmp_path)
-    st = tr.fit_bpr(bpr_input("mf_target", "target"))
+    st = fit_bpr(Worker.of(cfg, TrainData.load(ds, cfg)), bpr_input("mf_target", "target"))
     assert st.epochs_run == 6 and len(st.history) == 6
     losses = [h["loss"] for h in st.history]
     assert losses[-1] < losses[0]

@@ -25,8 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mba_dist.bench_eval import TAOBAO_SHAPE, eval_speed  # noqa: E402
-from mba_dist.bench_train import BenchSpec, _config, _train_data, authors_row, bench_worker  # noqa: E402
+from mba_dist.bench.eval import TAOBAO_SHAPE, eval_speed  # noqa: E402
+from mba_dist.bench.train import BenchSpec, _config, _train_data, authors_row, bench_worker  # noqa: E402
 
 INDUSTRIAL = (2_000_000, 500_000, 50_000_000)  # users, items, auxiliary rows (a third target)
 # (optim.mode, config settings, batches): torch's coalescing optimizers beside `row_optim`'s, and
@@ -51,7 +51,7 @@ def main() -> int:
     res = {"card": card, "torch": torch.__version__, "device": str(dev), "steps": [], "eval": [],
            "errors": []}
     q = a.quick
-    base = BenchSpec(backend="torch", device=a.device, profile_comm=False)
+    base = BenchSpec(backend="torch", device=a.device)
     shapes = {"beibei": (base.users, base.items, base.rows),
               "industrial": (20_000, 5_000, 200_000) if q else INDUSTRIAL}
 

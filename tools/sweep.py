@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 from mba_dist import config as C
-from mba_dist.train import run_training
+from mba_dist.run_dir import RunDir
+from mba_dist.train.runner import run_training
 
 
 def main(argv=None) -> int:
@@ -46,9 +47,13 @@ def main(argv=None) -> int:
             m = json.loads((run_dir / "metrics.json").read_text())
         else:
             cfg = C.load_config(a.config, a.set + point + [f"pretrain.from_run={a.pretrained}"])
-            run_dir.mkdir(parents=True, exist_ok=True)
-            C.dump_config(cfg, run_dir / "config.yaml")
-            m = run_training(cfg, a.data, run_dir)
+            run = RunDir(run_dir)
+            run.check_new_run(cfg, overwrite=False)
+            run.begin(cfg, {"data": str(Path(a.data).resolve()), "config_file": a.config,
+                            "sets": a.set + point}, overwrite=False)
+            pre = RunDir(a.pretrained).stages()
+            pre.check_reusable(cfg)
+            m = run_training(cfg, a.data, run, reused=pre)
         row = {"point": " ".join(point), "best_epoch": m["best_epoch"],
                "valid_recall@20": m["valid"]["recall@20"], "valid_ndcg@20": m["valid"]["ndcg@20"],
                "test_recall@20": m["test"]["recall@20"], "test_ndcg@20": m["test"]["ndcg@20"],

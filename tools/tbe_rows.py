@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mba_dist.distenv import local_process_group  # noqa: E402
+from mba_dist.dist.local import local_process_group  # noqa: E402
 
 
 def time_table(optim, rows: int, ids: int, steps: int = 10, warmup: int = 3) -> tuple[float, float]:
@@ -58,7 +58,7 @@ def main() -> int:
     a = ap.parse_args()
     logging.disable(logging.WARNING)  # the planner's warnings, once per table
     warnings.filterwarnings("ignore", category=FutureWarning)
-    from mba_dist.torchrec_tables import FUSED_OPTIMIZERS  # the trainer's optim.mode kernels
+    from mba_dist.tables.torchrec_tables import FUSED_OPTIMIZERS  # the trainer's optim.mode kernels
 
     print(f"{a.ids:,} ids a step, one table of dim 32, mean of 10 steps\n")
     print("| optimizer | rows | forward ms | backward + fused update ms |")

@@ -13,8 +13,8 @@ table serves two features, the positives and the negatives. The pooled output is
 
 Bags of one id run on the fused FBGEMM TBE kernel; DESIGN §3 measured EmbeddingBagCollection at
 about 2.7x EmbeddingCollection on CPU. The optimizer is applied inside backward
-(`apply_optimizer_in_backward`), so `step()` is a no-op. Tables are sharded table-wise on CPU
-(row-wise is not supported on gloo); on GPUs the planner picks.
+(`apply_optimizer_in_backward`), so `step()` is a no-op. The sharding plan comes from
+`plan.sharding_plan` (print it with `plan.describe`).
 """
 from __future__ import annotations
 
@@ -27,12 +27,15 @@ from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTens
 from torchrec.distributed.comm_ops import set_gradient_division
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel
-from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
-from torchrec.distributed.types import ShardingType
 from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
-from mba_dist.models import ENTITIES, Model, Rows, TableGroup
+from mba_dist.config import OptimConfig
+from mba_dist.dist.collective import collective_device
+from mba_dist.errors import ConfigError
+from mba_dist.mba.roles import ENTITIES, Model, model_name
+from mba_dist.tables.base import Rows, TableGroup
+from mba_dist.tables.plan import sharding_plan
 
 # optim.mode -> the optimizer FBGEMM fuses into the TBE backward
 FUSED_OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad,
@@ -41,17 +44,17 @@ FUSED_OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad,
 
 class TorchrecTableGroup(TableGroup):
     def __init__(self, models: Iterable[Model | str], num_users: int, num_items: int, dim: int,
-                 optim_mode: str | None, lr: float, device: torch.device):
+                 optim: OptimConfig | None, device: torch.device):
         super().__init__()
         if not dist.is_initialized():
             raise RuntimeError("model.backend=torchrec needs a torch.distributed process group "
                                "(Ray Train creates one; the local launcher starts a 1-rank group)")
-        if optim_mode is not None and optim_mode not in FUSED_OPTIMIZERS:
-            raise ValueError(f"optim.mode {optim_mode!r} has no fused torchrec kernel on CPU; "
-                             f"use one of {sorted(FUSED_OPTIMIZERS)}")
-        # The trainer relies on gradients averaged over ranks (see Trainer.sum_scale).
+        if optim is not None and optim.mode not in FUSED_OPTIMIZERS:
+            raise ConfigError(f"optim.mode {optim.mode!r} has no fused torchrec kernel on CPU; "
+                              f"use one of {sorted(FUSED_OPTIMIZERS)}")
+        # The steps rely on gradients averaged over ranks (see train.steps.sum_scale).
         set_gradient_division(True)
-        self.models = tuple(str(m.value if isinstance(m, Model) else m) for m in models)
+        self.models = tuple(model_name(m) for m in models)
         self.keys = [f"{m}_{e}" for e in ENTITIES for m in self.models]  # table names
         self.sizes = {f"{m}_{e}": (num_users if e == "user" else num_items)
                       for m in self.models for e in ENTITIES}
@@ -63,21 +66,14 @@ class TorchrecTableGroup(TableGroup):
                                      init_fn=partial(torch.nn.init.normal_, std=0.01))
                   for k in self.keys]
         ebc = EmbeddingBagCollection(tables=tables, device=torch.device("meta"))
-        self.frozen = optim_mode is None
+        self.frozen = optim is None
         if not self.frozen:
             # A fresh kwargs dict per call: DMP mutates it (DESIGN §3).
-            apply_optimizer_in_backward(FUSED_OPTIMIZERS[optim_mode], ebc.parameters(), {"lr": lr})
-        compute = "cuda" if device.type == "cuda" else "cpu"
-        constraints = None
-        if compute == "cpu":
-            constraints = {k: ParameterConstraints(sharding_types=[ShardingType.TABLE_WISE.value])
-                           for k in self.keys}
-        planner = EmbeddingShardingPlanner(
-            topology=Topology(world_size=dist.get_world_size(), compute_device=compute),
-            constraints=constraints)
+            apply_optimizer_in_backward(FUSED_OPTIMIZERS[optim.mode], ebc.parameters(),
+                                        {"lr": optim.lr})
         sharders = [EmbeddingBagCollectionSharder()]
-        plan = planner.collective_plan(ebc, sharders, dist.GroupMember.WORLD)
-        self.dmp = DistributedModelParallel(ebc, device=device, plan=plan, sharders=sharders)
+        self.plan = sharding_plan(ebc, sharders, device)
+        self.dmp = DistributedModelParallel(ebc, device=device, plan=self.plan, sharders=sharders)
         self.num_users, self.num_items, self.dim = num_users, num_items, dim
         self.device = device
         self._orders: dict[tuple[str, ...], torch.Tensor] = {}
@@ -167,8 +163,7 @@ def full_tensor(sharded, size=None, dtype=None) -> torch.Tensor:
     shards = sharded.local_shards() if sharded is not None else []
     size = sharded.size() if sharded is not None else size
     dtype = shards[0].tensor.dtype if shards else (dtype or torch.float32)
-    nccl = dist.get_backend() == "nccl"
-    dev = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+    dev = collective_device()
     buf = torch.zeros(size, dtype=dtype, device=dev)
     for shard in shards:
         buf[_shard_index(shard)] = shard.tensor.detach().to(dev)
@@ -185,16 +180,14 @@ def load_shards(sharded, full: torch.Tensor) -> None:
 
 
 class ShardedFactors:
-    """`evaluate.Factors` read from the shards: every rank places the rows it holds into a
+    """`eval.scorers.Factors` read from the shards: every rank places the rows it holds into a
     zeroed buffer and the buffers are summed, so a call materialises only the rows asked for
     (one item chunk, one user block) beyond the plan's own shards. Collective: every rank calls
     with the same arguments. Works for any sharding (table-, row- or column-wise)."""
 
     def __init__(self, group: TorchrecTableGroup, model: str):
         self.group, self.model = group, model
-        # gloo reduces CPU tensors; NCCL needs the buffers on the GPU.
-        nccl = dist.get_backend() == "nccl"
-        self.device = group.device if nccl else torch.device("cpu")
+        self.device = collective_device()
 
     def _gather(self, key: str, n: int, place) -> torch.Tensor:
         buf = torch.zeros(n, self.group.dim, device=self.device)

@@ -1,18 +1,10 @@
-"""What each stage trains on, and where its batches come from.
+"""Where a stage's batches come from: the in-memory source, and the shared batch helpers.
 
-A stage reads the union of some *pair sets* of the train split and draws its negatives outside
-another one:
-
-    pair set   pairs
-    target     target train pairs                       (MBA kind B)
-    aux        auxiliary train pairs
-    aux_only   auxiliary pairs that are not target ones (MBA kind A)
-    merged     target + aux_only                        (every observed pair)
-
-A *source* yields this rank's batches of one epoch of a stage as `Batch(kind, users, pos, neg)`.
-Two sources share the trainer: `MemorySource` (pairs in memory, this module) and
-`stream.StreamSource` (Ray Data shards). Both keep ranks in lockstep: every rank yields the
-same number of batches of the same kinds in the same order, so collectives never wait.
+A *source* yields this rank's batches of one epoch of a stage (`mba.stages.StageInput`) as
+`Batch(kind, users, pos, neg)`. Two sources share the fit loop: `MemorySource` (pairs in
+memory, this module) and `stream.StreamSource` (Ray Data shards). Both read the pair sets of
+`pair_sets.build` and keep ranks in lockstep: every rank yields the same number of batches of
+the same kinds in the same order, so collectives never wait.
 
 Randomness of `MemorySource` is keyed by (seed, stage, epoch, rank) for the batches and by that
 and the step for each batch's negatives, never carried from one batch or epoch to the next: a
@@ -25,17 +17,18 @@ import collections
 import os
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from functools import cached_property
 from typing import Callable, Iterator, NamedTuple, TypeVar
 
 import numpy as np
 
-from mba_dist.dataset import Pairs, merge_pairs, subtract_pairs
-from mba_dist.losses import Kind
-from mba_dist.sampler import NegativeSampler, Observed
+from mba_dist import config as C
+from mba_dist.data import pair_sets
+from mba_dist.data.pairs import Pairs, merge_pairs, subtract_pairs
+from mba_dist.data.sampler import NegativeSampler, Observed
+from mba_dist.errors import ConfigError
+from mba_dist.mba.roles import Kind
+from mba_dist.mba.stages import PART_KIND, StageInput
 
-PART_KIND = {"target": Kind.B, "aux_only": Kind.A}
 T = TypeVar("T")
 U = TypeVar("U")
 
@@ -45,31 +38,6 @@ class Batch(NamedTuple):
     users: np.ndarray  # int64 [b]
     pos: np.ndarray
     neg: np.ndarray
-
-
-@dataclass(frozen=True)
-class StageInput:
-    name: str  # the stage and the model it trains
-    parts: tuple[str, ...]  # pair sets whose union is trained on
-    exclude: str  # pair set that negatives avoid (in `train.negatives: exclude` mode)
-    by_kind: bool = False  # MBA: homogeneous batches per part (the loss differs by kind)
-
-    @property
-    def key(self) -> int:
-        """A stable number for this stage, mixed into its random seeds."""
-        return zlib.crc32(self.name.encode()) % 100_003
-
-
-def bpr_input(name: str, train_on: str) -> StageInput:
-    """BPR on `train_on` (target, aux or merged); negatives avoid the same set."""
-    parts = ("target", "aux_only") if train_on == "merged" else (train_on,)
-    return StageInput(name, parts, train_on)
-
-
-# `mf_train_on` -> the pair set an MF baseline trains on
-MF_TRAIN_SETS = {"target": "target", "aux": "aux", "all": "merged"}
-
-MBA_INPUT = StageInput("mba", ("target", "aux_only"), "merged", by_kind=True)
 
 
 def split_batches(n: int, batch_size: int, rank: int, world: int,
@@ -85,26 +53,18 @@ def split_batches(n: int, batch_size: int, rank: int, world: int,
 class MemorySource:
     """Batches from pairs held in memory (`TrainData`), split by rank."""
 
-    def __init__(self, data, batch_size: int, negatives: str, seed: int, batch_order: str,
-                 rank: int = 0, world: int = 1, threads: int = 0):
-        self.data, self.batch_size, self.negatives = data, batch_size, negatives
-        self.seed, self.batch_order, self.rank, self.world = seed, batch_order, rank, world
-        self.threads = threads or data_threads()
+    def __init__(self, data, train: C.TrainConfig, batch_order: str, rank: int = 0,
+                 world: int = 1):
+        self.data, self.batch_size, self.negatives = data, train.batch_size, train.negatives
+        self.seed, self.batch_order, self.rank, self.world = train.seed, batch_order, rank, world
+        self.threads = train.data_threads or data_threads()
+        self._sets: dict[str, Pairs] = {}
         self._index: dict[str, Observed] = {}
 
-    @cached_property
-    def _sets(self) -> dict[str, Pairs]:
-        d = self.data
-        sets = {"target": d.target}
-        if d.aux is not None:
-            sets["aux"] = d.aux
-            sets["aux_only"] = subtract_pairs(d.aux, d.target, d.num_items)
-            sets["merged"] = merge_pairs([d.target, d.aux], d.num_items)
-        return sets
-
     def pairs(self, name: str) -> Pairs:
+        """A pair set (`pair_sets.build`), built once."""
         if name not in self._sets:
-            raise ValueError(f"pair set {name!r} needs data.aux")
+            self._sets[name] = pair_sets.build(name, _MemoryOps(self.data))
         return self._sets[name]
 
     def _observed(self, name: str) -> Observed:
@@ -118,7 +78,7 @@ class MemorySource:
         """Fail before training when a stage has nothing to train on."""
         for part in stage.parts:
             if len(self.pairs(part)) == 0:
-                raise ValueError(f"stage {stage.name}: no {part} training pairs")
+                raise ConfigError(f"stage {stage.name}: no {part} training pairs")
 
     def epoch(self, stage: StageInput, epoch: int) -> Iterator[Batch]:
         """This rank's batches of one epoch, assembled a few ahead by `threads` threads
@@ -132,7 +92,7 @@ class MemorySource:
         if stage.by_kind:
             runs = [(PART_KIND[p], self.pairs(p)) for p in stage.parts]
         else:  # one shuffled order over the union ("target" + "aux_only" is "merged")
-            runs = [(None, self.pairs("merged" if len(stage.parts) > 1 else stage.parts[0]))]
+            runs = [(None, self.pairs(stage.union))]
         batches = [(kind, pairs, idx) for kind, pairs in runs
                    for idx in split_batches(len(pairs), self.batch_size, self.rank, self.world, rng)]
         order = (np.arange(len(batches)) if self.batch_order == "sequential" or not stage.by_kind
@@ -146,6 +106,25 @@ class MemorySource:
         u = pairs.users[idx]
         neg = NegativeSampler(self.data.num_items, observed, seed).sample(u)
         return Batch(kind, u, pairs.items[idx], neg)
+
+
+class _MemoryOps:
+    """`pair_sets.SetOps` over the pairs of a `TrainData`."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def read(self, role: str) -> Pairs:
+        pairs = self.data.target if role == "target" else self.data.aux
+        if pairs is None:
+            raise ConfigError(f"the {role} pair set needs data.aux")
+        return pairs
+
+    def minus(self, a: Pairs, role: str) -> Pairs:
+        return subtract_pairs(a, self.read(role), self.data.num_items)
+
+    def union(self, parts: list[Pairs]) -> Pairs:
+        return merge_pairs(parts, self.data.num_items)
 
 
 def data_threads() -> int:

@@ -13,7 +13,7 @@ Kind-B batch (u, i, j), i bought (and so also clicked/carted):
       - [POS_f(i) + NEG_f(j) + POS_g(i) + NEG_g(j)]
 Kind-A batch (u, c, j), c in the auxiliary behavior only: the same KL terms at c and j, minus
     [POS_g(c) + NEG_g(j) + NEG_f(c) + NEG_f(j)]
-Each bracketed term is a batch mean. The L2 term on t is added by the trainer (`l2`).
+Each bracketed term is a batch mean. The L2 term (`l2`) is added by the step (`train.steps`).
 
 All functions compute in float64 (the elementwise ones on logits of any shape, broadcasting;
 `mba_loss` on the step's `Logits` blocks): the terms mix lg of values near 0 and 1 with C up to
@@ -23,31 +23,14 @@ All functions compute in float64 (the elementwise ones on logits of any shape, b
 from __future__ import annotations
 
 import functools
-from enum import Enum
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from mba_dist.mba.roles import Kind, Phase
+
 LG_EPS = 1e-5
-
-
-class Kind(Enum):
-    B = "both"  # target pair (a purchase counts as an auxiliary interaction too)
-    A = "aux_only"  # auxiliary pair that is not a target pair
-
-
-class Phase(Enum):
-    DN = "DN"  # updates t, h1_f, h1_g
-    DP = "DP"  # updates t, h2_f, h2_g
-
-
-def phase_of_step(global_step: int) -> Phase:
-    """The alternation: flips every mini-batch, starting with DP (authors' code).
-
-    A pure function of the global step, so every rank computes the same phase in lockstep.
-    """
-    return Phase.DP if global_step % 2 == 0 else Phase.DN
 
 
 def lg(x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,7 @@
-"""Process-group helpers for launchers (the worker function never creates a process group)."""
+"""Local process groups for launchers outside Ray Train (the worker function never creates one).
+
+`run_local_ranks` hands each rank's result back through a temporary directory of its own (not
+a run directory), read once every rank has finished."""
 from __future__ import annotations
 
 import os

@@ -1,19 +1,21 @@
 """`mba-dist bench`: MBA training throughput over worker counts, with a time split.
 
-Each worker count W runs the trainer's MBA step (`Trainer.mba_step`, the same code as training)
-on W gloo ranks (or NCCL GPUs) for `warmup + steps` global batches of a dataset or of synthetic
+Each worker count W runs the trainer's MBA step (`train.steps.mba_step`, the same function as
+training) on W gloo ranks (or NCCL GPUs) for `warmup + steps` global batches of a dataset or of synthetic
 pairs, batches from `MemorySource` (the rank's share of each global batch, negatives drawn by
-the vectorised sampler). Per rank it times:
+the vectorised sampler). The timed steps run under the torch profiler (CPU events), which reads
+the step's `record_function` ranges; per rank it reports:
 
-    data           next batch from the source (slicing + negative sampling)
-    forward        lookups in every table group (sharded: includes the lookup all-to-all) + loss
-    backward       autograd, with the fused optimizer of the torchrec tables inside it
-    optimizer      the separate optimizer step (torch backend; ~0 when fused)
+    data           next batch from the source (slicing + negative sampling; this loop's timer)
+    forward        ("step.forward") lookups in every table group (sharded: includes the lookup all-to-all) + loss
+    backward       ("step.backward") autograd, with the fused optimizer of the torchrec tables inside it
+    optimizer      ("step.optimizer") the separate optimizer step (torch backend; ~0 when fused)
     communication  time the collectives run (the profiler's `gloo:*` / `nccl:*` events: a
                    gloo collective runs on the process group's thread and lasts until every
                    peer has sent its part, so it counts waiting for the slower rank too; the
                    step waits for each one). A part of forward + backward, reported on its own.
-                   With NCCL it is the host-side time only.
+                   With NCCL it is the host-side time only, and on a GPU so are the step's
+                   ranges (the time to launch a part's kernels, not to run them).
 
 and peak RSS (CPU) or peak allocated memory (GPU). Rank 0 gathers every rank's figures.
 Throughput = global triples / the slowest rank's wall time; scaling efficiency =
@@ -32,15 +34,24 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from torch.profiler import record_function
+
 from mba_dist import config as C
-from mba_dist.batches import MBA_INPUT, MemorySource
-from mba_dist.bench_step import _peak_mb, _reset_peak, sync, synthetic_pairs
-from mba_dist.dataset import CSR, Dataset, Pairs
-from mba_dist.losses import Phase, phase_of_step
-from mba_dist.models import DN_MODELS, DP_MODELS, FROZEN, Model
-from mba_dist.train import Trainer, TrainData, backward_and_step
+from mba_dist.bench.step import _peak_mb, _reset_peak, sync, synthetic_pairs
+from mba_dist.data.batches import MemorySource
+from mba_dist.data.dataset import Dataset
+from mba_dist.data.pairs import CSR, Pairs
+from mba_dist.data.train_data import TrainData
+from mba_dist.dist.collective import rank_world
+from mba_dist.mba.roles import DN_MODELS, DP_MODELS, FROZEN, Model, Phase, phase_of_step
+from mba_dist.mba.stages import MBA_INPUT
+from mba_dist.tables.build import build_group
+from mba_dist.train.steps import L2, backward_and_step, ids_on, mba_step
 
 PARTS = ("data", "forward", "backward", "optimizer")
+# the step's parts: its `record_function` ranges (train.steps); "data" is this loop's own
+STEP_RANGES = {"forward": "step.forward", "backward": "step.backward",
+               "optimizer": "step.optimizer"}
 COMM_PREFIXES = ("gloo:", "nccl:")  # the collectives themselves (c10d:: is only their enqueue)
 
 
@@ -59,13 +70,12 @@ class BenchSpec:
     backend: str = "torchrec"
     optim: str = "adagrad"
     device: str = "cpu"
-    profile_comm: bool = True
     threads: int | None = None  # torch threads per worker (None: the host's cores / workers)
     overrides: tuple[str, ...] = ()  # further `key=value` config settings (`--set`)
     # write the profiler's per-op table of the timed steps (rank 0) to this file; the row's
     # figures then include the profiler's overhead
     profile_table: str | None = None
-    # "mba": `Trainer.mba_step`; "tables": `tables_step`, the tables' own floor
+    # "mba": `train.steps.mba_step`; "tables": `tables_step`, the tables' own floor
     step: Literal["mba", "tables"] = "mba"
 
 
@@ -98,11 +108,17 @@ def bench_worker(spec: BenchSpec, data=None) -> dict | None:
         dev = torch.device("cuda", local % torch.cuda.device_count())
     cfg = _config(spec)
     data = _train_data(spec, cfg) if data is None else data
-    tr = Trainer(cfg, data, None, device=dev)
-    src = MemorySource(data, spec.batch, cfg.train.negatives, cfg.train.seed, "interleaved",
-                       tr.rank, tr.world, cfg.train.data_threads)
-    frozen, t = tr._group(FROZEN, None), tr._group([Model.T], cfg.optim.mode)
-    dn, dp = tr._group(DN_MODELS, cfg.optim.mode), tr._group(DP_MODELS, cfg.optim.mode)
+    rank, world = rank_world()
+    C.validate_world(cfg, world)
+    src = MemorySource(data, cfg.train, "interleaved", rank, world)
+
+    def group(models, trained: bool):
+        return build_group(models, data.num_users, data.num_items, cfg.model,
+                           cfg.optim if trained else None, dev, cfg.train.seed)
+
+    frozen, t = group(FROZEN, False), group([Model.T], True)
+    dn, dp = group(DN_MODELS, True), group(DP_MODELS, True)
+    reg = L2.of(cfg.optim, data.num_users)
     _reset_peak(dev)
 
     def batches():
@@ -111,68 +127,62 @@ def bench_worker(spec: BenchSpec, data=None) -> dict | None:
             epoch += 1
             yield from src.epoch(MBA_INPUT, epoch)
 
-    times = dict.fromkeys(PARTS, 0.0)
-    mark = [0.0]
-
-    def lap(part: str) -> None:
-        sync(dev)
-        now = time.perf_counter()
-        times[part] += now - mark[0]
-        mark[0] = now
-
-    step = tr.mba_step if spec.step == "mba" else partial(tables_step, dev)
     it = batches()
     prof = None
-    triples = 0
+    data_s, triples = 0.0, 0
     for s in range(spec.warmup + spec.steps):
         if s == spec.warmup:
             if dist.is_initialized():
                 dist.barrier()
-            times = dict.fromkeys(PARTS, 0.0)
-            triples = 0
-            if spec.profile_table or (spec.profile_comm and dist.is_initialized()
-                                      and dist.get_world_size() > 1):
-                acts = [torch.profiler.ProfilerActivity.CPU]
-                if dev.type == "cuda" and spec.profile_table:
-                    acts.append(torch.profiler.ProfilerActivity.CUDA)
-                prof = torch.profiler.profile(activities=acts)
-                prof.__enter__()
+            data_s, triples = 0.0, 0
+            # The step's parts are its record_function ranges (train.steps); a profiler of
+            # CPU events (and with --profile GPU ones) reads them and the collectives' time.
+            acts = [torch.profiler.ProfilerActivity.CPU]
+            if dev.type == "cuda" and spec.profile_table:
+                acts.append(torch.profiler.ProfilerActivity.CUDA)
+            prof = torch.profiler.profile(activities=acts)
+            prof.__enter__()
             t_start = time.perf_counter()
-        mark[0] = time.perf_counter()
+        t0 = time.perf_counter()
         kind, u, pos, neg = next(it)
-        lap("data")
+        data_s += time.perf_counter() - t0
         phase = phase_of_step(s)
-        step(kind, phase, u, pos, neg, frozen, t, dn if phase is Phase.DN else dp, lap=lap)
+        ids = ids_on(dev, u, pos, neg)
+        h = dn if phase is Phase.DN else dp
+        if spec.step == "mba":
+            mba_step(cfg.mba, reg, kind, phase, ids, frozen, t, h)
+        else:
+            tables_step(ids, frozen, t, h)
         triples += len(u)
     sync(dev)
     wall = time.perf_counter() - t_start
     it.close()
-    comm = 0.0
-    if prof is not None:
-        prof.__exit__(None, None, None)
-        ops = prof.key_averages()
-        comm = sum(e.cpu_time_total for e in ops if e.key.startswith(COMM_PREFIXES)) / 1e6
-        if spec.profile_table and (not dist.is_initialized() or dist.get_rank() == 0):
-            _write_profile(spec, ops, dev)
+    prof.__exit__(None, None, None)
+    ops = prof.key_averages()
+    comm = sum(e.cpu_time_total for e in ops if e.key.startswith(COMM_PREFIXES)) / 1e6
+    ranges = {e.key: e.cpu_time_total / 1e6 for e in ops if e.key in STEP_RANGES.values()}
+    if spec.profile_table and rank == 0:
+        _write_profile(spec, ops, dev)
     mine = {"wall_s": wall, "triples": triples, "comm_s": comm, "peak_mb": _peak_mb(dev),
-            **{f"{p}_s": v for p, v in times.items()}}
+            "data_s": data_s, **{f"{p}_s": ranges.get(r, 0.0) for p, r in STEP_RANGES.items()}}
     every = [mine]
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        every = [None] * dist.get_world_size()
+    if world > 1:
+        every = [None] * world
         dist.all_gather_object(every, mine)
-        if dist.get_rank() != 0:
+        if rank != 0:
             return None
     return _summary(spec, every)
 
 
-def tables_step(dev: torch.device, kind, phase, u: np.ndarray, pos: np.ndarray, neg: np.ndarray,
-                frozen, t, h, lap) -> None:
+def tables_step(ids: list[torch.Tensor], frozen, t, h) -> None:
     """The floor of an MBA step on these tables: the same three group lookups and fused
-    updates as `Trainer.mba_step`, with the sum of the trained rows as the loss in place of the
-    MBA maths (logits, KL and likelihood terms, L2). No step on these tables can run faster."""
-    ids = [torch.from_numpy(a).to(dev) for a in (u, pos, neg)]
-    frozen.lookup(*ids)
-    backward_and_step(t.lookup(*ids).packed.sum() + h.lookup(*ids).packed.sum(), (t, h), lap)
+    updates as `train.steps.mba_step`, with the sum of the trained rows as the loss in place of
+    the MBA maths (logits, KL and likelihood terms, L2). No step on these tables can run
+    faster."""
+    with record_function("step.forward"):
+        frozen.lookup(*ids)
+        loss = t.lookup(*ids).packed.sum() + h.lookup(*ids).packed.sum()
+    backward_and_step(loss, (t, h))
 
 
 def _write_profile(spec: BenchSpec, ops, dev: torch.device) -> None:
@@ -209,15 +219,14 @@ def run_workers(spec: BenchSpec, workers: list[int], repeat: int = 1,
     many times and the run of median triples/s is kept (its `runs` field lists them all):
     shared machines vary from one run to the next."""
     if on_ray:
-        from mba_dist.ray_train import run_ray_ranks
+        from mba_dist.dist.ray import run_ray_ranks
         run = partial(run_ray_ranks, use_gpu=spec.device == "cuda")
     else:
-        from mba_dist.distenv import run_local_ranks as run
+        from mba_dist.dist.local import run_local_ranks as run
 
     rows = []
     for w in workers:
-        if w > 1 and spec.backend != "torchrec":
-            raise ValueError(f"{w} workers need the torchrec backend (sharded tables)")
+        C.validate_world(_config(spec), w)
         runs = sorted((run(bench_worker, w, spec)[0] for _ in range(repeat)),
                       key=lambda r: r["triples_per_s"])
         rows.append({**runs[len(runs) // 2],
@@ -244,7 +253,7 @@ def baseline_rows(spec: BenchSpec, authors_steps: int) -> list[dict]:
 def authors_row(spec: BenchSpec, data, steps: int, dim: int) -> dict:
     """The authors'-style step (per-sample Python negatives, dense Adam, seven nn.Embedding
     models) on the same pairs; fewer steps, it is slow."""
-    from mba_dist.bench_step import authors_speed
+    from mba_dist.bench.step import authors_speed
 
     r = authors_speed(data.num_users, data.num_items, data.target, spec.batch, steps,
                       device=spec.device, dim=dim)

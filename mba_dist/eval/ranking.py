@@ -10,7 +10,7 @@ Layout of one evaluation (W ranks, E users with at least one evaluation item, I 
     Recall/NDCG sums and user counts: all-reduced (float64) at the end.
 
 Item and user factors come from a `Factors` source: local tensors (`LocalFactors`), or the
-torchrec shards (`torchrec_tables.ShardedFactors`), which assemble one item chunk (or one user
+torchrec shards (`tables.torchrec_tables.ShardedFactors`), which assemble one item chunk (or one user
 block) at a time from the shards every rank holds; every rank therefore walks the same blocks
 and chunks, in the same order, whether or not it has users left in a block.
 
@@ -27,151 +27,19 @@ Metrics (DESIGN §1), averaged over users with at least one evaluation item:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Iterator, Protocol
+from typing import Iterator
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from mba_dist.dataset import CSR, Pairs
-from mba_dist.sampler import contains
+from mba_dist.data.pairs import CSR, Pairs, contains
+from mba_dist.eval.scorers import Scorer
 
 # Per (user, item) cell of a block: two float32 score buffers (t and pre_f) and torch.topk's
 # selection workspace (measured at about 0.7 bytes a cell on CPU).
 BYTES_PER_SCORE = 10
 MAX_ITEM_CHUNK = 1 << 16
-
-
-class Factors(Protocol):
-    """User and item factors of one MF model. With sharded tables both calls are collective:
-    every rank makes them with the same arguments."""
-
-    device: torch.device
-
-    def users(self, ids: torch.Tensor) -> torch.Tensor:
-        """Rows of `ids` [b] -> [b, d]."""
-
-    def items(self, lo: int, hi: int) -> torch.Tensor:
-        """Rows lo..hi-1 -> [hi-lo, d]."""
-
-
-@dataclass
-class LocalFactors:
-    """Factors held whole by this process (any device)."""
-
-    user: torch.Tensor
-    item: torch.Tensor
-
-    @property
-    def device(self) -> torch.device:
-        return self.item.device
-
-    def users(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.user[ids.to(self.user.device)]
-
-    def items(self, lo: int, hi: int) -> torch.Tensor:
-        return self.item[lo:hi]
-
-
-def as_factors(f) -> Factors:
-    """A (user, item) tensor pair or a `Factors` source."""
-    return LocalFactors(*f) if isinstance(f, (tuple, list)) else f
-
-
-class Scorer(Protocol):
-    device: torch.device
-
-    def set_users(self, block: torch.Tensor, mine: torch.Tensor) -> None:
-        """Start a user block (same on every rank); this rank scores `block[mine]`."""
-
-    def scores(self, lo: int, hi: int) -> torch.Tensor:
-        """Scores of this rank's users against items lo..hi-1; float32 [b, hi-lo], writable."""
-
-
-@dataclass
-class FactorScorer:
-    """sum_k w_k * sigma(U_k[u] . I_k[i]), or the raw logit of one model when `raw=True`."""
-
-    parts: list[tuple[float, Factors]]
-    raw: bool = False
-    _users: list[torch.Tensor] = field(default_factory=list, init=False, repr=False)
-    _bufs: dict = field(default_factory=dict, init=False, repr=False)
-
-    def __post_init__(self):
-        self.parts = [(w, as_factors(f)) for w, f in self.parts]
-        self.device = self.parts[0][1].device
-
-    def set_users(self, block: torch.Tensor, mine: torch.Tensor) -> None:
-        self._users = [f.users(block)[mine.to(self.device)] for _, f in self.parts]
-
-    def _buffers(self, b: int, n: int) -> list[torch.Tensor]:
-        # Score chunks are written into reused flat buffers (a smaller chunk takes a contiguous
-        # prefix): a fresh [users, items] tensor per chunk costs as much in page faults as the
-        # matrix product itself (d = 32 is write-bound).
-        if self._bufs.get("cells", 0) < b * n:
-            self._bufs = {}  # release before allocating: the peak stays one set of buffers
-            self._bufs = {"cells": b * n,
-                          "flat": [torch.empty(b * n, device=self.device) for _ in self.parts[:2]]}
-        return [f[:b * n].view(b, n) for f in self._bufs["flat"]]
-
-    def scores(self, lo: int, hi: int) -> torch.Tensor:
-        bufs = self._buffers(len(self._users[0]), hi - lo)
-        out = None
-        for k, ((w, f), U) in enumerate(zip(self.parts, self._users)):
-            s = torch.mm(U, f.items(lo, hi).T, out=bufs[min(k, 1)])
-            if not self.raw:
-                s = torch.sigmoid_(s).mul_(w)
-            out = s if out is None else out.add_(s)
-        return out
-
-
-def mba_scorer(t, pre_f, beta: float) -> FactorScorer:
-    """score = beta * sigma(t) + (1 - beta) * sigma(pre_f) (paper Eq. 3)."""
-    parts = [(beta, t)]
-    if beta < 1.0:
-        parts.append((1.0 - beta, pre_f))
-    return FactorScorer(parts)
-
-
-def mf_scorer(weights) -> FactorScorer:
-    return FactorScorer([(1.0, weights)], raw=True)  # sigma is monotone: same ranking
-
-
-@dataclass
-class MemoryScorer:
-    """Popularity, lifted by 1 for the user's items in `boost` (the "auxiliary memory" heuristic
-    when `boost` is the auxiliary behavior; plain MostPop when it is None)."""
-
-    popularity: torch.Tensor  # [num_items], in [0, 1)
-    boost: CSR | None = None
-    device: torch.device = torch.device("cpu")
-
-    def set_users(self, block: torch.Tensor, mine: torch.Tensor) -> None:
-        self._users = block[mine].numpy()
-
-    def scores(self, lo: int, hi: int) -> torch.Tensor:
-        s = self.popularity[lo:hi].expand(len(self._users), hi - lo).clone()
-        if self.boost is not None:
-            rows, cols = _csr_cells(self.boost, self._users, lo, hi)
-            s[rows, cols] += 1.0
-        return s
-
-
-def popularity(pairs: Pairs, num_items: int) -> torch.Tensor:
-    counts = np.bincount(pairs.items, minlength=num_items).astype(np.float64)
-    return torch.from_numpy(counts / (counts.max() + 1.0)).float()
-
-
-def _csr_cells(csr: CSR, users: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-    """(row in chunk, column - lo) of every CSR entry of `users` with item in [lo, hi)."""
-    starts, ends = csr.indptr[users], csr.indptr[users + 1]
-    counts = ends - starts
-    rows = np.repeat(np.arange(len(users)), counts)
-    offs = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    cols = csr.indices[np.repeat(starts, counts) + offs]
-    keep = (cols >= lo) & (cols < hi)
-    return rows[keep], cols[keep] - lo
 
 
 def chunk_sizes(num_users: int, num_items: int, memory_mb: int) -> tuple[int, int]:
@@ -262,7 +130,7 @@ def rank_top_k(scorer: Scorer, users: np.ndarray, k: int, mask: CSR | None, num_
             hi = min(num_items, lo + item_chunk)
             s = scorer.scores(lo, hi)
             if mask is not None:
-                rows, cols = _csr_cells(mask, uc, lo, hi)
+                rows, cols = mask.cells(uc, lo, hi)
                 s[torch.from_numpy(rows).to(dev), torch.from_numpy(cols).to(dev)] = -torch.inf
             top.push(s, lo)
         yield uc, top.values.cpu(), top.items.cpu()

@@ -18,10 +18,15 @@ import torch
 from torch import nn
 
 from mba_dist import config as C
-from mba_dist.dataset import Pairs, dedup_sorted
-from mba_dist.losses import Kind, Logits, Phase, l2, mba_loss, phase_of_step
-from mba_dist.models import DN_MODELS, DP_MODELS, FROZEN, Model, logits
-from mba_dist.sampler import Observed
+from mba_dist.data.pairs import Pairs, dedup_sorted
+from mba_dist.mba.losses import Logits, l2, mba_loss
+from mba_dist.mba.roles import DN_MODELS, DP_MODELS, FROZEN, Kind, Model, Phase, phase_of_step
+from mba_dist.data.sampler import Observed
+
+
+def logits(u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+    """MF logit per row: <u_b, i_b>; [B, d] x [B, d] -> [B] (the authors' per-model form)."""
+    return (u * i).sum(-1)
 
 
 def synthetic_pairs(num_users: int, num_items: int, rows: int, seed: int = 0) -> Pairs:

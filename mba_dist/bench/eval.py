@@ -19,13 +19,16 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from mba_dist.bench_step import sync
-from mba_dist.dataset import CSR, Pairs, dedup_sorted
-from mba_dist.evaluate import chunk_sizes, evaluate, mba_scorer, mf_scorer, rank_top_k
+from mba_dist.bench.step import sync
+from mba_dist.data.pairs import CSR, Pairs, dedup_sorted
+from mba_dist.eval.ranking import chunk_sizes, evaluate, rank_top_k
+from mba_dist.eval.scorers import mba_scorer, mf_scorer
+from mba_dist.files import atomic_write_bytes
 
 TAOBAO_SHAPE = (48_658, 39_395)
 
@@ -130,7 +133,7 @@ def _memory_worker(num_items: int, num_users: int, memory_mb: int, dim: int) -> 
 def eval_memory(num_items: int = 1_000_000, num_users: int = 2048, memory_mb: int = 256,
                 dim: int = 32) -> dict:
     """Peak RSS growth of one MBA-scorer evaluation, measured in a fresh process."""
-    code = ("import json, sys; from mba_dist.bench_eval import _memory_worker; "
+    code = ("import json, sys; from mba_dist.bench.eval import _memory_worker; "
             f"print(json.dumps(_memory_worker({num_items}, {num_users}, {memory_mb}, {dim})))")
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
@@ -156,3 +159,18 @@ def markdown(speed: dict, memory: dict | None) -> str:
                   f"{memory['growth_mb']:.0f} MB against a budget of {memory['memory_mb']} MB, "
                   f"{memory['seconds']:.1f} s"]
     return "\n".join(lines)
+
+
+def run_bench_eval(out: Path, users: int, items: int, measured_users: int, memory_mb: int,
+                   memory_items: int, device: str) -> str:
+    """`mba-dist bench-eval`: speed (and peak memory unless memory_items <= 0), written as
+    bench_eval.json / .md under `out`; returns the report."""
+    speed = eval_speed(users, items, measured_users, memory_mb=memory_mb, device=device)
+    memory = None if memory_items <= 0 else eval_memory(memory_items, memory_mb=memory_mb)
+    report = markdown(speed, memory)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "bench_eval.json",
+                       json.dumps({"speed": speed, "memory": memory}, indent=2).encode())
+    atomic_write_bytes(out / "bench_eval.md", (report + "\n").encode())
+    return report

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mba_dist.dataset import unique_ints
-from mba_dist.sampler import NegativeSampler, Observed
+from mba_dist.data.pairs import contains, unique_ints
+from mba_dist.data.sampler import NegativeSampler, Observed
 
 _OBSERVED: dict[str, Observed] = {}
 
@@ -23,6 +23,11 @@ def keys_of(paths: list[str], num_items: int) -> np.ndarray:
 
 def union_keys(*keys: np.ndarray) -> np.ndarray:
     return unique_ints(np.concatenate(keys))
+
+
+def subtract_keys(a: np.ndarray, b: np.ndarray, num_items: int) -> np.ndarray:
+    """The sorted keys of `a` that are not in `b`."""
+    return a[~contains(b, a)]
 
 
 def _observed(ref, num_items: int) -> Observed:

@@ -17,15 +17,6 @@ from __future__ import annotations
 import numpy as np
 
 
-def contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Boolean mask: which `keys` are in `sorted_keys`."""
-    if len(sorted_keys) == 0:
-        return np.zeros(len(keys), dtype=bool)
-    pos = np.searchsorted(sorted_keys, keys)
-    pos[pos == len(sorted_keys)] = 0
-    return sorted_keys[pos] == keys
-
-
 class Observed:
     """Observed (user, item) pairs: their sorted int64 keys user*num_items+item and where each
     user's row of keys starts, for membership tests that search the user's row only."""

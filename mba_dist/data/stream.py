@@ -1,6 +1,7 @@
 """Streaming input: Ray Data reads the train Parquet files and feeds the Ray Train workers.
 
-Per stage (see `batches.StageInput`) the driver builds one lazy Ray dataset per part:
+Per stage of `mba.stages.stage_plan` the driver builds one lazy Ray dataset per part, each
+pair set by `pair_sets.build` (the definition the in-memory source uses too):
 
     read_parquet(train/<behavior>.parquet)            never whole in one process
       -> drop target pairs (part aux_only only)      map_batches, target keys
@@ -28,20 +29,13 @@ from typing import Iterator
 import numpy as np
 
 from mba_dist import config as C
-from mba_dist.batches import MBA_INPUT, MF_TRAIN_SETS, PART_KIND, Batch, StageInput, bpr_input
-from mba_dist.dataset import Dataset
-from mba_dist.stream_ops import add_negatives, drop_known, keys_of, union_keys
-
-
-def stage_plan(cfg: C.Config) -> list[StageInput]:
-    """Every stage `run_training` may run for this config (a reused stage is never read)."""
-    if cfg.method == "mf":
-        from mba_dist.baselines import main_model
-        return [bpr_input(main_model(cfg), MF_TRAIN_SETS[cfg.mf_train_on])]
-    plan = [bpr_input("pre_f", "target"), bpr_input("pre_g", "aux")]
-    if cfg.train.merged_baseline:
-        plan.append(bpr_input("mf_merged", "merged"))
-    return plan + [MBA_INPUT]
+from mba_dist.data import pair_sets
+from mba_dist.data.batches import Batch
+from mba_dist.data.dataset import Dataset
+from mba_dist.data.stream_ops import (add_negatives, drop_known, keys_of, subtract_keys,
+                                      union_keys)
+from mba_dist.errors import ConfigError
+from mba_dist.mba.stages import PART_KIND, StageInput, stage_plan
 
 
 def shard_name(stage: StageInput, part: str) -> str:
@@ -50,77 +44,80 @@ def shard_name(stage: StageInput, part: str) -> str:
 
 
 # ---- driver side ------------------------------------------------------------------------------
-def _train_files(cfg: C.Config, ds: Dataset) -> dict[str, list[tuple[str, str]]]:
-    """(split, behavior) files of each part the run trains on."""
-    files = {"target": [("train", cfg.data.target)]}
-    if cfg.train.select_on == "test":  # validation pairs are trained on (authors' protocol)
-        files["target"].append(("valid", cfg.data.target))
-    if C.needs_aux(cfg):
-        files["aux"] = [("train", cfg.data.aux)]
-    return files
-
-
-def _rows(ds: Dataset, splits: list[tuple[str, str]]) -> int:
-    return sum(ds.meta["splits"][s][b]["rows"] for s, b in splits)
-
-
 def train_rows(cfg: C.Config, data_dir) -> int:
     """Train pairs the run reads (from meta.json)."""
-    ds = Dataset(data_dir)
-    return sum(_rows(ds, splits) for splits in _train_files(cfg, ds).values())
+    return sum(pair_sets.role_rows(cfg, Dataset(data_dir)).values())
+
+
+class _RowOps:
+    """`pair_sets.SetOps` over lazy Ray datasets of (user, item) rows."""
+
+    def __init__(self, plan: "StreamPlan"):
+        self.plan = plan
+
+    def read(self, role: str):
+        import ray
+        return ray.data.read_parquet(self.plan.files[role]).select_columns(["user", "item"])
+
+    def minus(self, a, role: str):
+        return a.map_batches(drop_known, fn_kwargs={"keys_ref": self.plan.keys(role),
+                                                    "num_items": self.plan.ds.num_items},
+                             batch_format="numpy")
+
+    def union(self, parts: list):
+        return parts[0].union(*parts[1:])
+
+
+class _KeyOps:
+    """`pair_sets.SetOps` over sorted key arrays in the object store (built by Ray tasks)."""
+
+    def __init__(self, plan: "StreamPlan"):
+        self.plan = plan
+
+    def read(self, role: str):
+        import ray
+        return ray.remote(keys_of).remote(self.plan.files[role], self.plan.ds.num_items)
+
+    def minus(self, a, role: str):
+        import ray
+        return ray.remote(subtract_keys).remote(a, self.plan.keys(role), self.plan.ds.num_items)
+
+    def union(self, parts: list):
+        import ray
+        return ray.remote(union_keys).remote(*parts)
 
 
 class StreamPlan:
     """The driver's lazy Ray datasets for every stage of a config, keyed by shard name."""
 
     def __init__(self, cfg: C.Config, data_dir: str):
-        import ray
-
         self.cfg, self.ds = cfg, Dataset(data_dir)
-        ds, n = self.ds, self.ds.num_items
-        self.files, self.rows = {}, {}
-        for part, splits in _train_files(cfg, ds).items():
-            for split, behavior in splits:
-                ds.pairs_file(split, behavior)  # a clear error when listed but missing
-            self.files[part] = [str(ds.path(s, b)) for s, b in splits]
-            self.rows[part] = _rows(ds, splits)
-            if self.rows[part] == 0:
-                raise ValueError(f"{ds.root}: the {part} behavior has no train pairs")
-        remote_keys = ray.remote(keys_of)
-        self.keys = {part: remote_keys.remote(paths, n) for part, paths in self.files.items()}
-        if "aux" in self.keys:
-            self.keys["merged"] = ray.remote(union_keys).remote(self.keys["target"],
-                                                                 self.keys["aux"])
+        pair_sets.check_dataset(cfg, self.ds)
+        self.files = {role: [str(self.ds.path(s, b)) for s, b in splits]
+                      for role, splits in pair_sets.role_files(cfg, self.ds).items()}
+        self.rows = pair_sets.role_rows(cfg, self.ds)
+        self._keys: dict[str, object] = {}
 
-    def _part(self, part: str):
-        n = self.ds.num_items
-        if part == "aux_only":
-            return self._read("aux").map_batches(
-                drop_known, fn_kwargs={"keys_ref": self.keys["target"], "num_items": n},
-                batch_format="numpy")
-        return self._read(part)
+    def keys(self, name: str):
+        """The object-store ref of a pair set's sorted keys, built once."""
+        if name not in self._keys:
+            self._keys[name] = pair_sets.build(name, _KeyOps(self))
+        return self._keys[name]
 
-    def _read(self, part: str):
-        import ray
-        return ray.data.read_parquet(self.files[part]).select_columns(["user", "item"])
-
-    def _sampled(self, parts: list, exclude: str):
-        ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
-        keys = self.keys[exclude] if self.cfg.train.negatives == "exclude" else None
-        return ds.random_shuffle().map_batches(
+    def _sampled(self, stage: StageInput, part: str):
+        keys = self.keys(stage.exclude) if self.cfg.train.negatives == "exclude" else None
+        return pair_sets.build(part, _RowOps(self)).random_shuffle().map_batches(
             add_negatives, fn_kwargs={"keys_ref": keys, "num_items": self.ds.num_items},
             batch_format="numpy")
 
     def datasets(self) -> dict:
         out = {}
         for stage in stage_plan(self.cfg):
-            parts = list(stage.parts)
             if stage.by_kind:
-                for p in parts:
-                    out[shard_name(stage, p)] = self._sampled([self._part(p)], stage.exclude)
+                for p in stage.parts:
+                    out[shard_name(stage, p)] = self._sampled(stage, p)
             else:
-                out[shard_name(stage, "")] = self._sampled([self._part(p) for p in parts],
-                                                           stage.exclude)
+                out[shard_name(stage, "")] = self._sampled(stage, stage.union)
         return out
 
     def part_rows(self) -> dict[str, int]:
@@ -135,15 +132,15 @@ class StreamPlan:
 class StreamSource:
     """Batches from this worker's Ray Data shards (one per shard name)."""
 
-    def __init__(self, shards: dict, batch_size: int, world: int, seed: int, batch_order: str,
+    def __init__(self, shards: dict, train: C.TrainConfig, batch_order: str, world: int,
                  part_rows: dict[str, int]):
-        self.shards, self.local = shards, batch_size // world
-        self.seed, self.batch_order, self.part_rows = seed, batch_order, part_rows
+        self.shards, self.local = shards, train.batch_size // world
+        self.seed, self.batch_order, self.part_rows = train.seed, batch_order, part_rows
 
     def check(self, stage: StageInput) -> None:
         for p in (stage.parts if stage.by_kind else ("",)):
             if shard_name(stage, p) not in self.shards:
-                raise ValueError(f"stage {stage.name}: no dataset shard {shard_name(stage, p)!r}")
+                raise ConfigError(f"stage {stage.name}: no dataset shard {shard_name(stage, p)!r}")
 
     def _iter(self, name: str, kind) -> Iterator[Batch]:
         for b in self.shards[name].iter_batches(batch_size=self.local, drop_last=True,

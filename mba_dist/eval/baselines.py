@@ -17,17 +17,14 @@ import csv
 import io
 
 from mba_dist import config as C
-from mba_dist.dataset import CSR
-from mba_dist.evaluate import MemoryScorer, Scorer, evaluate, mba_scorer, mf_scorer, popularity
-from mba_dist.models import Model
+from mba_dist.data.pairs import CSR
+from mba_dist.eval.ranking import evaluate
+from mba_dist.eval.scorers import MemoryScorer, Scorer, mba_scorer, mf_scorer, popularity
+from mba_dist.mba.roles import Model
+from mba_dist.mba.stages import main_model
 
 Weights = dict[str, dict[str, tuple]]  # stage name -> model name -> (user, item) factors
 COLUMNS = ["recall@10", "recall@20", "ndcg@10", "ndcg@20"]
-
-
-def main_model(cfg: C.Config) -> str:
-    """The row (and stage) name of a run's own model."""
-    return f"mf_{cfg.mf_train_on}" if cfg.method == "mf" else "mba"
 
 
 def model_scorer(cfg: C.Config, stages: Weights) -> Scorer:
@@ -39,7 +36,7 @@ def model_scorer(cfg: C.Config, stages: Weights) -> Scorer:
 
 
 def scorers(cfg: C.Config, data, stages: Weights) -> dict[str, Scorer]:
-    """Every row the stages allow, in the table's order; `data` is a `train.TrainData`."""
+    """Every row the stages allow, in the table's order; `data` is a `data.train_data.TrainData`."""
     pop = popularity(data.target, data.num_items)
     out: dict[str, Scorer] = {"mostpop": MemoryScorer(pop)}
     if cfg.method == "mf":

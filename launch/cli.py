@@ -16,13 +16,14 @@ import argparse
 import dataclasses
 import json
 import platform
-import shutil
 import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
+
+from mba_dist.errors import ArgumentError, InputError
 
 
 def _progress_bar():
@@ -38,7 +39,7 @@ def _progress_bar():
             bars[stage] = tqdm(total=total, desc=f"{stage:>10}", unit="ep", dynamic_ncols=True,
                                mininterval=1.0, file=sys.stderr)
         bar = bars[stage]
-        from mba_dist.train import selected
+        from mba_dist.train.fit import selected
         sel = selected(info)
         post = {"loss": f"{info['loss']:.4f}", "trip/s": f"{info['triples_per_s']:,}"}
         if sel:
@@ -53,10 +54,8 @@ def _progress_bar():
     return progress, close
 
 
-def format_table(metrics: dict) -> str:
+def format_table(metrics: dict, markdown) -> str:
     """Markdown table of the run's model beside its baselines, and how it was selected."""
-    from mba_dist.baselines import markdown
-
     return (markdown(metrics["baselines"], highlight=metrics["model"]) + "\n\n"
             f"model selection: {metrics['selected_on']}; best epoch {metrics['best_epoch']}; "
             f"train wall time {metrics['wall_seconds']:.1f} s")
@@ -97,70 +96,73 @@ def _local_process_group(cfg):
     """torchrec tables need a process group; outside Ray Train we start a 1-rank gloo one."""
     if cfg.model.backend != "torchrec":
         return nullcontext()
-    from mba_dist.distenv import local_process_group
+    from mba_dist.dist.local import local_process_group
 
     return local_process_group()
 
 
 def cmd_run(a) -> int:
     from mba_dist import config as C
-    from mba_dist.dataset import Dataset, atomic_write_bytes, unique_ints
-    from mba_dist.recommend import known_target_mask, top_n_table, write_table
-    from mba_dist.train import run_training
+    from mba_dist.data.dataset import Dataset
+    from mba_dist.data.pair_sets import check_dataset
+    from mba_dist.data.pairs import unique_ints
+    from mba_dist.eval.baselines import markdown
+    from mba_dist.run_dir import RunDir
 
     sets = list(a.set or [])
     if a.model:
         sets.append(f"method={a.model}")
+    # Every check before anything is written: config, world size, dataset, the earlier run of
+    # pretrain.from_run, and what the run directory holds.
     cfg = C.load_config(a.config, sets)
-    out = Path(a.out)
-    ds = Dataset(a.data)  # fail early on a bad dataset, before creating the run directory
-    if (out / "metrics.json").exists() and not a.overwrite:
-        raise FileExistsError(f"{out} holds a finished run (metrics.json); pass --overwrite or "
-                              "choose another --out")
-    if a.overwrite and not a.storage:
-        # Ray Train would resume the earlier run's last checkpoint from its storage here
-        shutil.rmtree(out / "ray", ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "log.jsonl").unlink(missing_ok=True)
-    C.dump_config(cfg, out / "config.yaml")
-    run_info = {"data": str(Path(a.data).resolve()), "config_file": a.config, "sets": sets,
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "python": platform.python_version()}
-    atomic_write_bytes(out / "run.json", json.dumps(run_info, indent=2).encode())
+    if a.local and a.workers != 1:
+        raise C.ConfigError("--local runs one in-process worker; drop --workers or --local")
+    C.validate_world(cfg, a.workers)
+    run = RunDir(a.out)
+    run.check_new_run(cfg, a.overwrite, a.storage)
+    ds = Dataset(a.data)
+    check_dataset(cfg, ds)
+    reused = None
+    if cfg.method == "mba" and cfg.pretrain.from_run:
+        reused = RunDir(cfg.pretrain.from_run).stages()
+        reused.check_reusable(cfg)
+    run.begin(cfg, {"data": str(Path(a.data).resolve()), "config_file": a.config, "sets": sets,
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "python": platform.python_version()}, a.overwrite, a.storage)
     if a.local:
-        if a.workers != 1:
-            raise ValueError("--local runs one in-process worker; drop --workers or --local")
+        from mba_dist.train.runner import run_training
+
         progress, close = _progress_bar()
         try:
             with _local_process_group(cfg):
-                metrics = run_training(cfg, a.data, out, progress)
+                metrics = run_training(cfg, a.data, run, progress, reused=reused)
         finally:
             close()
     else:
-        from mba_dist.ray_train import run_with_ray
+        from mba_dist.train.ray_job import run_with_ray
 
-        metrics = run_with_ray(cfg, a.data, out, num_workers=a.workers, use_gpu=a.gpu,
+        metrics = run_with_ray(cfg, a.data, run, num_workers=a.workers, use_gpu=a.gpu,
                                max_failures=a.max_failures, storage=a.storage,
-                               fresh=a.overwrite)
+                               fresh=a.overwrite, reused=reused)
     # Recommendations for every test user, raw ids, known purchases excluded.
-    from mba_dist.recommend import load_run
-
-    _, _, scorer = load_run(out)
     users = unique_ints(ds.pairs("test", ds.target).users)
-    table = top_n_table(scorer, ds, users, known_target_mask(cfg, ds), cfg.eval.top_n,
-                        cfg.eval.memory_mb)
-    write_table(out / "recommendations.parquet", table)
-    report = format_table(metrics)
-    atomic_write_bytes(out / "results.md", (report + "\n").encode())
+    table = run.load().recommendations(users, cfg.eval.top_n)
+    report = format_table(metrics, markdown)
+    run.write_results(report, table)
     print(report)
-    print(f"\noutputs in {out}/: metrics.json results.md recommendations.parquet log.jsonl "
+    print(f"\noutputs in {a.out}/: metrics.json results.md recommendations.parquet log.jsonl "
           "config.yaml checkpoints/")
     return 0
 
 
 def cmd_recommend(a) -> int:
-    from mba_dist.recommend import known_target_mask, load_run, top_n_table, write_table
+    from mba_dist.files import atomic_write_parquet
+    from mba_dist.run_dir import RunDir
 
-    cfg, ds, scorer = load_run(a.run)
+    if a.k < 1:
+        raise ArgumentError(f"--k must be at least 1, got {a.k}")
+    run = RunDir(a.run).load()
+    ds = run.ds
     if a.users_file:
         raw = [ln.strip() for ln in Path(a.users_file).read_text().splitlines() if ln.strip()]
     elif a.users:
@@ -168,9 +170,9 @@ def cmd_recommend(a) -> int:
     else:
         raw = None
     users = (np.arange(ds.num_users, dtype=np.int64) if raw is None else ds.dense_ids("user", raw))
-    table = top_n_table(scorer, ds, users, known_target_mask(cfg, ds), a.k, cfg.eval.memory_mb)
+    table = run.recommendations(users, a.k)
     if a.out:
-        write_table(Path(a.out), table)
+        atomic_write_parquet(Path(a.out), table)
         print(f"wrote {table.num_rows} rows to {a.out}", file=sys.stderr)
     else:
         for row in table.to_pylist():
@@ -179,116 +181,44 @@ def cmd_recommend(a) -> int:
 
 
 def cmd_evaluate(a) -> int:
-    from mba_dist import baselines
-    from mba_dist.dataset import atomic_write_bytes
-    from mba_dist.recommend import evaluate_run, load_run_config
+    from mba_dist.eval.baselines import csv_text, markdown
+    from mba_dist.mba.stages import main_model
+    from mba_dist.run_dir import RunDir, evaluate_run
 
-    run, cfg, _ = load_run_config(a.run)  # fail early on an incomplete run
+    run = RunDir(a.run)
+    finished = run.load()  # fail early on an incomplete run
     if a.workers > 1:
-        from mba_dist.distenv import run_local_ranks
+        from mba_dist.dist.local import run_local_ranks
 
-        tab = run_local_ranks(evaluate_run, a.workers, str(run), a.baselines)[0]
+        tab = run_local_ranks(evaluate_run, a.workers, str(run.root), a.baselines)[0]
     else:
-        tab = evaluate_run(run, a.baselines)
-    out = Path(a.out) if a.out else run
-    out.mkdir(parents=True, exist_ok=True)
+        tab = finished.evaluate(a.baselines)
     stem = "baselines" if a.baselines else "evaluation"
-    report = baselines.markdown(tab, highlight=baselines.main_model(cfg))
-    atomic_write_bytes(out / f"{stem}.md", (report + "\n").encode())
-    atomic_write_bytes(out / f"{stem}.csv", baselines.csv_text(tab).encode())
+    report = markdown(tab, highlight=main_model(finished.cfg))
+    out = run.write_report(stem, report, csv_text(tab), Path(a.out) if a.out else None)
     print(report)
     print(f"\nwrote {out / stem}.md and {stem}.csv", file=sys.stderr)
     return 0
 
 
 def cmd_bench_eval(a) -> int:
-    from mba_dist import bench_eval as B
-    from mba_dist.dataset import atomic_write_bytes
+    from mba_dist.bench.eval import run_bench_eval
 
-    speed = B.eval_speed(a.users, a.items, a.measured_users, memory_mb=a.memory_mb, device=a.device)
-    memory = None if a.memory_items <= 0 else B.eval_memory(a.memory_items, memory_mb=a.memory_mb)
-    report = B.markdown(speed, memory)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "bench_eval.json",
-                       json.dumps({"speed": speed, "memory": memory}, indent=2).encode())
-    atomic_write_bytes(out / "bench_eval.md", (report + "\n").encode())
-    print(report)
+    print(run_bench_eval(Path(a.out), a.users, a.items, a.measured_users, a.memory_mb,
+                         a.memory_items, a.device))
     return 0
-
-
-def _bench_rows(a, spec, workers: list[int]) -> list[dict]:
-    """The rows of `mba-dist bench`: MBA over the worker counts, then the reference rows."""
-    from mba_dist import bench_train as B
-
-    rows = B.run_workers(spec, workers, a.repeat, a.ray)
-    if a.device == "cpu" and max(workers) > 1:
-        # W workers on W cores can at best reach W x one worker on one core
-        one_core = B.run_workers(dataclasses.replace(spec, threads=1), [1], a.repeat, a.ray)[0]
-        rows.append({**one_core, "scaling_efficiency": None,
-                     "note": "per-core reference: W workers on W cores reach at most W x this"})
-    if not a.no_baselines:
-        print("side by side: plain-torch backend, tables only, authors'-style step, implicit BPR",
-              file=sys.stderr)
-        torch_row = B.run_workers(B.with_backend(spec, "torch", "sparse_adam"), [1], a.repeat,
-                                  a.ray)[0]
-        rows.append({**torch_row, "scaling_efficiency": None})
-        floor = B.run_workers(dataclasses.replace(spec, step="tables"), [1], a.repeat, a.ray)[0]
-        rows.append({**floor, "scaling_efficiency": None,
-                     "note": "the same lookups and fused updates, no MBA maths: the floor"})
-        rows += B.baseline_rows(spec, authors_steps=max(2, a.steps // 10))
-    return rows
 
 
 def cmd_bench(a) -> int:
     """MBA step throughput over worker counts, beside the authors'-style step, implicit's BPR
     and the plain-torch backend, on the same data."""
-    from mba_dist import bench_train as B
-    from mba_dist import config as C
-    from mba_dist.dataset import Dataset, atomic_write_bytes
+    from mba_dist.bench.suite import Suite, run_suite
 
-    workers = [int(w) for w in a.workers.split(",")]
-    if a.repeat < 1:
-        raise SystemExit(f"mba-dist bench: --repeat must be at least 1, got {a.repeat}")
-    # Read here: a missing or bad config fails before any worker starts, and workers (Ray Train
-    # ones run elsewhere, in another directory) get its content and the dataset's absolute path.
-    config = C.to_dict(C.load_config(a.config)) if a.config else None
-    data = str(Path(a.data).resolve()) if a.data else None
-    if data:
-        Dataset(data)  # a missing or incomplete dataset: one clear line, here
-    spec = B.BenchSpec(data=data, config=config, users=a.users, items=a.items, rows=a.rows,
-                       batch=a.batch, steps=a.steps, warmup=a.warmup, device=a.device,
-                       optim=a.optim)
-    what = f"dataset {a.data}" if a.data else f"synthetic {a.users:,} x {a.items:,}, {a.rows:,} rows"
-    where = "Ray Train workers" if a.ray else "local processes"
-    print(f"benchmarking the MBA step on {what}, workers {workers} ({where}), global batch "
-          f"{a.batch}, {a.steps} steps after {a.warmup}", file=sys.stderr)
-    started_ray = False
-    if a.ray:  # one Ray session for every row (each row's workers are a new Ray Train run)
-        from mba_dist.ray_train import init_ray
-        started_ray = init_ray()
-    try:
-        rows = _bench_rows(a, spec, workers)
-    finally:
-        if started_ray:
-            import ray
-            ray.shutdown()
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if a.profile:  # one more 1-worker run under the profiler, local (the file is written here)
-        print("profiling the 1-worker step", file=sys.stderr)
-        B.run_workers(dataclasses.replace(spec, profile_table=str((out / "profile.txt").resolve())),
-                      [1])
-    report = B.markdown(rows, f"MBA step, {what}, global batch {a.batch} ({a.device})")
-    report += B.ratios(rows)
-    atomic_write_bytes(out / "bench.md", (report + "\n").encode())
-    atomic_write_bytes(out / "bench.csv", B.csv_text(rows).encode())
-    atomic_write_bytes(out / "bench.json", json.dumps(rows, indent=2).encode())
-    png = B.plot_png(rows, out / "bench.png")
-    print(report)
-    print(f"\nwrote {out}/bench.md, bench.csv, bench.json" + (", bench.png" if png else
-          " (no bench.png: matplotlib is not installed)") + (", profile.txt" if a.profile else ""),
-          file=sys.stderr)
+    print(run_suite(Suite(workers=[int(w) for w in a.workers.split(",")], data=a.data,
+                          config=a.config, users=a.users, items=a.items, rows=a.rows,
+                          batch=a.batch, steps=a.steps, warmup=a.warmup, optim=a.optim,
+                          repeat=a.repeat, device=a.device, baselines=not a.no_baselines,
+                          profile=a.profile, ray=a.ray), Path(a.out)))
     return 0
 
 
@@ -416,8 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     try:
         return a.fn(a)
-    except (ValueError, FileExistsError, FileNotFoundError) as e:
-        # Input problems (config, dataset, raw files, run dirs) end with one clear line.
+    except InputError as e:
+        # What the user can fix (config, dataset, raw files, run dirs, checkpoints) ends with
+        # one clear line; every other exception keeps its traceback.
         print(f"mba-dist {a.cmd}: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,98 @@
+"""A prepared dataset (layout in `data.format`), loaded lazily split by split."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from mba_dist.data.format import FORMAT_VERSION, SPLITS, pairs_path
+from mba_dist.data.pairs import Pairs
+from mba_dist.errors import DatasetError
+
+
+class Dataset:
+    """A prepared dataset, loaded lazily split by split."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        meta_path = self.root / "meta.json"
+        if not self.root.is_dir():
+            raise DatasetError(f"dataset directory {self.root} does not exist")
+        if not meta_path.is_file():
+            raise DatasetError(f"{meta_path} is missing: is {self.root} a prepared dataset?")
+        try:
+            self.meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{meta_path}: not valid JSON ({e})") from None
+        if self.meta.get("format_version") != FORMAT_VERSION:
+            raise DatasetError(f"{meta_path}: format_version {self.meta.get('format_version')!r}, "
+                               f"this mba-dist reads {FORMAT_VERSION}")
+        self.num_users = int(self.meta["num_users"])
+        self.num_items = int(self.meta["num_items"])
+        self.target = str(self.meta["target"])
+        self._cache: dict[tuple[str, str], Pairs] = {}
+
+    def behaviors(self, split: str) -> list[str]:
+        return sorted(self.meta["splits"].get(split, {}))
+
+    def has(self, split: str, behavior: str) -> bool:
+        return behavior in self.meta["splits"].get(split, {})
+
+    def path(self, split: str, behavior: str) -> Path:
+        return pairs_path(self.root, split, behavior)
+
+    def pairs_file(self, split: str, behavior: str) -> Path:
+        """The Parquet file of one split and behavior; a clear error when it is not there."""
+        if not self.has(split, behavior):
+            have = {s: self.behaviors(s) for s in SPLITS if self.behaviors(s)}
+            raise DatasetError(f"{self.root}: no {split!r} split of behavior {behavior!r} "
+                               f"(the dataset has {have})")
+        path = self.path(split, behavior)
+        if not path.is_file():
+            raise DatasetError(f"{path} is listed in meta.json but missing")
+        return path
+
+    def pairs(self, split: str, behavior: str) -> Pairs:
+        key = (split, behavior)
+        if key not in self._cache:
+            path = self.pairs_file(split, behavior)
+            t = pq.read_table(path, columns=["user", "item"])
+            p = Pairs(t.column("user").to_numpy().astype(np.int64),
+                      t.column("item").to_numpy().astype(np.int64))
+            if len(p) and (p.users.max() >= self.num_users or p.items.max() >= self.num_items
+                           or p.users.min() < 0 or p.items.min() < 0):
+                raise DatasetError(f"{path}: ids outside [0, num_users) x [0, num_items)")
+            self._cache[key] = p
+        return self._cache[key]
+
+    def raw_ids(self, entity: str, ids: np.ndarray) -> np.ndarray:
+        """Dense ids -> the raw ids of the input files (identity when no map is stored)."""
+        path = self.root / f"{entity}_map.parquet"
+        if not path.is_file():
+            return ids
+        raw = pq.read_table(path).column("raw").to_numpy(zero_copy_only=False)
+        return raw[ids]
+
+    def dense_ids(self, entity: str, raw: list[str]) -> np.ndarray:
+        """Raw ids (as typed on a command line) -> dense ids; unknown ones raise, naming them."""
+        path = self.root / f"{entity}_map.parquet"
+        n = self.num_users if entity == "user" else self.num_items
+        if path.is_file():
+            t = pq.read_table(path)
+            lookup = {str(r): int(i) for r, i in zip(t.column("raw").to_pylist(),
+                                                      t.column("id").to_pylist())}
+        else:
+            lookup = None
+        out, unknown = [], []
+        for r in raw:
+            if lookup is not None:
+                v = lookup.get(str(r))
+            else:
+                v = int(r) if str(r).lstrip("-").isdigit() and 0 <= int(r) < n else None
+            (unknown.append(r) if v is None else out.append(v))
+        if unknown:
+            shown = ", ".join(map(str, unknown[:10])) + (" ..." if len(unknown) > 10 else "")
+            raise DatasetError(f"{self.root}: unknown {entity} id(s): {shown}")
+        return np.asarray(out, dtype=np.int64)

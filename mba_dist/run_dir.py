@@ -1,0 +1,252 @@
+"""`RunDir`: the one owner of a run directory.
+
+    RUN/config.yaml                  the resolved config
+    RUN/run.json                     dataset path, config file, overrides, start time
+    RUN/log.jsonl                    one record per epoch (rank 0)
+    RUN/checkpoints/<stage>.pt       each finished stage's best weights (`train.checkpoint`)
+    RUN/metrics.json                 test metrics and the baseline table: the run finished
+    RUN/results.md                   the table as printed
+    RUN/recommendations.parquet      top-N lists of every test user, raw ids
+    RUN/ray/                         Ray Train's storage: resumable states (unless --storage)
+    RUN/{baselines,evaluation}.{md,csv}   written by `mba-dist evaluate`
+
+Nothing else in the package writes into a run directory: the worker function hands its records,
+stage checkpoints and metrics to a `RunDir` (`train.runner.RunOutputs`). Every decision about a
+directory is taken here and *before* anything is written (`check_new_run`): a finished run is
+never overwritten without `--overwrite`, a resumable state of another config is refused, so a
+rejected command changes nothing on disk. `load` reads a finished run back (`FinishedRun`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from mba_dist import config as C
+from mba_dist.data.dataset import Dataset
+from mba_dist.data.pairs import CSR
+from mba_dist.data.train_data import TrainData
+from mba_dist.errors import RunError
+from mba_dist.eval import baselines
+from mba_dist.eval.export import top_n_table
+from mba_dist.eval.scorers import Scorer
+from mba_dist.files import atomic_write_bytes, atomic_write_parquet
+from mba_dist.mba.stages import main_model
+from mba_dist.train import checkpoint
+
+RESUME_STATE_FILES = ("state.pt",)  # what a resumable state is called in Ray's storage
+
+
+class RunDir:
+    """Paths, decisions and writers of one run directory (picklable: workers get it)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+
+    # ---- paths -----------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "log.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    def stage_path(self, name: str) -> Path:
+        return self.checkpoints / f"{name}.pt"
+
+    def ray_storage(self, storage: str | None) -> str:
+        return storage or str(self.root / "ray")
+
+    def ray_run_name(self, storage: str | None, fresh: bool) -> str:
+        """The Ray Train run a job resumes from when it is submitted again. Under RUN/ray it is
+        the run directory's own ("mba-dist"; `--overwrite` clears RUN/ray first). In a shared
+        `storage` it is keyed by the run directory, so runs do not resume each other's
+        checkpoints, and a `fresh` start (`--overwrite`) gets a new one."""
+        if storage is None:
+            return "mba-dist"
+        name = f"mba-dist-{self.root.name}-{hashlib.sha1(str(self.root).encode()).hexdigest()[:8]}"
+        return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}" if fresh else name
+
+    # ---- decisions (before anything is written) ---------------------------------------------
+    def check_new_run(self, cfg: C.Config, overwrite: bool, storage: str | None = None) -> None:
+        """Whether `mba-dist run` may train `cfg` into this directory: not over a finished run
+        without `overwrite`, and not on top of a resumable state of another config."""
+        if self.root.exists() and not self.root.is_dir():
+            raise RunError(f"{self.root} exists and is not a directory")
+        if self.metrics_path.exists() and not overwrite:
+            raise RunError(f"{self.root} holds a finished run (metrics.json); pass --overwrite "
+                           "or choose another --out")
+        if overwrite or storage is not None:
+            return  # a fresh Ray Train run: nothing is resumed
+        state = self.latest_resume_state()
+        if state is not None:
+            try:
+                checkpoint.check_resumable(checkpoint.load_resume_state(state), cfg)
+            except C.ConfigError as e:
+                raise C.ConfigError(f"{self.root} holds an unfinished run that would resume "
+                                    f"({state.relative_to(self.root)}): {e}; pass --overwrite to "
+                                    "start over") from None
+
+    def latest_resume_state(self) -> Path | None:
+        """The newest resumable state in the default Ray storage (RUN/ray), if any."""
+        ray_dir = self.root / "ray"
+        found = [p for name in RESUME_STATE_FILES for p in ray_dir.rglob(name)] \
+            if ray_dir.is_dir() else []
+        return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+    # ---- writers ------------------------------------------------------------------------------
+    def begin(self, cfg: C.Config, info: dict, overwrite: bool, storage: str | None = None) -> None:
+        """Start a run (after `check_new_run`): the config and run.json, a fresh log."""
+        if overwrite and storage is None:
+            # Ray Train would resume the earlier run's last checkpoint from its storage here
+            shutil.rmtree(self.root / "ray", ignore_errors=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.log_path.unlink(missing_ok=True)
+        atomic_write_bytes(self.config_path, C.config_yaml(cfg).encode())
+        atomic_write_bytes(self.root / "run.json", json.dumps(info, indent=2).encode())
+
+    def append_log(self, record: dict) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def rewrite_log(self, records: list[dict]) -> None:
+        atomic_write_bytes(self.log_path, "".join(json.dumps(r) + "\n" for r in records).encode())
+
+    def save_stage(self, name: str, blob: bytes) -> None:
+        atomic_write_bytes(self.stage_path(name), blob)
+
+    def write_metrics(self, metrics: dict) -> None:
+        atomic_write_bytes(self.metrics_path, json.dumps(metrics, indent=2).encode())
+
+    def write_results(self, report: str, recommendations) -> None:
+        atomic_write_parquet(self.root / "recommendations.parquet", recommendations)
+        atomic_write_bytes(self.root / "results.md", (report + "\n").encode())
+
+    def write_report(self, stem: str, markdown: str, csv: str, dest: Path | None = None) -> Path:
+        """`mba-dist evaluate`'s STEM.md and STEM.csv, in the run or in `dest`."""
+        out = Path(dest) if dest is not None else self.root
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out / f"{stem}.md", (markdown + "\n").encode())
+        atomic_write_bytes(out / f"{stem}.csv", csv.encode())
+        return out
+
+    @contextmanager
+    def staged_resume_state(self, state: dict, filename: str) -> Iterator[str]:
+        """A temporary directory holding `state` as `filename`, for Ray Train to copy into the
+        run's storage (`train.ray_job.RayCheckpoints`)."""
+        with tempfile.TemporaryDirectory(prefix="mba-dist-ckpt-") as d:
+            atomic_write_bytes(Path(d) / filename, checkpoint.resume_bytes(state))
+            yield d
+
+    # ---- reading -----------------------------------------------------------------------------
+    def read_metrics(self) -> dict:
+        return json.loads(self.metrics_path.read_text())
+
+    def stages(self) -> "StageFiles":
+        """The stage checkpoints of this run, finished or not (`pretrain.from_run`)."""
+        if not self.config_path.is_file():
+            raise RunError(f"{self.config_path} is missing: {self.root} is not an mba-dist run")
+        return StageFiles(self.root, C.load_config(self.config_path))
+
+    def load(self) -> "FinishedRun":
+        """A finished run: its config, dataset and stage checkpoints."""
+        for name in ("run.json", "config.yaml", "metrics.json"):
+            if not (self.root / name).is_file():
+                raise RunError(f"{self.root / name} is missing: {self.root} is not a finished "
+                               "mba-dist run")
+        try:
+            info = json.loads((self.root / "run.json").read_text())
+        except json.JSONDecodeError as e:
+            raise RunError(f"{self.root / 'run.json'}: not valid JSON ({e})") from None
+        return FinishedRun(self.root, C.load_config(self.config_path), Dataset(info["data"]))
+
+
+@dataclass
+class StageFiles:
+    """Stage checkpoints of a run directory (`train.runner.FinishedStages`)."""
+
+    root: Path
+    cfg: C.Config
+
+    def has_stage(self, name: str) -> bool:
+        return (self.root / "checkpoints" / f"{name}.pt").is_file()
+
+    def stage_weights(self, name: str) -> checkpoint.Weights:
+        return checkpoint.load_stage_weights(self.root / "checkpoints" / f"{name}.pt")
+
+    def stage_info(self, name: str) -> dict:
+        path = self.root / "metrics.json"
+        return json.loads(path.read_text())["stages"].get(name, {}) if path.is_file() else {}
+
+    def check_reusable(self, cfg: C.Config) -> None:
+        """Whether `cfg` (method mba) can reuse this run's stage-1 models."""
+        if self.cfg.data.target != cfg.data.target:
+            raise C.ConfigError(f"pretrain.from_run {self.root}: target {self.cfg.data.target!r} "
+                                f"differs from data.target {cfg.data.target!r}")
+        needed = ["pre_f"] + (["pre_g"] if self.cfg.data.aux == cfg.data.aux else [])
+        for name in needed:
+            if not self.has_stage(name):
+                raise RunError(f"pretrain.from_run {self.root}: no {name} checkpoint yet")
+
+
+@dataclass
+class FinishedRun(StageFiles):
+    """A finished run read back: the scorer of its model, its evaluation, its top-N lists."""
+
+    ds: Dataset
+
+    def all_stage_weights(self) -> dict[str, checkpoint.Weights]:
+        found = sorted((self.root / "checkpoints").glob("*.pt"))
+        if not found:
+            raise RunError(f"{self.root / 'checkpoints'} holds no checkpoint")
+        return {p.stem: checkpoint.load_stage_weights(p) for p in found}
+
+    def scorer(self) -> Scorer:
+        """The scorer of the run's own model (the MF model of an mf run, or MBA's blend)."""
+        needed = [main_model(self.cfg)] if self.cfg.method == "mf" else ["mba", "pre_f"]
+        return baselines.model_scorer(self.cfg, {n: self.stage_weights(n) for n in needed})
+
+    def data(self) -> TrainData:
+        return TrainData.load(self.ds, self.cfg)
+
+    def known_target_mask(self) -> CSR:
+        """Every known train purchase of each user (train + validation pairs): never
+        recommended."""
+        return self.data().test_mask
+
+    def evaluate(self, with_baselines: bool = True, group=None) -> dict:
+        """{row: {split: metrics}}: the run's model, and the baselines it has checkpoints for."""
+        data = self.data()
+        stages = self.all_stage_weights()
+        rows = (baselines.scorers(self.cfg, data, stages) if with_baselines
+                else {main_model(self.cfg): baselines.model_scorer(self.cfg, stages)})
+        return baselines.table(self.cfg, data, rows, ("valid", "test", "truth"), group)
+
+    def recommendations(self, users: np.ndarray, n: int):
+        """Top-n lists of `users` (dense ids) in raw ids, known purchases excluded."""
+        return top_n_table(self.scorer(), self.ds, users, self.known_target_mask(), n,
+                           self.cfg.eval.memory_mb)
+
+
+def evaluate_run(root: str, with_baselines: bool) -> dict:
+    """`FinishedRun.evaluate` of a run directory: a module-level function, so that local ranks
+    (`dist.local.run_local_ranks`) can import it."""
+    return RunDir(root).load().evaluate(with_baselines)

@@ -1,0 +1,90 @@
+"""The plain-torch backend of `TableGroup`: one `nn.Embedding` per (model, entity).
+
+Sparse gradients for the scalable optimizers (`row_optim`'s updates: no sort of the ids, and on
+a GPU no host sync; `optim.torch_sparse`), whole-table Adam for the authors' dense mode.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from mba_dist.config import OptimConfig
+from mba_dist.errors import ConfigError
+from mba_dist.eval.scorers import LocalFactors
+from mba_dist.mba.roles import ENTITIES, Model, model_name
+from mba_dist.tables.base import Rows, TableGroup
+from mba_dist.tables.row_optim import RowAdagrad, RowAdam
+
+
+class TorchTableGroup(TableGroup):
+    """Plain `nn.Embedding` tables with a torch optimizer over the group."""
+
+    def __init__(self, models: Iterable[Model | str], num_users: int, num_items: int, dim: int,
+                 optim: OptimConfig | None, device: torch.device):
+        super().__init__()
+        self.models = tuple(model_name(m) for m in models)
+        optim_mode = optim.mode if optim is not None else None
+        sparse = optim_mode not in (None, "dense_adam")
+        self.tables = nn.ModuleDict({
+            f"{m}_{e}": nn.Embedding(num_users if e == "user" else num_items, dim, sparse=sparse,
+                                     device=device)
+            for m in self.models for e in ENTITIES})
+        params = list(self.tables.parameters())
+        if optim_mode is None:
+            self.requires_grad_(False)
+            self.opt = None
+        elif optim_mode == "dense_adam":
+            self.opt = torch.optim.Adam(params, lr=optim.lr)
+        elif optim_mode in ("sparse_adam", "adagrad"):
+            # optim.torch_sparse (config.py): auto is rows, no sort (and no host sync on a GPU)
+            rows = optim.torch_sparse in ("rows", "auto")
+            adam = optim_mode == "sparse_adam"
+            cls = (RowAdam if adam else RowAdagrad) if rows else (
+                torch.optim.SparseAdam if adam else torch.optim.Adagrad)
+            self.opt = cls(params, lr=optim.lr)
+        elif optim_mode == "sgd":
+            self.opt = torch.optim.SGD(params, lr=optim.lr)
+        else:
+            raise ConfigError(f"optim.mode {optim_mode!r} is not available with model.backend=torch "
+                             "(use dense_adam, sparse_adam, adagrad or sgd, or model.backend=torchrec)")
+
+    def lookup(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> Rows:
+        items = torch.stack([pos, neg], 1)  # [B, 2]: one item lookup gives [B, 2, d]
+        u = [self.tables[f"{m}_user"](users).unsqueeze(1) for m in self.models]
+        i = [self.tables[f"{m}_item"](items) for m in self.models]
+        return Rows(torch.cat(u + i, 1))
+
+    def weights(self, model: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(self.tables[f"{model}_{e}"].weight.detach().cpu().clone() for e in ENTITIES)
+
+    def load(self, model: str, user: torch.Tensor, item: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.tables[f"{model}_user"].weight.copy_(user)
+            self.tables[f"{model}_item"].weight.copy_(item)
+
+    def factors(self, model: str):
+        return LocalFactors(*(self.tables[f"{model}_{e}"].weight.detach() for e in ENTITIES))
+
+    def full_tables(self, model: str) -> list[torch.Tensor]:
+        return [self.tables[f"{model}_{e}"].weight for e in ENTITIES]
+
+    def step(self) -> None:
+        if self.opt is not None:
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+
+    def optimizer_state(self) -> dict:
+        return self.opt.state_dict() if self.opt is not None else {}
+
+    def state(self) -> dict:
+        return {"tables": {k: t.weight.detach().cpu().clone() for k, t in self.tables.items()},
+                "optim": self.optimizer_state()}
+
+    def load_state(self, state: dict) -> None:
+        with torch.no_grad():
+            for k, w in state["tables"].items():
+                self.tables[k].weight.copy_(w)
+        if self.opt is not None and state["optim"]:
+            self.opt.load_state_dict(state["optim"])

@@ -1,0 +1,274 @@
+"""The fit loop of a stage: epochs of steps, validation, early stopping, resumable states.
+
+`fit_stage` runs one stage (BPR pretraining of a model, or MBA) on one worker: it draws the
+stage's batches from the worker's source, calls the stage's step function (`train.steps`) on
+each, validates every `train.eval_every` epochs (or every `train.eval_every_steps` steps),
+keeps the best epoch's weights, stops when `patience` epochs passed since the best validation,
+and hands a resumable state to the checkpointer after each epoch.
+
+Model selection: on validation Recall@20; `train.select_on: test` is the authors' protocol
+(validation pairs folded back into training, selection on the test set), labelled as such.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Protocol
+
+import numpy as np
+import torch
+
+from mba_dist import config as C
+from mba_dist.data.batches import Batch, MemorySource
+from mba_dist.data.pairs import CSR, Pairs
+from mba_dist.data.train_data import TrainData
+from mba_dist.dist.collective import all_reduce_sum, rank_world
+from mba_dist.eval.ranking import evaluate
+from mba_dist.eval.scorers import Scorer, mba_scorer, mf_scorer
+from mba_dist.mba.roles import DN_MODELS, DP_MODELS, FROZEN, Model, Phase, phase_of_step
+from mba_dist.mba.stages import MBA_INPUT, StageInput
+from mba_dist.tables.base import TableGroup
+from mba_dist.tables.build import build_group
+from mba_dist.train import checkpoint
+from mba_dist.train.steps import L2, bpr_step, ids_on, mba_step
+
+Progress = Callable[[str, int, int, dict], None]  # (stage, epoch, max_epochs, info)
+
+
+class Source(Protocol):
+    """Where a stage's batches come from (`data.batches.MemorySource`, `data.stream.StreamSource`)."""
+
+    def check(self, stage: StageInput) -> None: ...
+
+    def epoch(self, stage: StageInput, epoch: int) -> Iterator[Batch]: ...
+
+
+class Checkpointer(Protocol):
+    """Called by every rank after every epoch; `state()` is collective (all ranks call it the
+    same epochs) and returns the resumable state (`checkpoint.resume_state`)."""
+
+    def epoch_end(self, record: dict, state: Callable[[], dict]) -> None: ...
+
+
+class NoCheckpoints:
+    def epoch_end(self, record: dict, state: Callable[[], dict]) -> None:
+        pass
+
+
+def no_progress(stage: str, epoch: int, total: int, info: dict) -> None:
+    pass
+
+
+def selected(record: dict) -> dict:
+    """The model-selection metrics of an epoch record ({} when the epoch did not validate)."""
+    return record.get("valid") or record.get("test") or {}
+
+
+@dataclass
+class FitState:
+    """The epoch loop's progress within a stage (saved in every resumable state)."""
+
+    epoch: int = 0  # last finished epoch
+    stage_steps: int = 0
+    best: dict = field(default_factory=lambda: {"recall@20": -1.0})
+    best_epoch: int = -1
+    best_weights: dict | None = None
+    history: list = field(default_factory=list)
+    seconds: float = 0.0
+    triples: int = 0
+
+
+@dataclass
+class StageResult:
+    name: str
+    weights: dict[str, tuple[torch.Tensor, torch.Tensor]]  # best epoch, per model
+    best_epoch: int
+    best_select: dict[str, float]
+    epochs_run: int
+    seconds: float
+    triples: int
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def triples_per_s(self) -> float:
+        return self.triples / max(self.seconds, 1e-9)
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+@dataclass
+class Worker:
+    """What every stage on one worker shares: the config, the data, where batches come from,
+    where records go, and the state that carries across stages."""
+
+    cfg: C.Config
+    data: TrainData
+    source: Source
+    device: torch.device = torch.device("cpu")
+    progress: Progress = no_progress
+    checkpointer: Checkpointer = field(default_factory=NoCheckpoints)
+    log: Callable[[dict], None] = lambda record: None  # one epoch record (rank 0 writes it)
+    global_step: int = 0
+    finished: dict[str, StageResult] = field(default_factory=dict)  # saved in resumable states
+    resume: dict | None = None  # a resumable state to continue from (`fit_stage`)
+
+    @classmethod
+    def of(cls, cfg: C.Config, data: TrainData, source: Source | None = None,
+           device: torch.device | None = None, **kw) -> "Worker":
+        """A worker of the current process group (or of none); default source: the pairs in
+        memory, split by rank."""
+        rank, world = rank_world()
+        C.validate_world(cfg, world)
+        if source is None:
+            source = MemorySource(data, cfg.train, cfg.mba.batch_order, rank, world)
+        return cls(cfg, data, source, device or torch.device("cpu"), **kw)
+
+    def group(self, models, trained: bool) -> TableGroup:
+        c, d = self.cfg, self.data
+        return build_group(models, d.num_users, d.num_items, c.model,
+                           c.optim if trained else None, self.device, c.train.seed)
+
+    def selection(self) -> tuple[Pairs, CSR, str]:
+        if self.cfg.train.select_on == "test":
+            return self.data.test, self.data.test_mask, "test"
+        return self.data.valid, self.data.mask, "valid"
+
+    def select_metrics(self, scorer: Scorer) -> dict[str, float]:
+        truth, mask, _ = self.selection()
+        return evaluate(scorer, truth, mask, self.data.num_users, self.data.num_items,
+                        self.cfg.eval.ks, self.cfg.eval.memory_mb)
+
+    def batches(self, stage: StageInput, epoch: int) -> Iterator[Batch]:
+        """The source's batches, capped at `train.max_steps_per_epoch` (the same cap on every
+        rank, so ranks stay in lockstep)."""
+        cap = self.cfg.train.max_steps_per_epoch
+        it = self.source.epoch(stage, epoch)
+        return itertools.islice(it, cap) if cap > 0 else it
+
+
+Step = Callable[[Batch], tuple[float, str | None]]  # a batch -> (loss, a tag counted per epoch)
+
+
+def _timed(it: Iterator[Batch], waited: list[float]) -> Iterator[Batch]:
+    """Adds the time spent waiting for each batch to waited[0] (`data_s` of the record)."""
+    while True:
+        t0 = time.perf_counter()
+        try:
+            b = next(it)
+        except StopIteration:
+            return
+        finally:
+            waited[0] += time.perf_counter() - t0
+        yield b
+
+
+def fit_stage(w: Worker, stage: StageInput, max_epochs: int, patience: int, step: Step,
+              scorer_of: Callable[[dict], Scorer], groups: list[TableGroup],
+              tags: tuple[str, ...] = ()) -> StageResult:
+    """The epoch loop of one stage (module docstring). Resumes from `w.resume` when it holds
+    this stage. `tags`: the step tags counted in every epoch record (MBA: its phases)."""
+    name = stage.name
+    f = FitState()
+    if w.resume is not None and w.resume["stage"] == name:
+        for g, gs in zip(groups, w.resume["groups"], strict=True):
+            g.load_state(gs)
+        w.global_step = w.resume["global_step"]
+        f = FitState(**w.resume["fit"])
+        w.resume = None
+    every, every_steps = w.cfg.train.eval_every, w.cfg.train.eval_every_steps
+    sel = w.selection()[2]
+    _, world = rank_world()
+
+    def validate(epoch: int) -> dict:
+        weights = {m: g.weights(m) for g in groups for m in g.models}
+        metrics = w.select_metrics(scorer_of(weights))
+        if metrics["recall@20"] > f.best["recall@20"]:
+            f.best, f.best_epoch, f.best_weights = metrics, epoch, weights
+        return {"step": f.stage_steps, **metrics}
+
+    stopped = f.best_weights is not None and f.epoch - f.best_epoch >= patience
+    for epoch in range(f.epoch + 1, max_epochs + 1):
+        if stopped:
+            break
+        t0 = time.perf_counter()
+        total, n, waited, mid_epoch = 0.0, 0, [0.0], []
+        counts = dict.fromkeys(tags, 0)
+        for batch in _timed(w.batches(stage, epoch), waited):
+            loss, tag = step(batch)
+            w.global_step += 1
+            f.stage_steps += 1
+            if tag is not None:
+                counts[tag] += 1
+            total += loss * len(batch.users)
+            n += len(batch.users)
+            if every_steps and f.stage_steps % every_steps == 0:
+                mid_epoch.append(validate(epoch))
+        dt = time.perf_counter() - t0
+        loss = total / max(n, 1)  # this rank's mean
+        if world > 1:  # every rank's triples
+            n = int(all_reduce_sum(torch.tensor([n], dtype=torch.int64)))
+        f.seconds += dt
+        f.triples += n
+        record = {"stage": name, "epoch": epoch, "step": w.global_step,
+                  "loss": loss,
+                  "triples": n, "data_s": round(waited[0], 3), **counts,
+                  "seconds": round(dt, 3), "triples_per_s": round(n / max(dt, 1e-9))}
+        if mid_epoch:
+            record[sel] = mid_epoch[-1]
+            record[f"{sel}_within_epoch"] = list(mid_epoch)
+        elif ((not every_steps and (epoch % every == 0 or epoch == max_epochs))
+              or (epoch == max_epochs and f.best_weights is None)):
+            record[sel] = validate(epoch)
+        w.log(record)
+        f.history.append(record)
+        f.epoch = epoch
+        w.progress(name, epoch, max_epochs, record)
+        stopped = f.best_weights is not None and epoch - f.best_epoch >= patience
+        w.checkpointer.epoch_end(record, lambda: checkpoint.resume_state(
+            w.cfg, {k: st.as_dict() for k, st in w.finished.items()}, name, w.global_step,
+            dataclasses.asdict(f), [g.state() for g in groups]))
+    return StageResult(name, f.best_weights, f.best_epoch, f.best, f.epoch, f.seconds,
+                       f.triples, f.history)
+
+
+def fit_bpr(w: Worker, stage: StageInput) -> StageResult:
+    """BPR-MF on the stage's pairs; the model is named after the stage."""
+    c = w.cfg
+    w.source.check(stage)
+    group = w.group([stage.name], trained=True)
+    reg = L2.of(c.optim, w.data.num_users)
+
+    def step(b: Batch) -> tuple[float, None]:
+        return bpr_step(group, c.pretrain.lambda0, reg, ids_on(w.device, b.users, b.pos, b.neg)), None
+
+    return fit_stage(w, stage, c.pretrain.epochs, c.pretrain.patience, step,
+                     lambda wts: mf_scorer(wts[stage.name]), [group])
+
+
+def fit_mba(w: Worker, pre_f: tuple[torch.Tensor, torch.Tensor],
+            pre_g: tuple[torch.Tensor, torch.Tensor]) -> StageResult:
+    """Stage 2: t with the DN/DP alternation, pre_f and pre_g frozen."""
+    c = w.cfg
+    frozen = w.group(FROZEN, trained=False)
+    frozen.load(Model.PRE_F.value, *pre_f)
+    frozen.load(Model.PRE_G.value, *pre_g)
+    t = w.group([Model.T], trained=True)
+    dn, dp = w.group(DN_MODELS, trained=True), w.group(DP_MODELS, trained=True)
+    w.source.check(MBA_INPUT)
+    w.global_step = 0  # the alternation starts with DP at the first MBA step (or the resumed one)
+    reg = L2.of(c.optim, w.data.num_users)
+
+    def step(b: Batch) -> tuple[float, str]:
+        phase = phase_of_step(w.global_step)
+        loss = mba_step(c.mba, reg, b.kind, phase, ids_on(w.device, b.users, b.pos, b.neg),
+                        frozen, t, dn if phase is Phase.DN else dp)
+        return loss, "dn_steps" if phase is Phase.DN else "dp_steps"
+
+    def scorer(wts: dict) -> Scorer:
+        return mba_scorer(wts[Model.T.value], pre_f, c.mba.beta)
+
+    return fit_stage(w, MBA_INPUT, c.mba.epochs, c.mba.patience, step, scorer, [t, dn, dp],
+                     tags=("dn_steps", "dp_steps"))

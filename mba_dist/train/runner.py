@@ -1,0 +1,146 @@
+"""The worker function: every stage of a config on a dataset, then the test metrics.
+
+`run_training(cfg, data_dir, out)` reads the prepared dataset, trains the stages of
+`mba.stages.stage_plan` in order (skipping those reused from `pretrain.from_run` or finished
+in a resumed state), reads the test set once for the selected epochs, and returns the content
+of `metrics.json`. It never creates a process group (a launcher or Ray Train does), and it
+writes nothing itself: rank 0 hands every record, stage checkpoint and the metrics to `out`
+(a `run_dir.RunDir`; any object with the `RunOutputs` methods).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from mba_dist import config as C
+from mba_dist.data.dataset import Dataset
+from mba_dist.data.train_data import TrainData
+from mba_dist.dist.collective import rank_world
+from mba_dist.eval import baselines
+from mba_dist.mba.roles import Model
+from mba_dist.mba.stages import MBA_INPUT, main_model, stage_plan
+from mba_dist.train import checkpoint
+from mba_dist.train.fit import (Checkpointer, Progress, Source, StageResult, Worker, fit_bpr,
+                                fit_mba, no_progress)
+
+TEST_SELECTION_LABEL = "test (authors' protocol: reproduction only, not a clean estimate)"
+
+
+class RunOutputs(Protocol):
+    """Where rank 0 puts what a run produces (`run_dir.RunDir`)."""
+
+    def append_log(self, record: dict) -> None: ...
+
+    def rewrite_log(self, records: list[dict]) -> None: ...
+
+    def save_stage(self, name: str, blob: bytes) -> None: ...
+
+    def write_metrics(self, metrics: dict) -> None: ...
+
+
+class FinishedStages(Protocol):
+    """A finished run's stage checkpoints and metrics (`run_dir.FinishedRun`)."""
+
+    cfg: C.Config
+
+    def stage_weights(self, name: str) -> checkpoint.Weights: ...
+
+    def has_stage(self, name: str) -> bool: ...
+
+    def stage_info(self, name: str) -> dict: ...
+
+
+def reuse_pretrained(earlier: FinishedStages, cfg: C.Config) -> dict[str, StageResult]:
+    """Stage-1 results of an earlier run (`pretrain.from_run`).
+
+    pre_f is reused when the earlier run had the same target; pre_g and mf_merged only when it
+    also had the same auxiliary behavior (otherwise the caller trains them)."""
+    names = ["pre_f"]
+    if earlier.cfg.data.aux == cfg.data.aux:
+        names.append("pre_g")
+        if cfg.train.merged_baseline and earlier.has_stage("mf_merged"):
+            names.append("mf_merged")
+    out = {}
+    for n in names:
+        info = earlier.stage_info(n)
+        out[n] = StageResult(n, earlier.stage_weights(n), info.get("best_epoch", -1),
+                             info.get("selection", {}), 0, 0.0, 0)
+    return out
+
+
+def run_training(cfg: C.Config, data_dir: str | Path, out: RunOutputs | None,
+                 progress: Progress = no_progress, source: Source | None = None,
+                 device: torch.device | None = None, checkpointer: Checkpointer | None = None,
+                 resume: dict | None = None, reused: FinishedStages | None = None) -> dict:
+    """The worker function (module docstring). Batches come from `source` (default: the
+    dataset's pairs in memory, split by rank). After every epoch `checkpointer` gets a
+    resumable state; `resume` (such a state) continues a run: its finished stages are kept and
+    its current stage goes on after the saved epoch. `reused`: the run of `pretrain.from_run`
+    (its stage-1 models are not trained again). `out` may be None (nothing is kept)."""
+    rank, _ = rank_world()
+    writer = out if rank == 0 else None  # rank 0 writes
+    data = TrainData.load(Dataset(data_dir), cfg)
+    w = Worker.of(cfg, data, source, device, progress=progress,
+                  log=writer.append_log if writer is not None else (lambda r: None))
+    if checkpointer is not None:
+        w.checkpointer = checkpointer
+    stages = w.finished
+
+    def keep(st: StageResult) -> None:
+        # Checkpointed as soon as it exists: a later failure never loses a finished stage, and
+        # `pretrain.from_run` can use a run still in progress.
+        if writer is not None:
+            writer.save_stage(st.name, checkpoint.stage_bytes(st.name, st.best_epoch, st.weights, cfg))
+        stages[st.name] = st
+
+    from_run: set[str] = set()
+    if cfg.method == "mba" and reused is not None:
+        for st in reuse_pretrained(reused, cfg).values():
+            keep(st)
+            from_run.add(st.name)
+    if resume is not None:
+        checkpoint.check_resumable(resume, cfg)
+        for name, d in resume["finished"].items():
+            stages[name] = StageResult(**d)
+        w.resume = resume
+        if writer is not None:  # the log restarts from the saved epoch
+            writer.rewrite_log([r for st in stages.values() for r in st.history]
+                               + resume["fit"]["history"])
+
+    t0 = time.perf_counter()
+    for stage in stage_plan(cfg):
+        # The merged baseline comes with a trained pre_g, not with one reused from a run.
+        if stage.name in stages or (stage.name == "mf_merged" and "pre_g" in from_run):
+            continue
+        if stage is MBA_INPUT:
+            keep(fit_mba(w, stages["pre_f"].weights[Model.PRE_F.value],
+                         stages["pre_g"].weights[Model.PRE_G.value]))
+        else:
+            keep(fit_bpr(w, stage))
+    wall = time.perf_counter() - t0
+
+    # The test set is read here, once, for the selected epochs.
+    main_name = main_model(cfg)
+    rows = baselines.scorers(cfg, data, {n: st.weights for n, st in stages.items()})
+    table = baselines.table(cfg, data, rows)
+    main = stages[main_name]
+    metrics = {
+        "method": cfg.method, "model": main_name,
+        "valid": main.best_select if cfg.train.select_on == "valid" else None,
+        "test": table[main_name]["test"],
+        "selected_on": TEST_SELECTION_LABEL if cfg.train.select_on == "test" else "valid",
+        "best_epoch": main.best_epoch,
+        "stages": {n: {"best_epoch": s.best_epoch, "epochs_run": s.epochs_run,
+                       "train_seconds": round(s.seconds, 2), "triples": s.triples,
+                       "triples_per_s": round(s.triples_per_s), "selection": s.best_select}
+                   for n, s in stages.items()},
+        "baselines": table, "wall_seconds": round(wall, 2),
+    }
+    if data.truth is not None:
+        metrics["truth"] = table[main_name]["truth"]
+    if writer is not None:
+        writer.write_metrics(metrics)
+    return metrics
