@@ -164,6 +164,8 @@ def cmd_recommend(a) -> int:
     run = RunDir(a.run).load()
     ds = run.ds
     if a.users_file:
+        if not Path(a.users_file).is_file():
+            raise ArgumentError(f"--users-file {a.users_file} does not exist")
         raw = [ln.strip() for ln in Path(a.users_file).read_text().splitlines() if ln.strip()]
     elif a.users:
         raw = [u.strip() for u in a.users.split(",") if u.strip()]

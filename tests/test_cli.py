@@ -191,3 +191,18 @@ def test_pretrained_models_reused_from_an_earlier_run(tiny_dataset, tmp_path):
     third = tmp_path / "third"
     assert main(["run", "--local", "--data", str(tiny_dataset), "--config", "configs/synthetic.yaml",
                  "--out", str(third)] + _sets(f"pretrain.from_run={first}", "data.aux=purchase")) == 2
+
+
+def test_only_input_errors_become_one_line(monkeypatch, capsys, tmp_path):
+    """What the user can fix is one line with exit 2; a bug keeps its traceback."""
+    import launch.cli as cli
+
+    assert main(["recommend", "--run", str(tmp_path), "--users-file", str(tmp_path / "no")]) == 2
+    assert "is not a finished mba-dist run" in capsys.readouterr().err
+
+    def bug(a):
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr(cli, "cmd_recommend", bug)
+    with pytest.raises(ValueError, match="an internal bug"):
+        main(["recommend", "--run", str(tmp_path)])

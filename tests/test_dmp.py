@@ -106,3 +106,18 @@ def test_two_rank_training_runs_in_lockstep(tiny_dataset, tmp_path):
     assert saved == ["mba.pt", "pre_f.pt", "pre_g.pt"]
     logged = (tmp_path / "two" / "log.jsonl").read_text().splitlines()
     assert len(logged) == sum(s["epochs_run"] for s in two[0]["stages"].values())  # rank 0 only
+
+
+def test_the_sharding_plan_can_be_printed():
+    from mba_dist.config import OptimConfig
+    from mba_dist.dist.local import local_process_group
+    from mba_dist.tables.plan import describe
+    from mba_dist.tables.torchrec_tables import TorchrecTableGroup
+
+    with local_process_group():
+        g = TorchrecTableGroup(["t", "h1_f"], 10, 7, 4, OptimConfig(mode="adagrad", lr=0.1),
+                               torch.device("cpu"))
+        text = describe(g.plan)
+    lines = text.splitlines()
+    assert len(lines) == 4  # user and item tables of two models
+    assert any(ln.endswith("t_user: table_wise on ranks [0]") for ln in lines), text

@@ -1,5 +1,5 @@
 """GPU benchmark in one command, for a machine with one NVIDIA GPU and torch (no Ray, no FBGEMM
-CUDA kernels): the trainer's MBA step on the plain-torch backend (`bench_train.bench_worker`, the
+CUDA kernels): the trainer's MBA step on the plain-torch backend (`bench.train.bench_worker`, the
 code `mba-dist bench` runs) at batch 2048 and 65536 on a Beibei-shaped and a 2M x 500k synthetic
 set, the authors'-style step beside it, a per-op profile of the step, and the evaluator's
 scores/s against a bare matrix product.

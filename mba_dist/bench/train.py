@@ -3,8 +3,9 @@
 Each worker count W runs the trainer's MBA step (`train.steps.mba_step`, the same function as
 training) on W gloo ranks (or NCCL GPUs) for `warmup + steps` global batches of a dataset or of synthetic
 pairs, batches from `MemorySource` (the rank's share of each global batch, negatives drawn by
-the vectorised sampler). The timed steps run under the torch profiler (CPU events), which reads
-the step's `record_function` ranges; per rank it reports:
+the vectorised sampler). Throughput comes from the timed steps alone; the split from
+`split_steps` more steps under the torch profiler (CPU events), which reads the step's
+`record_function` ranges and the collectives, as fractions of that segment. Per rank:
 
     data           next batch from the source (slicing + negative sampling; this loop's timer)
     forward        ("step.forward") lookups in every table group (sharded: includes the lookup all-to-all) + loss
@@ -72,8 +73,10 @@ class BenchSpec:
     device: str = "cpu"
     threads: int | None = None  # torch threads per worker (None: the host's cores / workers)
     overrides: tuple[str, ...] = ()  # further `key=value` config settings (`--set`)
-    # write the profiler's per-op table of the timed steps (rank 0) to this file; the row's
-    # figures then include the profiler's overhead
+    # steps after the timed ones run under the profiler for the time split (its overhead stays
+    # out of the throughput); with `profile_table` the profiler's per-op table of `steps` such
+    # steps (rank 0) is written to this file
+    split_steps: int = 20
     profile_table: str | None = None
     # "mba": `train.steps.mba_step`; "tables": `tables_step`, the tables' own floor
     step: Literal["mba", "tables"] = "mba"
@@ -128,43 +131,58 @@ def bench_worker(spec: BenchSpec, data=None) -> dict | None:
             yield from src.epoch(MBA_INPUT, epoch)
 
     it = batches()
-    prof = None
-    data_s, triples = 0.0, 0
-    for s in range(spec.warmup + spec.steps):
-        if s == spec.warmup:
-            if dist.is_initialized():
-                dist.barrier()
-            data_s, triples = 0.0, 0
-            # The step's parts are its record_function ranges (train.steps); a profiler of
-            # CPU events (and with --profile GPU ones) reads them and the collectives' time.
-            acts = [torch.profiler.ProfilerActivity.CPU]
-            if dev.type == "cuda" and spec.profile_table:
-                acts.append(torch.profiler.ProfilerActivity.CUDA)
-            prof = torch.profiler.profile(activities=acts)
-            prof.__enter__()
-            t_start = time.perf_counter()
-        t0 = time.perf_counter()
-        kind, u, pos, neg = next(it)
-        data_s += time.perf_counter() - t0
-        phase = phase_of_step(s)
-        ids = ids_on(dev, u, pos, neg)
-        h = dn if phase is Phase.DN else dp
-        if spec.step == "mba":
-            mba_step(cfg.mba, reg, kind, phase, ids, frozen, t, h)
-        else:
-            tables_step(ids, frozen, t, h)
-        triples += len(u)
-    sync(dev)
+
+    def run(n: int, first: int) -> tuple[float, int]:
+        """n steps from global step `first`; returns (seconds spent waiting for batches, this
+        rank's triples)."""
+        waited, triples = 0.0, 0
+        for s in range(first, first + n):
+            t0 = time.perf_counter()
+            kind, u, pos, neg = next(it)
+            waited += time.perf_counter() - t0
+            phase = phase_of_step(s)
+            ids = ids_on(dev, u, pos, neg)
+            h = dn if phase is Phase.DN else dp
+            if spec.step == "mba":
+                mba_step(cfg.mba, reg, kind, phase, ids, frozen, t, h)
+            else:
+                tables_step(ids, frozen, t, h)
+            triples += len(u)
+        sync(dev)
+        return waited, triples
+
+    run(spec.warmup, 0)
+    if dist.is_initialized():
+        dist.barrier()
+    t_start = time.perf_counter()
+    data_s, triples = run(spec.steps, spec.warmup)  # the timed steps: nothing but the steps
     wall = time.perf_counter() - t_start
+    peak = _peak_mb(dev)  # before the profiler's own buffers
+    # The split: the step's record_function ranges (train.steps) and the collectives, read by
+    # the profiler over `split_steps` more steps (all `steps` with --profile), as fractions of
+    # that segment, applied to the timed wall time.
+    split = {p: 0.0 for p in (*STEP_RANGES, "comm")}
+    n_split = spec.steps if spec.profile_table else spec.split_steps
+    if n_split > 0:
+        if dist.is_initialized():
+            dist.barrier()
+        acts = [torch.profiler.ProfilerActivity.CPU]
+        if dev.type == "cuda" and spec.profile_table:
+            acts.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(activities=acts) as prof:
+            t0 = time.perf_counter()
+            run(n_split, spec.warmup + spec.steps)
+            seg = time.perf_counter() - t0
+        ops = prof.key_averages()
+        comm = sum(e.cpu_time_total for e in ops if e.key.startswith(COMM_PREFIXES))
+        split["comm"] = comm / 1e6 / seg
+        for part, r in STEP_RANGES.items():
+            split[part] = sum(e.cpu_time_total for e in ops if e.key == r) / 1e6 / seg
+        if spec.profile_table and rank == 0:
+            _write_profile(spec, ops, dev)
     it.close()
-    prof.__exit__(None, None, None)
-    ops = prof.key_averages()
-    comm = sum(e.cpu_time_total for e in ops if e.key.startswith(COMM_PREFIXES)) / 1e6
-    ranges = {e.key: e.cpu_time_total / 1e6 for e in ops if e.key in STEP_RANGES.values()}
-    if spec.profile_table and rank == 0:
-        _write_profile(spec, ops, dev)
-    mine = {"wall_s": wall, "triples": triples, "comm_s": comm, "peak_mb": _peak_mb(dev),
-            "data_s": data_s, **{f"{p}_s": ranges.get(r, 0.0) for p, r in STEP_RANGES.items()}}
+    mine = {"wall_s": wall, "triples": triples, "peak_mb": peak, "data_s": data_s,
+            **{f"{p}_s": f * wall for p, f in split.items()}}
     every = [mine]
     if world > 1:
         every = [None] * world

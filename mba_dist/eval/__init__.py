@@ -7,6 +7,7 @@ ranks by, the baseline table, and the top-N export.
                   merged MF, auxiliary memory; Markdown and CSV
     export.py     top-N lists in raw ids
 
-May import: torch, numpy, pyarrow, `mba_dist.config`, `mba_dist.data`, `mba_dist.mba`. Not the
+May import: torch, numpy, pyarrow, `mba_dist.config`, `mba_dist.data`, `mba_dist.mba`,
+`mba_dist.dist.collective` (the all-reduce of the metric sums). Not the
 tables (they hand the evaluator `Factors`) nor the training code.
 """

@@ -31,9 +31,9 @@ from typing import Iterator
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from mba_dist.data.pairs import CSR, Pairs, contains
+from mba_dist.dist.collective import all_reduce_sum, rank_world
 from mba_dist.eval.scorers import Scorer
 
 # Per (user, item) cell of a block: two float32 score buffers (t and pre_f) and torch.topk's
@@ -105,17 +105,11 @@ class RunningTopK:
         self.values, self.items = v[:, :self.k], torch.gather(i, 1, q[:, :self.k])
 
 
-def _rank_world(group) -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(group), dist.get_world_size(group)
-    return 0, 1
-
-
 def rank_top_k(scorer: Scorer, users: np.ndarray, k: int, mask: CSR | None, num_items: int,
                memory_mb: int, group=None) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
     """Yield (this rank's user chunk, top-k scores [b, k], top-k items [b, k]) on the CPU,
     masked items excluded. `users` is the full list, the same on every rank."""
-    rank, world = _rank_world(group)
+    rank, world = rank_world(group)
     k = min(k, num_items)
     user_chunk, item_chunk = chunk_sizes(-(-len(users) // world), num_items, memory_mb)
     block = user_chunk * world
@@ -157,8 +151,7 @@ def evaluate(scorer: Scorer, truth: Pairs, mask: CSR | None, num_users: int, num
             idcg = cum_discount[np.minimum(n, k)]
             sums[f"ndcg@{k}"] += float(((h * discount[:h.shape[1]]).sum(1) / idcg).sum())
     total = torch.tensor([sums[n] for n in names], dtype=torch.float64)
-    if _rank_world(group)[1] > 1:
-        dist.all_reduce(total, group=group)
+    total = all_reduce_sum(total, group)
     out = {n: float(v) / max(len(users), 1) for n, v in zip(names, total)}
     out["users"] = int(len(users))
     return out
