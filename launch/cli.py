@@ -13,15 +13,8 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
-import platform
 import sys
-import time
-from contextlib import nullcontext
 from pathlib import Path
-
-import numpy as np
 
 from mba_dist.errors import ArgumentError, InputError
 
@@ -52,13 +45,6 @@ def _progress_bar():
             b.close()
 
     return progress, close
-
-
-def format_table(metrics: dict, markdown) -> str:
-    """Markdown table of the run's model beside its baselines, and how it was selected."""
-    return (markdown(metrics["baselines"], highlight=metrics["model"]) + "\n\n"
-            f"model selection: {metrics['selected_on']}; best epoch {metrics['best_epoch']}; "
-            f"train wall time {metrics['wall_seconds']:.1f} s")
 
 
 def cmd_prepare(a) -> int:
@@ -92,63 +78,19 @@ def cmd_synth(a) -> int:
     return 0
 
 
-def _local_process_group(cfg):
-    """torchrec tables need a process group; outside Ray Train we start a 1-rank gloo one."""
-    if cfg.model.backend != "torchrec":
-        return nullcontext()
-    from mba_dist.dist.local import local_process_group
-
-    return local_process_group()
-
-
 def cmd_run(a) -> int:
-    from mba_dist import config as C
-    from mba_dist.data.dataset import Dataset
-    from mba_dist.data.pair_sets import check_dataset
-    from mba_dist.data.pairs import unique_ints
-    from mba_dist.eval.baselines import markdown
-    from mba_dist.run_dir import RunDir
+    from mba_dist.jobs import train_run
+    from mba_dist.train.fit import no_progress
 
-    sets = list(a.set or [])
-    if a.model:
-        sets.append(f"method={a.model}")
-    # Every check before anything is written: config, world size, dataset, the earlier run of
-    # pretrain.from_run, and what the run directory holds.
-    cfg = C.load_config(a.config, sets)
-    if a.local and a.workers != 1:
-        raise C.ConfigError("--local runs one in-process worker; drop --workers or --local")
-    C.validate_world(cfg, a.workers)
-    run = RunDir(a.out)
-    run.check_new_run(cfg, a.overwrite, a.storage)
-    ds = Dataset(a.data)
-    check_dataset(cfg, ds)
-    reused = None
-    if cfg.method == "mba" and cfg.pretrain.from_run:
-        reused = RunDir(cfg.pretrain.from_run).stages()
-        reused.check_reusable(cfg)
-    run.begin(cfg, {"data": str(Path(a.data).resolve()), "config_file": a.config, "sets": sets,
-                    "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                    "python": platform.python_version()}, a.overwrite, a.storage)
-    if a.local:
-        from mba_dist.train.runner import run_training
-
-        progress, close = _progress_bar()
-        try:
-            with _local_process_group(cfg):
-                metrics = run_training(cfg, a.data, run, progress, reused=reused)
-        finally:
-            close()
-    else:
-        from mba_dist.train.ray_job import run_with_ray
-
-        metrics = run_with_ray(cfg, a.data, run, num_workers=a.workers, use_gpu=a.gpu,
-                               max_failures=a.max_failures, storage=a.storage,
-                               fresh=a.overwrite, reused=reused)
-    # Recommendations for every test user, raw ids, known purchases excluded.
-    users = unique_ints(ds.pairs("test", ds.target).users)
-    table = run.load().recommendations(users, cfg.eval.top_n)
-    report = format_table(metrics, markdown)
-    run.write_results(report, table)
+    sets = list(a.set or []) + ([f"method={a.model}"] if a.model else [])
+    # --local: a tqdm bar per stage; through Ray, rank 0 prints a line per epoch
+    progress, close = _progress_bar() if a.local else (no_progress, lambda: None)
+    try:
+        _, report = train_run(a.data, a.out, a.config, sets, workers=a.workers, local=a.local,
+                              gpu=a.gpu, max_failures=a.max_failures, storage=a.storage,
+                              overwrite=a.overwrite, progress=progress)
+    finally:
+        close()
     print(report)
     print(f"\noutputs in {a.out}/: metrics.json results.md recommendations.parquet log.jsonl "
           "config.yaml checkpoints/")
@@ -157,22 +99,22 @@ def cmd_run(a) -> int:
 
 def cmd_recommend(a) -> int:
     from mba_dist.files import atomic_write_parquet
-    from mba_dist.run_dir import RunDir
+    from mba_dist.jobs import recommend
 
     if a.k < 1:
         raise ArgumentError(f"--k must be at least 1, got {a.k}")
-    run = RunDir(a.run).load()
-    ds = run.ds
+    raw = None
     if a.users_file:
         if not Path(a.users_file).is_file():
             raise ArgumentError(f"--users-file {a.users_file} does not exist")
-        raw = [ln.strip() for ln in Path(a.users_file).read_text().splitlines() if ln.strip()]
+        try:
+            text = Path(a.users_file).read_text()
+        except UnicodeDecodeError:
+            raise ArgumentError(f"--users-file {a.users_file} is not a text file") from None
+        raw = [ln.strip() for ln in text.splitlines() if ln.strip()]
     elif a.users:
         raw = [u.strip() for u in a.users.split(",") if u.strip()]
-    else:
-        raw = None
-    users = (np.arange(ds.num_users, dtype=np.int64) if raw is None else ds.dense_ids("user", raw))
-    table = run.recommendations(users, a.k)
+    table = recommend(a.run, raw, a.k)
     if a.out:
         atomic_write_parquet(Path(a.out), table)
         print(f"wrote {table.num_rows} rows to {a.out}", file=sys.stderr)
@@ -183,21 +125,9 @@ def cmd_recommend(a) -> int:
 
 
 def cmd_evaluate(a) -> int:
-    from mba_dist.eval.baselines import csv_text, markdown
-    from mba_dist.mba.stages import main_model
-    from mba_dist.run_dir import RunDir, evaluate_run
+    from mba_dist.jobs import evaluate_run
 
-    run = RunDir(a.run)
-    finished = run.load()  # fail early on an incomplete run
-    if a.workers > 1:
-        from mba_dist.dist.local import run_local_ranks
-
-        tab = run_local_ranks(evaluate_run, a.workers, str(run.root), a.baselines)[0]
-    else:
-        tab = finished.evaluate(a.baselines)
-    stem = "baselines" if a.baselines else "evaluation"
-    report = markdown(tab, highlight=main_model(finished.cfg))
-    out = run.write_report(stem, report, csv_text(tab), Path(a.out) if a.out else None)
+    report, out, stem = evaluate_run(a.run, a.baselines, a.workers, a.out)
     print(report)
     print(f"\nwrote {out / stem}.md and {stem}.csv", file=sys.stderr)
     return 0
@@ -216,7 +146,11 @@ def cmd_bench(a) -> int:
     and the plain-torch backend, on the same data."""
     from mba_dist.bench.suite import Suite, run_suite
 
-    print(run_suite(Suite(workers=[int(w) for w in a.workers.split(",")], data=a.data,
+    try:
+        workers = [int(w) for w in a.workers.split(",")]
+    except ValueError:
+        raise ArgumentError(f"--workers {a.workers!r}: expected counts like 1,2,4") from None
+    print(run_suite(Suite(workers=workers, data=a.data,
                           config=a.config, users=a.users, items=a.items, rows=a.rows,
                           batch=a.batch, steps=a.steps, warmup=a.warmup, optim=a.optim,
                           repeat=a.repeat, device=a.device, baselines=not a.no_baselines,

@@ -16,6 +16,15 @@ from typing import Iterator
 from mba_dist.errors import OutputExistsError
 
 
+def ensure_dir(path: Path) -> Path:
+    """`path` as a directory (created with its parents); a clear error when a file is there."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"{path} exists and is not a directory")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def atomic_write_parquet(path: Path, table) -> None:
     """A pyarrow table as a Parquet file, written whole or not at all."""
     import pyarrow.parquet as pq

@@ -34,15 +34,25 @@ from mba_dist import config as C
 from mba_dist.data.dataset import Dataset
 from mba_dist.data.pairs import CSR
 from mba_dist.data.train_data import TrainData
-from mba_dist.errors import RunError
+from mba_dist.errors import CheckpointError, RunError
 from mba_dist.eval import baselines
 from mba_dist.eval.export import top_n_table
 from mba_dist.eval.scorers import Scorer
-from mba_dist.files import atomic_write_bytes, atomic_write_parquet
+from mba_dist.files import atomic_write_bytes, atomic_write_parquet, ensure_dir
 from mba_dist.mba.stages import main_model
 from mba_dist.train import checkpoint
 
-RESUME_STATE_FILES = ("state.pt",)  # what a resumable state is called in Ray's storage
+
+
+def stage_path(root: Path, name: str) -> Path:
+    return Path(root) / "checkpoints" / f"{name}.pt"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"{path}: not valid JSON ({e})") from None
 
 
 class RunDir:
@@ -69,7 +79,7 @@ class RunDir:
         return self.root / "checkpoints"
 
     def stage_path(self, name: str) -> Path:
-        return self.checkpoints / f"{name}.pt"
+        return stage_path(self.root, name)
 
     def ray_storage(self, storage: str | None) -> str:
         return storage or str(self.root / "ray")
@@ -85,30 +95,31 @@ class RunDir:
         return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}" if fresh else name
 
     # ---- decisions (before anything is written) ---------------------------------------------
-    def check_new_run(self, cfg: C.Config, overwrite: bool, storage: str | None = None) -> None:
+    def check_new_run(self, cfg: C.Config, overwrite: bool, storage: str | None = None,
+                      resumes: bool = True) -> None:
         """Whether `mba-dist run` may train `cfg` into this directory: not over a finished run
-        without `overwrite`, and not on top of a resumable state of another config."""
+        without `overwrite`, and (when the run `resumes`, as Ray Train runs do) not on top of
+        a resumable state of another config."""
         if self.root.exists() and not self.root.is_dir():
             raise RunError(f"{self.root} exists and is not a directory")
         if self.metrics_path.exists() and not overwrite:
             raise RunError(f"{self.root} holds a finished run (metrics.json); pass --overwrite "
                            "or choose another --out")
-        if overwrite or storage is not None:
-            return  # a fresh Ray Train run: nothing is resumed
+        if overwrite or storage is not None or not resumes:
+            return  # nothing is resumed
         state = self.latest_resume_state()
         if state is not None:
-            try:
-                checkpoint.check_resumable(checkpoint.load_resume_state(state), cfg)
-            except C.ConfigError as e:
-                raise C.ConfigError(f"{self.root} holds an unfinished run that would resume "
-                                    f"({state.relative_to(self.root)}): {e}; pass --overwrite to "
-                                    "start over") from None
+            try:  # memory-mapped: the config is read, the tables are not
+                checkpoint.check_resumable(checkpoint.load_resume_state(state, mmap=True), cfg)
+            except (C.ConfigError, CheckpointError) as e:
+                raise type(e)(f"{self.root} holds an unfinished run that would resume "
+                              f"({state.relative_to(self.root)}): {e}; pass --overwrite to "
+                              "start over") from None
 
     def latest_resume_state(self) -> Path | None:
         """The newest resumable state in the default Ray storage (RUN/ray), if any."""
         ray_dir = self.root / "ray"
-        found = [p for name in RESUME_STATE_FILES for p in ray_dir.rglob(name)] \
-            if ray_dir.is_dir() else []
+        found = list(ray_dir.rglob(checkpoint.RESUME_STATE_FILE)) if ray_dir.is_dir() else []
         return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
     # ---- writers ------------------------------------------------------------------------------
@@ -142,8 +153,7 @@ class RunDir:
 
     def write_report(self, stem: str, markdown: str, csv: str, dest: Path | None = None) -> Path:
         """`mba-dist evaluate`'s STEM.md and STEM.csv, in the run or in `dest`."""
-        out = Path(dest) if dest is not None else self.root
-        out.mkdir(parents=True, exist_ok=True)
+        out = ensure_dir(Path(dest) if dest is not None else self.root)
         atomic_write_bytes(out / f"{stem}.md", (markdown + "\n").encode())
         atomic_write_bytes(out / f"{stem}.csv", csv.encode())
         return out
@@ -158,7 +168,7 @@ class RunDir:
 
     # ---- reading -----------------------------------------------------------------------------
     def read_metrics(self) -> dict:
-        return json.loads(self.metrics_path.read_text())
+        return _read_json(self.metrics_path)
 
     def stages(self) -> "StageFiles":
         """The stage checkpoints of this run, finished or not (`pretrain.from_run`)."""
@@ -172,10 +182,7 @@ class RunDir:
             if not (self.root / name).is_file():
                 raise RunError(f"{self.root / name} is missing: {self.root} is not a finished "
                                "mba-dist run")
-        try:
-            info = json.loads((self.root / "run.json").read_text())
-        except json.JSONDecodeError as e:
-            raise RunError(f"{self.root / 'run.json'}: not valid JSON ({e})") from None
+        info = _read_json(self.root / "run.json")
         return FinishedRun(self.root, C.load_config(self.config_path), Dataset(info["data"]))
 
 
@@ -187,14 +194,15 @@ class StageFiles:
     cfg: C.Config
 
     def has_stage(self, name: str) -> bool:
-        return (self.root / "checkpoints" / f"{name}.pt").is_file()
+        return stage_path(self.root, name).is_file()
 
     def stage_weights(self, name: str) -> checkpoint.Weights:
-        return checkpoint.load_stage_weights(self.root / "checkpoints" / f"{name}.pt")
+        return checkpoint.load_stage_weights(stage_path(self.root, name))
 
     def stage_info(self, name: str) -> dict:
+        """The stage's entry in metrics.json ({} while the run is still going)."""
         path = self.root / "metrics.json"
-        return json.loads(path.read_text())["stages"].get(name, {}) if path.is_file() else {}
+        return _read_json(path).get("stages", {}).get(name, {}) if path.is_file() else {}
 
     def check_reusable(self, cfg: C.Config) -> None:
         """Whether `cfg` (method mba) can reuse this run's stage-1 models."""
@@ -246,7 +254,7 @@ class FinishedRun(StageFiles):
                            self.cfg.eval.memory_mb)
 
 
-def evaluate_run(root: str, with_baselines: bool) -> dict:
+def evaluate_run_dir(root: str, with_baselines: bool) -> dict:
     """`FinishedRun.evaluate` of a run directory: a module-level function, so that local ranks
     (`dist.local.run_local_ranks`) can import it."""
     return RunDir(root).load().evaluate(with_baselines)

@@ -3,7 +3,6 @@ uninterrupted run ends (in-memory batches draw per-epoch randomness), and the ta
 restore weights and optimizer state exactly."""
 import io
 import json
-from pathlib import Path
 
 import pytest
 import torch

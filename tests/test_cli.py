@@ -197,8 +197,10 @@ def test_only_input_errors_become_one_line(monkeypatch, capsys, tmp_path):
     """What the user can fix is one line with exit 2; a bug keeps its traceback."""
     import launch.cli as cli
 
-    assert main(["recommend", "--run", str(tmp_path), "--users-file", str(tmp_path / "no")]) == 2
+    assert main(["recommend", "--run", str(tmp_path)]) == 2
     assert "is not a finished mba-dist run" in capsys.readouterr().err
+    assert main(["recommend", "--run", str(tmp_path), "--users-file", str(tmp_path / "no")]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
     def bug(a):
         raise ValueError("an internal bug")

@@ -6,7 +6,6 @@ import numpy as np
 import torch
 
 from mba_dist import config as C
-from mba_dist.data.pairs import CSR, Pairs
 from mba_dist.dist.local import run_local_ranks
 from mba_dist.mba.roles import Kind, Phase, phase_of_step
 from mba_dist.mba.roles import DN_MODELS, DP_MODELS, FROZEN, Model

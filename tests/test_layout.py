@@ -160,3 +160,18 @@ def test_every_subpackage_says_what_lives_there_and_what_it_may_import(pkg):
     for f in (ROOT / "mba_dist" / pkg).glob("*.py"):
         if f.name != "__init__.py":
             assert f.name in doc, f"{pkg}/__init__.py does not mention {f.name}"
+
+
+# The layers of DESIGN §0 and mba_dist/__init__.py, lowest first: each imports only earlier ones.
+LAYERS = ["mba_dist", "mba_dist.errors", "mba_dist.config", "mba_dist.files", "mba_dist.mba",
+          "mba_dist.data", "mba_dist.dist", "mba_dist.eval", "mba_dist.tables", "mba_dist.train",
+          "mba_dist.run_dir", "mba_dist.jobs", "mba_dist.bench", "data_prep", "launch"]
+
+
+def test_each_layer_imports_only_the_layers_below_it():
+    units = {_unit(m) for m in _graph()}
+    assert units == set(LAYERS), units ^ set(LAYERS)
+    for m, deps in _graph().items():
+        here = LAYERS.index(_unit(m))
+        above = sorted({_unit(d) for d in deps if LAYERS.index(_unit(d)) > here})
+        assert not above, f"{m} imports {above}"

@@ -59,11 +59,30 @@ def test_an_unresumable_state_is_refused_before_anything_is_written(tiny_dataset
     where.parent.mkdir(parents=True)
     torch.save(state, where)
     before = _snapshot(run.root)
-    rc = main(["run", "--local", "--data", str(tiny_dataset), "--config", "configs/synthetic.yaml",
+    # through Ray Train (which would resume it); refused before Ray starts
+    rc = main(["run", "--data", str(tiny_dataset), "--config", "configs/synthetic.yaml",
                "--out", str(run.root)] + _sets(FAST))
     err = capsys.readouterr().err
     assert rc == 2 and "would resume" in err and "mba.alpha" in err
     assert _snapshot(run.root) == before
+    # a run that never resumes (--local), or starts over, is not held back by that state
+    new = C.load_config("configs/synthetic.yaml", FAST)
+    run.check_new_run(new, overwrite=False, resumes=False)
+    run.check_new_run(new, overwrite=True)
+
+
+def test_outputs_over_a_file_and_from_run_without_its_stages_are_input_errors(finished, tmp_path,
+                                                                              tiny_dataset, capsys):
+    from mba_dist.errors import ConfigError
+    from mba_dist.train.runner import run_training
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert main(["evaluate", "--run", str(finished), "--out", str(blocker)]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    cfg = C.load_config("configs/synthetic.yaml", FAST + [f"pretrain.from_run={finished}"])
+    with pytest.raises(ConfigError, match="pretrain.from_run"):
+        run_training(cfg, tiny_dataset, None)
 
 
 def test_finished_runs_load_back_and_refuse_when_incomplete(finished, tmp_path):

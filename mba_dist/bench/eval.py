@@ -28,7 +28,7 @@ from mba_dist.bench.step import sync
 from mba_dist.data.pairs import CSR, Pairs, dedup_sorted
 from mba_dist.eval.ranking import chunk_sizes, evaluate, rank_top_k
 from mba_dist.eval.scorers import mba_scorer, mf_scorer
-from mba_dist.files import atomic_write_bytes
+from mba_dist.files import atomic_write_bytes, ensure_dir
 
 TAOBAO_SHAPE = (48_658, 39_395)
 
@@ -168,8 +168,7 @@ def run_bench_eval(out: Path, users: int, items: int, measured_users: int, memor
     speed = eval_speed(users, items, measured_users, memory_mb=memory_mb, device=device)
     memory = None if memory_items <= 0 else eval_memory(memory_items, memory_mb=memory_mb)
     report = markdown(speed, memory)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_dir(Path(out))
     atomic_write_bytes(out / "bench_eval.json",
                        json.dumps({"speed": speed, "memory": memory}, indent=2).encode())
     atomic_write_bytes(out / "bench_eval.md", (report + "\n").encode())

@@ -1,5 +1,5 @@
 """The authors'-style MBA training step, the baseline `mba-dist bench` and the GPU script run
-beside the trainer's own step (`bench_train.bench_worker`), and the shared pieces of the
+beside the trainer's own step (`bench.train.bench_worker`), and the shared pieces of the
 benchmarks (synthetic pairs, device sync, peak memory).
 
 The authors' step as their code runs it: a map-style `Dataset` whose `__getitem__` returns one

@@ -12,7 +12,7 @@ from mba_dist import config as C
 from mba_dist.bench import train as B
 from mba_dist.data.dataset import Dataset
 from mba_dist.errors import ArgumentError
-from mba_dist.files import atomic_write_bytes
+from mba_dist.files import atomic_write_bytes, ensure_dir
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def _rows(s: Suite, spec: B.BenchSpec) -> list[dict]:
 def run_suite(s: Suite, out: Path) -> str:
     """Runs the suite, writes its files under `out`, returns the report."""
     if s.repeat < 1:
-        raise ArgumentError(f"mba-dist bench: --repeat must be at least 1, got {s.repeat}")
+        raise ArgumentError(f"--repeat must be at least 1, got {s.repeat}")
     # Read here: a missing or bad config fails before any worker starts, and workers (Ray Train
     # ones run elsewhere, in another directory) get its content and the dataset's absolute path.
     config = C.to_dict(C.load_config(s.config)) if s.config else None
@@ -82,7 +82,7 @@ def run_suite(s: Suite, out: Path) -> str:
         if started_ray:
             import ray
             ray.shutdown()
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out)
     if s.profile:  # one more 1-worker run under the profiler, local (the file is written here)
         print("profiling the 1-worker step", file=sys.stderr)
         B.run_workers(dataclasses.replace(spec, profile_table=str((out / "profile.txt").resolve())),

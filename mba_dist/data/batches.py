@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import os
-import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterator, NamedTuple, TypeVar
 

@@ -75,12 +75,11 @@ class _KeyOps:
         self.plan = plan
 
     def read(self, role: str):
-        import ray
-        return ray.remote(keys_of).remote(self.plan.files[role], self.plan.ds.num_items)
+        return self.plan.keys(role)  # built once per role (`StreamPlan.keys`)
 
     def minus(self, a, role: str):
         import ray
-        return ray.remote(subtract_keys).remote(a, self.plan.keys(role), self.plan.ds.num_items)
+        return ray.remote(subtract_keys).remote(a, self.plan.keys(role))
 
     def union(self, parts: list):
         import ray
@@ -99,9 +98,14 @@ class StreamPlan:
         self._keys: dict[str, object] = {}
 
     def keys(self, name: str):
-        """The object-store ref of a pair set's sorted keys, built once."""
+        """The object-store ref of a pair set's sorted keys, built once (a behavior's by a Ray
+        task over its files, the other sets from those)."""
         if name not in self._keys:
-            self._keys[name] = pair_sets.build(name, _KeyOps(self))
+            if name in self.files:
+                import ray
+                self._keys[name] = ray.remote(keys_of).remote(self.files[name], self.ds.num_items)
+            else:
+                self._keys[name] = pair_sets.build(name, _KeyOps(self))
         return self._keys[name]
 
     def _sampled(self, stage: StageInput, part: str):

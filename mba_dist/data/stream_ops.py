@@ -25,7 +25,7 @@ def union_keys(*keys: np.ndarray) -> np.ndarray:
     return unique_ints(np.concatenate(keys))
 
 
-def subtract_keys(a: np.ndarray, b: np.ndarray, num_items: int) -> np.ndarray:
+def subtract_keys(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The sorted keys of `a` that are not in `b`."""
     return a[~contains(b, a)]
 

@@ -23,11 +23,11 @@ from mba_dist.eval.scorers import MemoryScorer, Scorer, mba_scorer, mf_scorer, p
 from mba_dist.mba.roles import Model
 from mba_dist.mba.stages import main_model
 
-Weights = dict[str, dict[str, tuple]]  # stage name -> model name -> (user, item) factors
+StageWeights = dict[str, dict[str, tuple]]  # stage name -> model name -> (user, item) factors
 COLUMNS = ["recall@10", "recall@20", "ndcg@10", "ndcg@20"]
 
 
-def model_scorer(cfg: C.Config, stages: Weights) -> Scorer:
+def model_scorer(cfg: C.Config, stages: StageWeights) -> Scorer:
     """The scorer of the run's own model: the MF model of an mf run, or MBA's blend."""
     if cfg.method == "mf":
         name = main_model(cfg)
@@ -35,7 +35,7 @@ def model_scorer(cfg: C.Config, stages: Weights) -> Scorer:
     return mba_scorer(stages["mba"][Model.T.value], stages["pre_f"][Model.PRE_F.value], cfg.mba.beta)
 
 
-def scorers(cfg: C.Config, data, stages: Weights) -> dict[str, Scorer]:
+def scorers(cfg: C.Config, data, stages: StageWeights) -> dict[str, Scorer]:
     """Every row the stages allow, in the table's order; `data` is a `data.train_data.TrainData`."""
     pop = popularity(data.target, data.num_items)
     out: dict[str, Scorer] = {"mostpop": MemoryScorer(pop)}

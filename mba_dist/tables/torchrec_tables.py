@@ -52,7 +52,7 @@ class TorchrecTableGroup(TableGroup):
         if optim is not None and optim.mode not in FUSED_OPTIMIZERS:
             raise ConfigError(f"optim.mode {optim.mode!r} has no fused torchrec kernel on CPU; "
                               f"use one of {sorted(FUSED_OPTIMIZERS)}")
-        # The steps rely on gradients averaged over ranks (see train.steps.sum_scale).
+        # The steps rely on gradients averaged over ranks (see train.steps.L2.scale).
         set_gradient_division(True)
         self.models = tuple(model_name(m) for m in models)
         self.keys = [f"{m}_{e}" for e in ENTITIES for m in self.models]  # table names

@@ -24,6 +24,7 @@ from mba_dist import config as C
 from mba_dist.errors import CheckpointError, ConfigError
 
 CHECKPOINT_FORMAT = 1
+RESUME_STATE_FILE = "state.pt"  # a resumable state's name in a Ray Train checkpoint
 RESUME_FORMAT = CHECKPOINT_FORMAT  # the format a resumable state carries
 Weights = dict[str, tuple[torch.Tensor, torch.Tensor]]  # model -> (user, item)
 
@@ -51,13 +52,13 @@ def resume_bytes(state: dict) -> bytes:
     return _bytes(state)
 
 
-def _read(path: Path) -> dict:
+def _read(path: Path, mmap: bool = False) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as e:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError) as e:
         raise CheckpointError(f"checkpoint {path} is not readable "
                               f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
     if not isinstance(state, dict):
@@ -84,8 +85,9 @@ def load_stage_weights(path: Path) -> Weights:
         raise CheckpointError(f"checkpoint {path} has no weights of the stage layout") from None
 
 
-def load_resume_state(path: Path) -> dict:
-    state = _read(path)
+def load_resume_state(path: Path, mmap: bool = False) -> dict:
+    """A resumable state; `mmap`: its tensors are mapped, not read (a check of the config)."""
+    state = _read(path, mmap)
     _check(state, path, "resume")
     return state
 

@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
 
-import numpy as np
 import torch
 
 from mba_dist import config as C

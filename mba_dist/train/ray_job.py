@@ -13,11 +13,9 @@ from pathlib import Path
 
 from mba_dist import config as C
 from mba_dist.dist.ray import init_ray, input_error, quiet_worker_logs
-from mba_dist.train.checkpoint import load_resume_state
+from mba_dist.train.checkpoint import RESUME_STATE_FILE, load_resume_state
 from mba_dist.train.fit import no_progress, selected
 from mba_dist.train.runner import run_training
-
-STATE_FILE = "state.pt"  # the resumable state inside a Ray Train checkpoint directory
 
 
 def print_progress(stage: str, epoch: int, total: int, info: dict) -> None:
@@ -54,14 +52,14 @@ class RayCheckpoints:
         if self.rank != 0:
             ray.train.report(metrics)
             return
-        with self.run.staged_resume_state(st, STATE_FILE) as d:
+        with self.run.staged_resume_state(st, RESUME_STATE_FILE) as d:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
 def resume_state_of(ckpt) -> dict:
     """The resumable state inside a Ray checkpoint (a clear error when it is not one)."""
     with ckpt.as_directory() as d:
-        return load_resume_state(Path(d) / STATE_FILE)
+        return load_resume_state(Path(d) / RESUME_STATE_FILE)
 
 
 def _train_loop_per_worker(loop_config: dict) -> None:

@@ -19,6 +19,7 @@ from mba_dist import config as C
 from mba_dist.data.dataset import Dataset
 from mba_dist.data.train_data import TrainData
 from mba_dist.dist.collective import rank_world
+from mba_dist.errors import ConfigError
 from mba_dist.eval import baselines
 from mba_dist.mba.roles import Model
 from mba_dist.mba.stages import MBA_INPUT, main_model, stage_plan
@@ -80,6 +81,9 @@ def run_training(cfg: C.Config, data_dir: str | Path, out: RunOutputs | None,
     resumable state; `resume` (such a state) continues a run: its finished stages are kept and
     its current stage goes on after the saved epoch. `reused`: the run of `pretrain.from_run`
     (its stage-1 models are not trained again). `out` may be None (nothing is kept)."""
+    if cfg.method == "mba" and cfg.pretrain.from_run and reused is None:
+        raise ConfigError(f"pretrain.from_run {cfg.pretrain.from_run}: pass the earlier run's "
+                          "stages as `reused` (run_dir.RunDir(path).stages())")
     rank, _ = rank_world()
     writer = out if rank == 0 else None  # rank 0 writes
     data = TrainData.load(Dataset(data_dir), cfg)

@@ -1,0 +1,80 @@
+"""The pair sets a stage trains on (`mba.stages`), defined once for both input paths.
+
+    target    the target behavior's train pairs (and its validation pairs when selecting on
+              the test set: the authors' protocol trains on them)
+    aux       the auxiliary behavior's train pairs
+    aux_only  aux without the target pairs
+    merged    target + aux_only
+
+`build(name, ops)` is that definition; `ops` says how to read a behavior's pairs, drop the
+pairs of another set and take a union: numpy pairs in memory (`batches.MemorySource`), lazy
+Ray datasets and object-store key arrays in the stream (`stream.StreamPlan`). If the two
+paths ever trained on different sets, it would be here that they differ.
+"""
+from __future__ import annotations
+
+from typing import Protocol, TypeVar
+
+from mba_dist import config as C
+from mba_dist.data.dataset import Dataset
+from mba_dist.errors import ConfigError
+from mba_dist.mba.stages import PAIR_SETS
+
+T = TypeVar("T")
+
+
+class SetOps(Protocol[T]):
+    def read(self, role: str) -> T:
+        """The train pairs of "target" or "aux" (`role_files`)."""
+
+    def minus(self, a: T, role: str) -> T:
+        """The pairs of `a` that are not pairs of `role`'s set."""
+
+    def union(self, parts: list[T]) -> T:
+        """The union of disjoint sets."""
+
+
+def build(name: str, ops: SetOps[T]) -> T:
+    if name in ("target", "aux"):
+        return ops.read(name)
+    if name == "aux_only":
+        return ops.minus(ops.read("aux"), "target")
+    if name == "merged":
+        return ops.union([ops.read("target"), build("aux_only", ops)])
+    raise ValueError(f"unknown pair set {name!r} (the sets: {', '.join(PAIR_SETS)})")
+
+
+def role_files(cfg: C.Config, ds: Dataset) -> dict[str, list[tuple[str, str]]]:
+    """The (split, behavior) files of "target" and (when the run reads it) "aux"."""
+    files = {"target": [("train", cfg.data.target)]}
+    if cfg.train.select_on == "test":  # validation pairs are trained on (authors' protocol)
+        files["target"].append(("valid", cfg.data.target))
+    if C.needs_aux(cfg):
+        files["aux"] = [("train", cfg.data.aux)]
+    return files
+
+
+def role_rows(cfg: C.Config, ds: Dataset) -> dict[str, int]:
+    """Rows of each role's files (from meta.json; a clear error for a file it lacks)."""
+    return {role: sum(ds.meta["splits"][s][b]["rows"] for s, b in splits
+                      if ds.pairs_file(s, b))
+            for role, splits in role_files(cfg, ds).items()}
+
+
+def check_dataset(cfg: C.Config, ds: Dataset) -> None:
+    """Whether `cfg` can train on `ds` (before any work): the target matches, every file the
+    run reads is there and the train sets are not empty."""
+    if cfg.data.target != ds.target:
+        raise ConfigError(f"data.target is {cfg.data.target!r} but {ds.root} was prepared with "
+                          f"target {ds.target!r}")
+    for role, splits in role_files(cfg, ds).items():
+        for split, behavior in splits:
+            ds.pairs_file(split, behavior)  # a clear error when listed but missing
+    needed = [("test", cfg.data.target)]
+    if cfg.train.select_on == "valid":
+        needed.append(("valid", cfg.data.target))
+    for split, behavior in needed:
+        ds.pairs_file(split, behavior)
+    for role, rows in role_rows(cfg, ds).items():
+        if rows == 0:
+            raise ConfigError(f"{ds.root}: the {role} behavior has no train pairs")

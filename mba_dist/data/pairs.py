@@ -1,0 +1,99 @@
+"""Pairs of (user, item) ids in memory and the set operations on them.
+
+Sets of pairs are sorted int64 keys user * num_items + item: membership is a binary search,
+union and difference are sorts (numpy's `np.unique` / `np.isin` hash integers first here, 35 s
+for 20M values against 0.5 s for a sort). `CSR` holds per-user item lists for masks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Boolean mask: which `keys` are in `sorted_keys`."""
+    if len(sorted_keys) == 0:
+        return np.zeros(len(keys), dtype=bool)
+    pos = np.searchsorted(sorted_keys, keys)
+    pos[pos == len(sorted_keys)] = 0
+    return sorted_keys[pos] == keys
+
+
+def unique_ints(values: np.ndarray) -> np.ndarray:
+    """The sorted distinct values of an integer array, as `np.unique` returns them.
+
+    `np.unique` hashes integer input before sorting in this numpy: 35 s for 20M values here,
+    against 0.5 s for a sort. Input made of a few sorted runs (concatenated pair sets) takes a
+    stable sort, which merges the runs in one linear pass."""
+    if len(values) == 0:
+        return np.sort(values)
+    runs = 1 + np.count_nonzero(values[1:] < values[:-1])
+    values = np.sort(values, kind="stable" if runs <= 64 else "quicksort")
+    keep = np.empty(len(values), dtype=bool)
+    keep[0] = True
+    np.not_equal(values[1:], values[:-1], out=keep[1:])
+    return values[keep]
+
+
+def dedup_sorted(users: np.ndarray, items: np.ndarray, num_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unique (user, item) pairs sorted by user then item."""
+    keys = unique_ints(users.astype(np.int64) * num_items + items.astype(np.int64))
+    return keys // num_items, keys % num_items
+
+
+@dataclass
+class Pairs:
+    """Positive (user, item) pairs of one behavior in one split, sorted, unique."""
+
+    users: np.ndarray  # int64 [n]
+    items: np.ndarray  # int64 [n]
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def keys(self, num_items: int) -> np.ndarray:
+        """Sorted int64 keys user*num_items+item: the exclusion/membership structure (pairs
+        are kept sorted, so the stable sort is one linear pass)."""
+        return np.sort(self.users * num_items + self.items, kind="stable")
+
+
+def merge_pairs(parts: list[Pairs], num_items: int) -> Pairs:
+    if not parts:
+        return Pairs(np.zeros(0, np.int64), np.zeros(0, np.int64))
+    u, i = dedup_sorted(np.concatenate([p.users for p in parts]),
+                        np.concatenate([p.items for p in parts]), num_items)
+    return Pairs(u, i)
+
+
+def subtract_pairs(a: Pairs, b: Pairs, num_items: int) -> Pairs:
+    """Pairs of `a` not in `b`."""
+    keep = ~contains(b.keys(num_items), a.users * num_items + a.items)
+    return Pairs(a.users[keep], a.items[keep])
+
+
+class CSR:
+    """Per-user item lists in CSR form (indptr [num_users+1], indices sorted within a row)."""
+
+    def __init__(self, pairs: Pairs, num_users: int):
+        order = np.lexsort((pairs.items, pairs.users))
+        self.indices = pairs.items[order]
+        counts = np.bincount(pairs.users, minlength=num_users)
+        self.indptr = np.zeros(num_users + 1, dtype=np.int64)
+        np.cumsum(counts, out=self.indptr[1:])
+
+    def row(self, u: int) -> np.ndarray:
+        return self.indices[self.indptr[u]:self.indptr[u + 1]]
+
+    def counts(self) -> np.ndarray:
+        return np.diff(self.indptr)
+
+    def cells(self, users: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """(row in `users`, item - lo) of every entry of `users`' rows with item in [lo, hi)."""
+        starts, ends = self.indptr[users], self.indptr[users + 1]
+        counts = ends - starts
+        rows = np.repeat(np.arange(len(users)), counts)
+        offs = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        cols = self.indices[np.repeat(starts, counts) + offs]
+        keep = (cols >= lo) & (cols < hi)
+        return rows[keep], cols[keep] - lo

@@ -1,0 +1,110 @@
+"""The commands a user runs on a run directory, as functions (the CLI parses and calls them).
+
+`train_run` is `mba-dist run`: every check before anything is written (config, world size,
+dataset, the run of `pretrain.from_run`, what the directory holds), then training in this
+process or through Ray Train, then the test-user recommendations and the results table.
+`evaluate_run` and `recommend` read a finished run back.
+"""
+from __future__ import annotations
+
+import platform
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+
+from mba_dist import config as C
+from mba_dist.data.dataset import Dataset
+from mba_dist.data.pair_sets import check_dataset
+from mba_dist.data.pairs import unique_ints
+from mba_dist.errors import ConfigError
+from mba_dist.eval.baselines import csv_text, markdown
+from mba_dist.mba.stages import main_model
+from mba_dist.run_dir import FinishedRun, RunDir, evaluate_run_dir
+from mba_dist.train.fit import Progress, no_progress
+
+
+def results_table(metrics: dict) -> str:
+    """Markdown table of the run's model beside its baselines, and how it was selected."""
+    return (markdown(metrics["baselines"], highlight=metrics["model"]) + "\n\n"
+            f"model selection: {metrics['selected_on']}; best epoch {metrics['best_epoch']}; "
+            f"train wall time {metrics['wall_seconds']:.1f} s")
+
+
+def _local_process_group(cfg: C.Config):
+    """torchrec tables need a process group; outside Ray Train a 1-rank gloo one is started."""
+    if cfg.model.backend != "torchrec":
+        return nullcontext()
+    from mba_dist.dist.local import local_process_group
+
+    return local_process_group()
+
+
+def train_run(data: str | Path, out: str | Path, config: str | None = None,
+              sets: list[str] = (), workers: int = 1, local: bool = False, gpu: bool = False,
+              max_failures: int = 3, storage: str | None = None, overwrite: bool = False,
+              progress: Progress = no_progress) -> tuple[dict, str]:
+    """`mba-dist run` (module docstring); returns the metrics and the results table."""
+    sets = list(sets)
+    cfg = C.load_config(config, sets)
+    if local and workers != 1:
+        raise ConfigError("--local runs one in-process worker; drop --workers or --local")
+    run = RunDir(out)
+    run.check_new_run(cfg, overwrite, storage, resumes=not local)
+    ds = Dataset(data)
+    check_dataset(cfg, ds)
+    if not local:  # a streamed epoch splits each global batch into equal local ones
+        from mba_dist.train.ray_job import streams
+        C.validate_world(cfg, workers, stream=streams(cfg, data))
+    reused = None
+    if cfg.method == "mba" and cfg.pretrain.from_run:
+        reused = RunDir(cfg.pretrain.from_run).stages()
+        reused.check_reusable(cfg)
+    run.begin(cfg, {"data": str(Path(data).resolve()), "config_file": config, "sets": sets,
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "python": platform.python_version()}, overwrite, storage)
+    if local:
+        from mba_dist.train.runner import run_training
+
+        with _local_process_group(cfg):
+            metrics = run_training(cfg, data, run, progress, reused=reused)
+    else:
+        from mba_dist.train.ray_job import run_with_ray
+
+        metrics = run_with_ray(cfg, data, run, num_workers=workers, use_gpu=gpu,
+                               max_failures=max_failures, storage=storage, fresh=overwrite,
+                               reused=reused)
+    # Recommendations for every test user, raw ids, known purchases excluded.
+    users = unique_ints(ds.pairs("test", ds.target).users)
+    table = run.load().recommendations(users, cfg.eval.top_n)
+    report = results_table(metrics)
+    run.write_results(report, table)
+    return metrics, report
+
+
+def evaluate_run(run_dir: str | Path, with_baselines: bool, workers: int = 1,
+                 out: str | Path | None = None) -> tuple[str, Path, str]:
+    """`mba-dist evaluate`: the table (on `workers` local ranks), written as STEM.md / .csv in
+    the run or in `out`; returns (report, the directory written, STEM)."""
+    run = RunDir(run_dir)
+    finished = run.load()  # fail early on an incomplete run
+    if workers > 1:
+        from mba_dist.dist.local import run_local_ranks
+
+        tab = run_local_ranks(evaluate_run_dir, workers, str(run.root), with_baselines)[0]
+    else:
+        tab = finished.evaluate(with_baselines)
+    stem = "baselines" if with_baselines else "evaluation"
+    report = markdown(tab, highlight=main_model(finished.cfg))
+    where = run.write_report(stem, report, csv_text(tab), Path(out) if out else None)
+    return report, where, stem
+
+
+def recommend(run_dir: str | Path, raw_users: list[str] | None, k: int):
+    """Top-k lists (a pyarrow table, raw ids) of the given raw user ids, or of every user."""
+    run: FinishedRun = RunDir(run_dir).load()
+    ds = run.ds
+    users = (np.arange(ds.num_users, dtype=np.int64) if raw_users is None
+             else ds.dense_ids("user", raw_users))
+    return run.recommendations(users, k)
