@@ -175,3 +175,18 @@ def test_each_layer_imports_only_the_layers_below_it():
         here = LAYERS.index(_unit(m))
         above = sorted({_unit(d) for d in deps if LAYERS.index(_unit(d)) > here})
         assert not above, f"{m} imports {above}"
+
+
+def test_no_source_file_is_ignored_by_git():
+    """A package file that .gitignore matches never reaches a clone (`data/` once hid
+    mba_dist/data/)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    files = [str(p.relative_to(ROOT)) for pkg in PACKAGES + ("tests",)
+             for p in (ROOT / pkg).rglob("*.py")]
+    res = subprocess.run(["git", "check-ignore", *files], cwd=ROOT, capture_output=True,
+                         text=True)
+    assert res.stdout.split() == []
