@@ -9,6 +9,11 @@
     mba-dist bench-eval [--device cuda] [--out DIR]    evaluator speed and memory
     mba-dist recommend --run RUN_DIR --users U1,U2 | --users-file F [--k 20] [--out F.parquet]
     mba-dist demo [--out DIR]      synthetic data -> pretraining + MBA -> metrics table
+
+Argument parsing and dispatch only: the commands themselves are `mba_dist.jobs` (run, evaluate,
+recommend), `data_prep` (prepare, synth) and `mba_dist.bench` (bench, bench-eval). An
+`errors.InputError` ends the command with its one line and exit 2; anything else is a bug and
+keeps its traceback.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Each worker count W runs the trainer's MBA step (`train.steps.mba_step`, the sam
 training) on W gloo ranks (or NCCL GPUs) for `warmup + steps` global batches of a dataset or of synthetic
 pairs, batches from `MemorySource` (the rank's share of each global batch, negatives drawn by
 the vectorised sampler). Throughput comes from the timed steps alone; the split from
-`split_steps` more steps under the torch profiler (CPU events), which reads the step's
+`split_steps` more steps (at most `steps`) under the torch profiler (CPU events), which reads the step's
 `record_function` ranges and the collectives, as fractions of that segment. Per rank:
 
     data           next batch from the source (slicing + negative sampling; this loop's timer)
@@ -73,8 +73,8 @@ class BenchSpec:
     device: str = "cpu"
     threads: int | None = None  # torch threads per worker (None: the host's cores / workers)
     overrides: tuple[str, ...] = ()  # further `key=value` config settings (`--set`)
-    # steps after the timed ones run under the profiler for the time split (its overhead stays
-    # out of the throughput); with `profile_table` the profiler's per-op table of `steps` such
+    # steps after the timed ones (at most `steps`) run under the profiler for the time split
+    # (its overhead stays out of the throughput); with `profile_table` the profiler's per-op table of `steps` such
     # steps (rank 0) is written to this file
     split_steps: int = 20
     profile_table: str | None = None
@@ -162,7 +162,7 @@ def bench_worker(spec: BenchSpec, data=None) -> dict | None:
     # the profiler over `split_steps` more steps (all `steps` with --profile), as fractions of
     # that segment, applied to the timed wall time.
     split = {p: 0.0 for p in (*STEP_RANGES, "comm")}
-    n_split = spec.steps if spec.profile_table else spec.split_steps
+    n_split = spec.steps if spec.profile_table else min(spec.split_steps, spec.steps)
     if n_split > 0:
         if dist.is_initialized():
             dist.barrier()
