@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_prep.readers import RawInputError, read_pairs
-from mba_dist.data.format import FORMAT_VERSION, write_pairs
+from mba_dist.data.format import FORMAT_VERSION, check_output, write_pairs
 from mba_dist.data.pairs import dedup_sorted, unique_ints
 from mba_dist.files import atomic_dir
 
@@ -113,6 +113,7 @@ def carve_valid(users: np.ndarray, items: np.ndarray, fraction: float, seed: int
 
 
 def prepare(spec: PrepareSpec, log=print) -> dict:
+    check_output(spec.out, spec.overwrite)  # before reading any log
     if not 0.0 <= spec.valid_fraction < 1.0:
         raise RawInputError(f"--valid-fraction must be in [0, 1), got {spec.valid_fraction}")
     by_split: dict[str, dict[str, list[Source]]] = {}
@@ -175,7 +176,7 @@ def prepare(spec: PrepareSpec, log=print) -> dict:
         merged[("train", s.behavior)] = dedup_sorted(np.r_[ou, tu], np.r_[oi, ti], n_items)
 
     splits_meta: dict[str, dict] = {}
-    with atomic_dir(spec.out, overwrite=spec.overwrite) as tmp:
+    with atomic_dir(spec.out, overwrite=spec.overwrite, check=check_output) as tmp:
         for (split, b), (u, i) in sorted(merged.items()):
             write_pairs(tmp / split / f"{b}.parquet", u, i)
             splits_meta.setdefault(split, {})[b] = {

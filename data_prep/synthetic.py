@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_prep.prepare import carve_valid
-from mba_dist.data.format import FORMAT_VERSION
+from mba_dist.data.format import FORMAT_VERSION, check_output
 from mba_dist.data.pairs import contains, unique_ints
 from mba_dist.errors import ArgumentError
 from mba_dist.files import atomic_dir
@@ -98,6 +98,7 @@ def generate(spec: SynthSpec, out: str | Path, overwrite: bool = False,
     if spec.users < 2 or spec.items < spec.topics or spec.topics < 1:
         raise ArgumentError(f"synthetic sizes too small: {spec.users} users, {spec.items} items, "
                          f"{spec.topics} topics (need users >= 2, items >= topics >= 1)")
+    check_output(Path(out), overwrite)  # before any work
     rng = np.random.default_rng(spec.seed)
     per_topic = spec.items // spec.topics
     topic_items = rng.permutation(spec.items)[: per_topic * spec.topics].reshape(spec.topics, per_topic)
@@ -110,7 +111,7 @@ def generate(spec: SynthSpec, out: str | Path, overwrite: bool = False,
     topic_cdf[-1] = 1.0
     schema = pa.schema([("user", pa.int64()), ("item", pa.int64())])
     counts: dict[str, dict] = {}
-    with atomic_dir(Path(out), overwrite=overwrite) as tmp:
+    with atomic_dir(Path(out), overwrite=overwrite, check=check_output) as tmp:
         writers: dict[str, pq.ParquetWriter] = {}
         try:
             for lo in range(0, spec.users, spec.chunk_users):

@@ -8,6 +8,7 @@ run's outputs (`config.yaml`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,25 +228,58 @@ def load_config(path: str | Path | dict | None = None, sets: list[str] | None = 
     return cfg
 
 
+# (section.key, lowest value, whether the lowest is allowed): ranges checked at load, so a
+# value that would train to NaN or fail after training is refused before any work
+RANGES = (
+    ("model.dim", 1, True), ("model.init_std", 0.0, False), ("optim.lr", 0.0, False),
+    ("pretrain.lambda0", 0.0, True), ("pretrain.epochs", 1, True), ("pretrain.patience", 1, True),
+    ("mba.alpha", 0.0, True), ("mba.c1", 0.0, True), ("mba.c2", 0.0, True),
+    ("mba.lambda_t", 0.0, True), ("mba.epochs", 1, True), ("mba.patience", 1, True),
+    ("train.batch_size", 1, True), ("train.eval_every", 1, True), ("train.eval_every_steps", 0, True),
+    ("train.max_steps_per_epoch", 0, True), ("train.data_threads", 0, True),
+    ("train.stream_min_rows", 0, True), ("train.checkpoint_every", 0, True),
+    ("eval.memory_mb", 1, True), ("eval.top_n", 1, True),
+)
+ZERO_MEANS = {"train.eval_every_steps": "off", "train.max_steps_per_epoch": "all steps",
+              "train.data_threads": "one per four cores", "train.checkpoint_every": "none"}
+REPORTED_KS = (10, 20)  # the table's columns (Recall/NDCG@10, @20); selection uses Recall@20
+
+
+def _leaves(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        out.update(_leaves(v, f"{prefix}{f.name}.") if dataclasses.is_dataclass(v)
+                   else {f"{prefix}{f.name}": v})
+    return out
+
+
 def validate(cfg: Config) -> None:
+    """Every check of a config that needs no dataset and no world size (`validate_world`)."""
+    leaves = _leaves(cfg)
+    for key, v in leaves.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{key} must be a finite number, got {v}")
+    for key, low, inclusive in RANGES:
+        v = leaves[key]
+        if v < low or (v == low and not inclusive):
+            if key in ZERO_MEANS:
+                raise ConfigError(f"{key} must be 0 ({ZERO_MEANS[key]}) or positive, got {v}")
+            raise ConfigError(f"{key} must be {'at least' if inclusive else 'greater than'} "
+                              f"{low}, got {v}")
     if cfg.method == "mba" and not cfg.data.aux:
         raise ConfigError("method: mba needs data.aux (the auxiliary behavior)")
     if cfg.method == "mf" and cfg.mf_train_on != "target" and not cfg.data.aux:
         raise ConfigError(f"mf_train_on: {cfg.mf_train_on} needs data.aux")
     if cfg.data.aux == cfg.data.target:
         raise ConfigError(f"data.aux and data.target are both {cfg.data.target!r}")
-    if cfg.train.eval_every_steps < 0:
-        raise ConfigError("train.eval_every_steps must be 0 (off) or positive")
-    if cfg.train.checkpoint_every < 0:
-        raise ConfigError("train.checkpoint_every must be 0 (off) or positive")
-    if cfg.train.data_threads < 0:
-        raise ConfigError("train.data_threads must be 0 (one per four cores) or positive")
-    if cfg.model.dim <= 0 or cfg.train.batch_size <= 0 or cfg.train.eval_every <= 0:
-        raise ConfigError("model.dim, train.batch_size and train.eval_every must be positive")
     if not 0.0 <= cfg.mba.beta <= 1.0:
         raise ConfigError(f"mba.beta must be in [0, 1], got {cfg.mba.beta}")
-    if 20 not in cfg.eval.ks:
-        raise ConfigError("eval.ks must contain 20 (early stopping uses Recall@20)")
+    if any(k < 1 for k in cfg.eval.ks):
+        raise ConfigError(f"eval.ks must be at least 1, got {list(cfg.eval.ks)}")
+    if not set(REPORTED_KS) <= set(cfg.eval.ks):
+        raise ConfigError(f"eval.ks must contain {' and '.join(map(str, REPORTED_KS))} (the "
+                          f"table's columns; early stopping uses Recall@20), got {list(cfg.eval.ks)}")
     if cfg.model.backend == "torchrec" and cfg.optim.mode in ("dense_adam", "sparse_adam"):
         raise ConfigError(
             f"optim.mode {cfg.optim.mode} is not a fused torchrec kernel on CPU; "

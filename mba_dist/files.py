@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from mba_dist.errors import OutputExistsError
 
@@ -49,19 +49,25 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 @contextmanager
-def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(final: Path, overwrite: bool = False,
+               check: Callable[[Path, bool], None] | None = None) -> Iterator[Path]:
     """Yield a temporary directory that becomes `final` only if the block succeeds.
 
     An existing `final` is kept unless `overwrite`; even then it is replaced only after the new
-    one is complete (old moved aside, new renamed in, old deleted).
+    one is complete (old moved aside, new renamed in, old deleted). `check(final, overwrite)`
+    may refuse (it raises) before anything is written, and runs again before the swap.
     """
     final = Path(final)
+    if check is not None:
+        check(final, overwrite)
     if final.exists() and not overwrite:
         raise OutputExistsError(f"{final} already exists (pass --overwrite to replace it)")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         yield tmp
+        if check is not None:  # the path may have changed while the block ran
+            check(final, overwrite)
         if final.exists():
             old = final.parent / f".{final.name}.old-{os.getpid()}"
             final.rename(old)

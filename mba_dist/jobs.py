@@ -61,6 +61,7 @@ def train_run(data: str | Path, out: str | Path, config: str | None = None,
     if cfg.method == "mba" and cfg.pretrain.from_run:
         reused = RunDir(cfg.pretrain.from_run).stages()
         reused.check_reusable(cfg)
+    final, run = run, run.build_dir(overwrite)  # a run over a run is built beside it
     run.begin(cfg, {"data": str(Path(data).resolve()), "config_file": config, "sets": sets,
                     "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                     "python": platform.python_version()}, overwrite, storage)
@@ -80,6 +81,7 @@ def train_run(data: str | Path, out: str | Path, config: str | None = None,
     table = run.load().recommendations(users, cfg.eval.top_n)
     report = results_table(metrics)
     run.write_results(report, table)
+    final.replace_with(run)
     return metrics, report
 
 

@@ -44,6 +44,20 @@ from mba_dist.train import checkpoint
 
 
 
+SIGNATURE = {"tool": "mba-dist", "kind": "run"}  # in run.json: this directory is a run
+
+
+def is_run(path: Path) -> bool:
+    """Whether `path` is a run directory this tool wrote (its run.json carries the signature;
+    runs written before the signature existed have run.json with their dataset and overrides)."""
+    try:
+        info = json.loads((Path(path) / "run.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and (
+        all(info.get(k) == v for k, v in SIGNATURE.items()) or {"data", "sets"} <= set(info))
+
+
 def stage_path(root: Path, name: str) -> Path:
     return Path(root) / "checkpoints" / f"{name}.pt"
 
@@ -102,6 +116,10 @@ class RunDir:
         a resumable state of another config."""
         if self.root.exists() and not self.root.is_dir():
             raise RunError(f"{self.root} exists and is not a directory")
+        if self.root.is_dir() and any(self.root.iterdir()) and not is_run(self.root):
+            raise RunError(f"{self.root} is not an mba-dist run (no run.json of one); choose "
+                           "another --out" + ("; --overwrite replaces only a run mba-dist wrote"
+                                              if overwrite else ""))
         if self.metrics_path.exists() and not overwrite:
             raise RunError(f"{self.root} holds a finished run (metrics.json); pass --overwrite "
                            "or choose another --out")
@@ -122,6 +140,31 @@ class RunDir:
         found = list(ray_dir.rglob(checkpoint.RESUME_STATE_FILE)) if ray_dir.is_dir() else []
         return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
+    def build_dir(self, overwrite: bool) -> "RunDir":
+        """Where this command builds its run: here, or with `overwrite` over a run that is
+        already here, beside it (`.NAME.next`, swapped in by `replace_with` once finished), so
+        that a killed or failed command leaves the earlier run as it was."""
+        if not (overwrite and is_run(self.root)):
+            return self
+        built = RunDir(self.root.parent / f".{self.root.name}.next")
+        if built.root.exists():  # an earlier attempt's, never swapped in
+            if any(built.root.iterdir()) and not is_run(built.root):
+                raise RunError(f"{built.root} is in the way and is not an mba-dist run")
+            shutil.rmtree(built.root)
+        return built
+
+    def replace_with(self, built: "RunDir") -> None:
+        """Swap a finished `built` run in for this one (the earlier run is moved aside, the new
+        one renamed into place, then the earlier one deleted)."""
+        if built.root == self.root:
+            return
+        old = self.root.parent / f".{self.root.name}.old"
+        if old.exists():
+            shutil.rmtree(old)
+        self.root.rename(old)
+        built.root.rename(self.root)
+        shutil.rmtree(old)
+
     # ---- writers ------------------------------------------------------------------------------
     def begin(self, cfg: C.Config, info: dict, overwrite: bool, storage: str | None = None) -> None:
         """Start a run (after `check_new_run`): the config and run.json, a fresh log."""
@@ -131,7 +174,8 @@ class RunDir:
         self.root.mkdir(parents=True, exist_ok=True)
         self.log_path.unlink(missing_ok=True)
         atomic_write_bytes(self.config_path, C.config_yaml(cfg).encode())
-        atomic_write_bytes(self.root / "run.json", json.dumps(info, indent=2).encode())
+        atomic_write_bytes(self.root / "run.json",
+                           json.dumps({**SIGNATURE, **info}, indent=2).encode())
 
     def append_log(self, record: dict) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

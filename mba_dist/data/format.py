@@ -14,14 +14,39 @@ existing one.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mba_dist.errors import OutputExistsError
+
 FORMAT_VERSION = 1
 SPLITS = ("train", "valid", "test", "truth")
+
+
+def is_dataset(path: Path) -> bool:
+    """Whether `path` is a dataset this tool wrote: its meta.json names a format version."""
+    try:
+        meta = json.loads((Path(path) / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "format_version" in meta and "splits" in meta
+
+
+def check_output(path: Path, overwrite: bool) -> None:
+    """Whether a dataset may be written at `path` (before any work): a new path, or with
+    `overwrite` a dataset this tool wrote. Anything else there is the user's and is kept."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if not overwrite:
+        raise OutputExistsError(f"{path} already exists (pass --overwrite to replace it)")
+    if not is_dataset(path):
+        raise OutputExistsError(f"{path} is not an mba-dist dataset (no meta.json of one); "
+                                "--overwrite replaces only a dataset mba-dist wrote")
 
 
 def pairs_path(root: Path, split: str, behavior: str) -> Path:

@@ -1,0 +1,118 @@
+"""Bad input gets one clear line before any work, and nothing the user had is lost."""
+import hashlib
+
+import pytest
+
+from mba_dist import config as C
+from launch.cli import main
+
+
+@pytest.mark.parametrize("item,message", [
+    ("optim.lr=0", "optim.lr must be greater than 0.0, got 0.0"),
+    ("optim.lr=-1e-3", "optim.lr must be greater than 0.0, got -0.001"),
+    ("optim.lr=.nan", "optim.lr must be a finite number, got nan"),
+    ("mba.alpha=.inf", "mba.alpha must be a finite number, got inf"),
+    ("mba.alpha=-1", "mba.alpha must be at least 0.0, got -1.0"),
+    ("mba.c1=-5", "mba.c1 must be at least 0.0, got -5.0"),
+    ("mba.c2=-.inf", "mba.c2 must be a finite number, got -inf"),
+    ("mba.lambda_t=-1", "mba.lambda_t must be at least 0.0, got -1.0"),
+    ("pretrain.lambda0=-1", "pretrain.lambda0 must be at least 0.0, got -1.0"),
+    ("model.init_std=0", "model.init_std must be greater than 0.0, got 0.0"),
+    ("pretrain.epochs=0", "pretrain.epochs must be at least 1, got 0"),
+    ("mba.epochs=-3", "mba.epochs must be at least 1, got -3"),
+    ("mba.patience=0", "mba.patience must be at least 1, got 0"),
+    ("eval.top_n=0", "eval.top_n must be at least 1, got 0"),
+    ("eval.memory_mb=0", "eval.memory_mb must be at least 1, got 0"),
+    ("eval.ks=[20]", "eval.ks must contain 10 and 20"),
+    ("eval.ks=[10,20,0]", "eval.ks must be at least 1, got [10, 20, 0]"),
+    ("train.max_steps_per_epoch=-1", "train.max_steps_per_epoch must be 0 (all steps) or positive"),
+    ("mba.alpha=[1", "--set 'mba.alpha=[1': the value is not valid YAML"),
+])
+def test_bad_config_values_are_refused_at_load(item, message):
+    with pytest.raises(C.ConfigError) as e:
+        C.load_config("configs/synthetic.yaml", [item])
+    assert message in str(e.value)
+    assert "\n" not in str(e.value).split(": the value is not valid YAML")[0]
+
+
+def test_a_bad_value_is_refused_before_the_run_directory_exists(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--local", "--data", str(tiny_dataset), "--out", str(out),
+                 "--set", "optim.lr=nan"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "mba-dist run: error: optim.lr must be a finite number, got nan")
+    assert not out.exists()
+
+
+def _tree(root):
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("cmd", [
+    ["synth", "--size", "tiny", "--overwrite", "--out"],
+    ["prepare", "--target", "purchase", "--train", "purchase=RAW", "--test", "purchase=RAW",
+     "--overwrite", "--out"],
+])
+def test_overwrite_refuses_a_directory_that_is_not_a_dataset(tmp_path, capsys, cmd):
+    user = tmp_path / "my_logs"
+    user.mkdir()
+    raw = user / "buy.csv"
+    raw.write_text("".join(f"{u}\t{i}\n" for u in range(30) for i in range(u % 5, u % 5 + 4)))
+    (user / "notes.txt").write_text("mine")
+    before = _tree(user)
+    args = [a.replace("RAW", str(raw)) for a in cmd] + [str(user)]
+    assert main(args) == 2
+    assert "is not an mba-dist dataset" in capsys.readouterr().err
+    assert _tree(user) == before
+
+
+def test_run_overwrite_refuses_a_directory_that_is_not_a_run(tiny_dataset, tmp_path, capsys):
+    user = tmp_path / "results"
+    user.mkdir()
+    (user / "paper.tex").write_text("mine")
+    before = _tree(user)
+    assert main(["run", "--local", "--data", str(tiny_dataset), "--out", str(user),
+                 "--overwrite", "--set", "data.aux=click"]) == 2
+    assert "is not an mba-dist run" in capsys.readouterr().err
+    assert _tree(user) == before
+
+
+def test_a_killed_overwrite_leaves_the_earlier_run_evaluating_to_its_metrics(tiny_dataset,
+                                                                             tmp_path):
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "run"
+    fast = ["--set", "pretrain.epochs=2", "--set", "mba.epochs=2", "--set",
+            "train.merged_baseline=false", "--set", "data.aux=click"]
+    assert main(["run", "--local", "--data", str(tiny_dataset), "--out", str(out)] + fast) == 0
+    recorded = json.loads((out / "metrics.json").read_text())
+    before = _tree(out)
+    slow = ["--set", "pretrain.epochs=300", "--set", "pretrain.patience=300",
+            "--set", "data.aux=click"]
+    proc = subprocess.Popen([sys.executable, "-m", "launch.cli", "run", "--local", "--data",
+                             str(tiny_dataset), "--out", str(out), "--overwrite"] + slow,
+                            cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    building = tmp_path / ".run.next" / "log.jsonl"
+    deadline = time.monotonic() + 120
+    while not building.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert building.exists(), "the new run was not built beside the earlier one"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert _tree(out) == before  # every byte of the earlier run
+    assert main(["evaluate", "--run", str(out), "--out", str(tmp_path / "ev")]) == 0
+    rows = (tmp_path / "ev" / "evaluation.csv").read_text().splitlines()
+    test = next(r.split(",") for r in rows if r.startswith("mba,test,"))
+    assert float(test[3]) == pytest.approx(recorded["test"]["recall@20"], abs=1e-6)
+    # the next --overwrite clears the leftover and swaps its finished run in
+    assert main(["run", "--local", "--data", str(tiny_dataset), "--out", str(out),
+                 "--overwrite"] + fast) == 0
+    assert not (tmp_path / ".run.next").exists() and not (tmp_path / ".run.old").exists()
+    assert json.loads((out / "metrics.json").read_text())["test"] == recorded["test"]
