@@ -292,6 +292,12 @@ def main(argv: list[str] | None = None) -> int:
         # one clear line; every other exception keeps its traceback.
         print(f"mba-dist {a.cmd}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.filename is None:  # not about a path: a failure of the machine or a bug
+            raise
+        # a path the user named or the disk under it: permission, not a directory, disk full
+        print(f"mba-dist {a.cmd}: error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

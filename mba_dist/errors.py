@@ -35,5 +35,9 @@ class OutputExistsError(InputError, FileExistsError):
     """An output path that already holds something the command would replace."""
 
 
+class DivergedError(InputError):
+    """Training produced a non-finite loss: the settings (learning rate, loss weights) diverge."""
+
+
 class ArgumentError(InputError, ValueError):
     """A command argument out of its range (a size, a count, a K)."""

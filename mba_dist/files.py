@@ -34,14 +34,23 @@ def atomic_write_parquet(path: Path, table) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file through a temporary sibling and rename, so readers never see half of it."""
+    """Write a file through a temporary sibling and rename, so readers never see half of it.
+    The file gets the permissions the user's umask gives a new file (mkstemp's are 0600; on a
+    cluster others read runs from shared storage)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -64,6 +73,7 @@ def atomic_dir(final: Path, overwrite: bool = False,
         raise OutputExistsError(f"{final} already exists (pass --overwrite to replace it)")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's are 0700
     try:
         yield tmp
         if check is not None:  # the path may have changed while the block ran

@@ -116,3 +116,42 @@ def test_a_killed_overwrite_leaves_the_earlier_run_evaluating_to_its_metrics(tin
                  "--overwrite"] + fast) == 0
     assert not (tmp_path / ".run.next").exists() and not (tmp_path / ".run.old").exists()
     assert json.loads((out / "metrics.json").read_text())["test"] == recorded["test"]
+
+
+def test_a_diverging_run_stops_with_the_stage_and_epoch_and_exports_nothing(tiny_dataset,
+                                                                           tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--local", "--data", str(tiny_dataset), "--out", str(out),
+                 "--set", "method=mf", "--set", "optim.mode=sgd", "--set", "optim.lr=1e30",
+                 "--set", "pretrain.epochs=3"]) == 2
+    err = capsys.readouterr().err
+    import re
+    assert re.search(r"error: stage mf_target diverged in epoch \d+ \((loss nan|loss inf|"
+                     r"non-finite weights in mf_target)\): nothing is exported; a smaller "
+                     r"optim\.lr", err), err
+    assert not (out / "metrics.json").exists() and not (out / "recommendations.parquet").exists()
+
+
+def test_outputs_get_the_permissions_of_the_umask(tmp_path):
+    import os
+
+    from mba_dist.files import atomic_dir, atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "f.json", b"{}")
+        with atomic_dir(tmp_path / "d") as d:
+            (d / "x").write_text("1")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+
+
+def test_an_os_error_on_a_path_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert main(["bench-eval", "--out", str(blocker / "sub"), "--users", "50", "--items", "40",
+                 "--measured-users", "10", "--memory-items", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"mba-dist bench-eval: error: {blocker / 'sub'}: Not a directory"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
@@ -24,6 +25,7 @@ from mba_dist.data.batches import Batch, MemorySource
 from mba_dist.data.pairs import CSR, Pairs
 from mba_dist.data.train_data import TrainData
 from mba_dist.dist.collective import all_reduce_sum, rank_world
+from mba_dist.errors import DivergedError
 from mba_dist.eval.ranking import evaluate
 from mba_dist.eval.scorers import Scorer, mba_scorer, mf_scorer
 from mba_dist.mba.roles import DN_MODELS, DP_MODELS, FROZEN, Model, Phase, phase_of_step
@@ -164,6 +166,11 @@ def _timed(it: Iterator[Batch], waited: list[float]) -> Iterator[Batch]:
         yield b
 
 
+def _diverged(stage: str, epoch: int, what: str) -> str:
+    return (f"stage {stage} diverged in epoch {epoch} ({what}): nothing is exported; a smaller "
+            "optim.lr (or smaller mba.alpha / mba.c1 / mba.c2) usually helps")
+
+
 def fit_stage(w: Worker, stage: StageInput, max_epochs: int, patience: int, step: Step,
               scorer_of: Callable[[dict], Scorer], groups: list[TableGroup],
               tags: tuple[str, ...] = ()) -> StageResult:
@@ -183,6 +190,9 @@ def fit_stage(w: Worker, stage: StageInput, max_epochs: int, patience: int, step
 
     def validate(epoch: int) -> dict:
         weights = {m: g.weights(m) for g in groups for m in g.models}
+        for m, tables in weights.items():  # the same whole tables on every rank
+            if not all(bool(torch.isfinite(w).all()) for w in tables):
+                raise DivergedError(_diverged(name, epoch, f"non-finite weights in {m}"))
         metrics = w.select_metrics(scorer_of(weights))
         if metrics["recall@20"] > f.best["recall@20"]:
             f.best, f.best_epoch, f.best_weights = metrics, epoch, weights
@@ -207,8 +217,12 @@ def fit_stage(w: Worker, stage: StageInput, max_epochs: int, patience: int, step
                 mid_epoch.append(validate(epoch))
         dt = time.perf_counter() - t0
         loss = total / max(n, 1)  # this rank's mean
-        if world > 1:  # every rank's triples
-            n = int(all_reduce_sum(torch.tensor([n], dtype=torch.int64)))
+        diverged = not math.isfinite(loss)
+        if world > 1:  # every rank's triples, and whether any rank diverged (ranks stop together)
+            n, bad = all_reduce_sum(torch.tensor([n, int(diverged)], dtype=torch.int64)).tolist()
+            diverged = bad > 0
+        if diverged:
+            raise DivergedError(_diverged(name, epoch, f"loss {loss}"))
         f.seconds += dt
         f.triples += n
         record = {"stage": name, "epoch": epoch, "step": w.global_step,
