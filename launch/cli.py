@@ -12,16 +12,23 @@
 
 Argument parsing and dispatch only: the commands themselves are `mba_dist.jobs` (run, evaluate,
 recommend), `data_prep` (prepare, synth) and `mba_dist.bench` (bench, bench-eval). An
-`errors.InputError` ends the command with its one line and exit 2; anything else is a bug and
+`errors.InputError`, or an OS error about a path (`PATH_ERRNOS`: permission, not a directory,
+disk full, ...), ends the command with its one line and exit 2; anything else is a bug and
 keeps its traceback.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
 from mba_dist.errors import ArgumentError, InputError
+
+# OS errors that are about a path (permission, not a directory, disk full, read-only, quota):
+# one line with exit 2 like an InputError; any other OSError keeps its traceback
+PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.ENOSPC,
+               errno.EROFS, errno.EDQUOT, errno.ENOENT, errno.EEXIST, errno.ENAMETOOLONG}
 
 
 def _progress_bar():
@@ -293,9 +300,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mba-dist {a.cmd}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        if e.filename is None:  # not about a path: a failure of the machine or a bug
-            raise
-        # a path the user named or the disk under it: permission, not a directory, disk full
+        if e.filename is None or e.errno not in PATH_ERRNOS:
+            raise  # not a problem of a path: a failure of the machine or a bug
+        # a path the user named, or the disk under it
         print(f"mba-dist {a.cmd}: error: {e.filename}: {e.strerror or e}", file=sys.stderr)
         return 2
 

@@ -242,6 +242,10 @@ RANGES = (
 )
 ZERO_MEANS = {"train.eval_every_steps": "off", "train.max_steps_per_epoch": "all steps",
               "train.data_threads": "one per four cores", "train.checkpoint_every": "none"}
+# optim.mode by model.backend: torchrec fuses SGD / Adagrad / row-wise Adagrad into its TBE
+# kernels; the plain-torch tables have no row-wise Adagrad
+BACKEND_MODES = {"torch": ("dense_adam", "sparse_adam", "adagrad", "sgd"),
+                 "torchrec": ("adagrad", "rowwise_adagrad", "sgd")}
 REPORTED_KS = (10, 20)  # the table's columns (Recall/NDCG@10, @20); selection uses Recall@20
 
 
@@ -280,11 +284,12 @@ def validate(cfg: Config) -> None:
     if not set(REPORTED_KS) <= set(cfg.eval.ks):
         raise ConfigError(f"eval.ks must contain {' and '.join(map(str, REPORTED_KS))} (the "
                           f"table's columns; early stopping uses Recall@20), got {list(cfg.eval.ks)}")
-    if cfg.model.backend == "torchrec" and cfg.optim.mode in ("dense_adam", "sparse_adam"):
-        raise ConfigError(
-            f"optim.mode {cfg.optim.mode} is not a fused torchrec kernel on CPU; "
-            "use adagrad, rowwise_adagrad or sgd with model.backend=torchrec"
-        )
+    modes = BACKEND_MODES[cfg.model.backend]
+    if cfg.optim.mode not in modes:
+        what = ("is not a fused torchrec kernel on CPU" if cfg.model.backend == "torchrec"
+                else "is not available with model.backend=torch")
+        raise ConfigError(f"optim.mode {cfg.optim.mode} {what}; use {', '.join(modes)} with "
+                          f"model.backend={cfg.model.backend}")
 
 
 def validate_world(cfg: Config, workers: int, stream: bool = False) -> None:

@@ -1,8 +1,10 @@
 """What the user can fix: the exceptions the CLI prints as one line (exit 2).
 
 Everything raised for bad input derives from `InputError`: a config key or value, a dataset or
-raw file, a run directory, a checkpoint, a path. Any other exception is a bug or a failure of
-the machine and keeps its traceback. Imports nothing of the package.
+raw file, a run directory, a checkpoint, a path. The CLI also prints an OS error about a path
+(permission, not a directory, disk full: `launch.cli.PATH_ERRNOS`) as one line. Any other
+exception is a bug or a failure of the machine and keeps its traceback. Imports nothing of the
+package.
 """
 from __future__ import annotations
 

@@ -123,20 +123,23 @@ class RunDir:
         if self.metrics_path.exists() and not overwrite:
             raise RunError(f"{self.root} holds a finished run (metrics.json); pass --overwrite "
                            "or choose another --out")
-        if overwrite or storage is not None or not resumes:
+        if overwrite or not resumes:
             return  # nothing is resumed
-        state = self.latest_resume_state()
+        state = self.latest_resume_state(storage)
         if state is not None:
             try:  # memory-mapped: the config is read, the tables are not
                 checkpoint.check_resumable(checkpoint.load_resume_state(state, mmap=True), cfg)
             except (C.ConfigError, CheckpointError) as e:
                 raise type(e)(f"{self.root} holds an unfinished run that would resume "
-                              f"({state.relative_to(self.root)}): {e}; pass --overwrite to "
-                              "start over") from None
+                              f"({state}): {e}; pass --overwrite to start over") from None
 
-    def latest_resume_state(self) -> Path | None:
-        """The newest resumable state in the default Ray storage (RUN/ray), if any."""
-        ray_dir = self.root / "ray"
+    def latest_resume_state(self, storage: str | None = None) -> Path | None:
+        """The newest resumable state this run would resume from (Ray Train's run of it in
+        RUN/ray, or in a `storage` on a local path; a remote storage is not looked into and
+        the workers check what they resume), if any."""
+        if storage is not None and "://" in storage:
+            return None
+        ray_dir = Path(self.ray_storage(storage)) / self.ray_run_name(storage, fresh=False)
         found = list(ray_dir.rglob(checkpoint.RESUME_STATE_FILE)) if ray_dir.is_dir() else []
         return max(found, key=lambda p: p.stat().st_mtime) if found else None
 

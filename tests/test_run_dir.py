@@ -1,5 +1,6 @@
 """The run directory's rule: a rejected command changes nothing on disk."""
 import hashlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,3 +93,16 @@ def test_finished_runs_load_back_and_refuse_when_incomplete(finished, tmp_path):
     (tmp_path / "half").mkdir()
     with pytest.raises(Exception, match="is not a finished mba-dist run"):
         RunDir(tmp_path / "half").load()
+
+
+def test_an_unresumable_state_in_a_shared_storage_is_refused_too(tiny_dataset, tmp_path, capsys):
+    run = RunDir(tmp_path / "run")
+    storage = str(tmp_path / "shared")
+    old = C.load_config("configs/synthetic.yaml", FAST + ["mba.c1=7"])
+    where = Path(storage) / run.ray_run_name(storage, fresh=False) / "checkpoint_0001" / "state.pt"
+    where.parent.mkdir(parents=True)
+    torch.save(checkpoint.resume_state(old, {}, "pre_f", 5, {"epoch": 1}, []), where)
+    rc = main(["run", "--data", str(tiny_dataset), "--config", "configs/synthetic.yaml",
+               "--out", str(run.root), "--storage", storage] + _sets(FAST))
+    assert rc == 2 and "mba.c1" in capsys.readouterr().err
+    assert not run.root.exists()

@@ -155,3 +155,28 @@ def test_an_os_error_on_a_path_is_one_line(tmp_path, capsys):
                  "--measured-users", "10", "--memory-items", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"mba-dist bench-eval: error: {blocker / 'sub'}: Not a directory"
+
+
+def test_a_mode_the_backend_lacks_is_refused_at_load():
+    with pytest.raises(C.ConfigError, match="optim.mode rowwise_adagrad is not available with "
+                                            "model.backend=torch"):
+        C.load_config(None, ["optim.mode=rowwise_adagrad"])
+
+
+def test_the_sweep_tool_trains_a_point_through_the_run_command(tiny_dataset, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    fast = ["--set", "pretrain.epochs=2", "--set", "mba.epochs=2", "--set", "data.aux=click",
+            "--set", "train.merged_baseline=false"]
+    pre = tmp_path / "pre"
+    assert main(["run", "--local", "--data", str(tiny_dataset), "--out", str(pre)] + fast) == 0
+    res = subprocess.run([sys.executable, "tools/sweep.py", "--data", str(tiny_dataset),
+                          "--config", "configs/synthetic.yaml", "--pretrained", str(pre),
+                          "--out", str(tmp_path / "sweep"), "--grid", "mba.alpha=1,3"] + fast,
+                         cwd=root, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = (tmp_path / "sweep" / "sweep.csv").read_text().splitlines()
+    assert len(lines) == 3 and lines[1].startswith("mba.alpha=1,")

@@ -4,7 +4,7 @@
         --pretrained runs/beibei --out runs/sweep_beibei \\
         --grid mba.c1=10,100,1000 --grid mba.c2=1,10,100 [--set mba.epochs=30 ...]
 
-Each grid point is a full `run_training` (pretraining reused from --pretrained) in its own run
+Each grid point is a full `mba-dist run --local` (`jobs.train_run`; pretraining reused from --pretrained) in its own run
 directory; `sweep.csv` lists validation and test Recall@20 / NDCG@20 per point. The best point
 is chosen on validation Recall@20 only; the test columns are reported, never used to choose.
 """
@@ -17,9 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-from mba_dist import config as C
+from mba_dist.jobs import train_run
 from mba_dist.run_dir import RunDir
-from mba_dist.train.runner import run_training
 
 
 def main(argv=None) -> int:
@@ -44,16 +43,10 @@ def main(argv=None) -> int:
         name = "_".join(f"{k.split('.')[-1]}{v}" for k, v in zip(keys, combo)) or "base"
         run_dir = out / name
         if (run_dir / "metrics.json").is_file():
-            m = json.loads((run_dir / "metrics.json").read_text())
+            m = RunDir(run_dir).read_metrics()
         else:
-            cfg = C.load_config(a.config, a.set + point + [f"pretrain.from_run={a.pretrained}"])
-            run = RunDir(run_dir)
-            run.check_new_run(cfg, overwrite=False)
-            run.begin(cfg, {"data": str(Path(a.data).resolve()), "config_file": a.config,
-                            "sets": a.set + point}, overwrite=False)
-            pre = RunDir(a.pretrained).stages()
-            pre.check_reusable(cfg)
-            m = run_training(cfg, a.data, run, reused=pre)
+            m, _ = train_run(a.data, run_dir, a.config,
+                             a.set + point + [f"pretrain.from_run={a.pretrained}"], local=True)
         row = {"point": " ".join(point), "best_epoch": m["best_epoch"],
                "valid_recall@20": m["valid"]["recall@20"], "valid_ndcg@20": m["valid"]["ndcg@20"],
                "test_recall@20": m["test"]["recall@20"], "test_ndcg@20": m["test"]["ndcg@20"],

@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from mba_dist.config import OptimConfig
-from mba_dist.errors import ConfigError
 from mba_dist.eval.scorers import LocalFactors
 from mba_dist.mba.roles import ENTITIES, Model, model_name
 from mba_dist.tables.base import Rows, TableGroup
@@ -47,7 +46,7 @@ class TorchTableGroup(TableGroup):
         elif optim_mode == "sgd":
             self.opt = torch.optim.SGD(params, lr=optim.lr)
         else:
-            raise ConfigError(f"optim.mode {optim_mode!r} is not available with model.backend=torch "
+            raise ValueError(f"optim.mode {optim_mode!r} is not available with model.backend=torch "
                              "(use dense_adam, sparse_adam, adagrad or sgd, or model.backend=torchrec)")
 
     def lookup(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> Rows:

@@ -32,7 +32,6 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 
 from mba_dist.config import OptimConfig
 from mba_dist.dist.collective import collective_device
-from mba_dist.errors import ConfigError
 from mba_dist.mba.roles import ENTITIES, Model, model_name
 from mba_dist.tables.base import Rows, TableGroup
 from mba_dist.tables.plan import sharding_plan
@@ -49,9 +48,6 @@ class TorchrecTableGroup(TableGroup):
         if not dist.is_initialized():
             raise RuntimeError("model.backend=torchrec needs a torch.distributed process group "
                                "(Ray Train creates one; the local launcher starts a 1-rank group)")
-        if optim is not None and optim.mode not in FUSED_OPTIMIZERS:
-            raise ConfigError(f"optim.mode {optim.mode!r} has no fused torchrec kernel on CPU; "
-                              f"use one of {sorted(FUSED_OPTIMIZERS)}")
         # The steps rely on gradients averaged over ranks (see train.steps.L2.scale).
         set_gradient_division(True)
         self.models = tuple(model_name(m) for m in models)
