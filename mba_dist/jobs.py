@@ -60,9 +60,10 @@ def train_run(data: str | Path, out: str | Path, config: str | None = None,
     reused = None
     if cfg.method == "mba" and cfg.pretrain.from_run:
         reused = RunDir(cfg.pretrain.from_run).stages()
-        reused.check_reusable(cfg)
+        reused.check_reusable(cfg, ds)
     final, run = run, run.build_dir(overwrite)  # a run over a run is built beside it
-    run.begin(cfg, {"data": str(Path(data).resolve()), "config_file": config, "sets": sets,
+    run.begin(cfg, {"data": str(Path(data).resolve()), "dataset_fingerprint": ds.fingerprint,
+                    "config_file": config, "sets": sets,
                     "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                     "python": platform.python_version()}, overwrite, storage)
     if local:

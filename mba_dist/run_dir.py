@@ -69,6 +69,14 @@ def _read_json(path: Path) -> dict:
         raise RunError(f"{path}: not valid JSON ({e})") from None
 
 
+def _check_same_dataset(info: dict, ds: Dataset, root: Path, what: str = "") -> None:
+    """A run's run.json records its dataset's fingerprint (runs from before it did not)."""
+    want = info.get("dataset_fingerprint")
+    if want is not None and want != ds.fingerprint:
+        raise RunError(f"{what}{root} was trained on another dataset than {ds.root} "
+                       f"(fingerprint {want}, this one {ds.fingerprint}: its meta.json differs)")
+
+
 class RunDir:
     """Paths, decisions and writers of one run directory (picklable: workers get it)."""
 
@@ -230,7 +238,11 @@ class RunDir:
                 raise RunError(f"{self.root / name} is missing: {self.root} is not a finished "
                                "mba-dist run")
         info = _read_json(self.root / "run.json")
-        return FinishedRun(self.root, C.load_config(self.config_path), Dataset(info["data"]))
+        if "data" not in info:
+            raise RunError(f"{self.root / 'run.json'} names no dataset")
+        ds = Dataset(info["data"])
+        _check_same_dataset(info, ds, self.root)
+        return FinishedRun(self.root, C.load_config(self.config_path), ds)
 
 
 @dataclass
@@ -251,8 +263,11 @@ class StageFiles:
         path = self.root / "metrics.json"
         return _read_json(path).get("stages", {}).get(name, {}) if path.is_file() else {}
 
-    def check_reusable(self, cfg: C.Config) -> None:
-        """Whether `cfg` (method mba) can reuse this run's stage-1 models."""
+    def check_reusable(self, cfg: C.Config, ds: Dataset) -> None:
+        """Whether `cfg` (method mba) on `ds` can reuse this run's stage-1 models."""
+        path = self.root / "run.json"
+        if path.is_file():
+            _check_same_dataset(_read_json(path), ds, self.root, "pretrain.from_run ")
         if self.cfg.data.target != cfg.data.target:
             raise C.ConfigError(f"pretrain.from_run {self.root}: target {self.cfg.data.target!r} "
                                 f"differs from data.target {cfg.data.target!r}")

@@ -180,3 +180,25 @@ def test_the_sweep_tool_trains_a_point_through_the_run_command(tiny_dataset, tmp
     assert res.returncode == 0, res.stderr[-2000:]
     lines = (tmp_path / "sweep" / "sweep.csv").read_text().splitlines()
     assert len(lines) == 3 and lines[1].startswith("mba.alpha=1,")
+
+
+def test_runs_know_their_dataset(tiny_dataset, tmp_path, capsys):
+    """A dataset of the same shape is not the same dataset: from_run and evaluate refuse it."""
+    import json
+
+    from data_prep.synthetic import SynthSpec, generate
+
+    other = tmp_path / "other"
+    generate(SynthSpec(users=300, items=200, topics=10, seed=1), other)
+    fast = ["--set", "pretrain.epochs=2", "--set", "mba.epochs=2", "--set", "data.aux=click",
+            "--set", "train.merged_baseline=false"]
+    first = tmp_path / "first"
+    assert main(["run", "--local", "--data", str(tiny_dataset), "--out", str(first)] + fast) == 0
+    assert main(["run", "--local", "--data", str(other), "--out", str(tmp_path / "second")]
+                + fast + ["--set", f"pretrain.from_run={first}"]) == 2
+    assert "was trained on another dataset than" in capsys.readouterr().err
+    assert not (tmp_path / "second").exists()
+    info = json.loads((first / "run.json").read_text())
+    (first / "run.json").write_text(json.dumps({**info, "data": str(other)}))
+    assert main(["evaluate", "--run", str(first)]) == 2
+    assert "(fingerprint" in capsys.readouterr().err

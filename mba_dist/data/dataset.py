@@ -1,6 +1,7 @@
 """A prepared dataset (layout in `data.format`), loaded lazily split by split."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -33,6 +34,12 @@ class Dataset:
         self.num_items = int(self.meta["num_items"])
         self.target = str(self.meta["target"])
         self._cache: dict[tuple[str, str], Pairs] = {}
+
+    @property
+    def fingerprint(self) -> str:
+        """The dataset's identity: a hash of its meta.json (counts, splits, the sources'
+        checksums or the synthetic spec), the same wherever the directory is moved."""
+        return hashlib.sha256(json.dumps(self.meta, sort_keys=True).encode()).hexdigest()[:16]
 
     def behaviors(self, split: str) -> list[str]:
         return sorted(self.meta["splits"].get(split, {}))

@@ -119,7 +119,7 @@ def run_with_ray(cfg: C.Config, data_dir: str | Path, run, num_workers: int = 1,
 
     # One line per epoch from rank 0 instead of a progress bar per dataset execution.
     ray.data.DataContext.get_current().enable_progress_bars = False
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from mba_dist.data.stream import StreamPlan
@@ -141,7 +141,9 @@ def run_with_ray(cfg: C.Config, data_dir: str | Path, run, num_workers: int = 1,
                                          resources_per_worker=None if use_gpu else {"CPU": 0.5}),
             run_config=RunConfig(name=run.ray_run_name(storage, fresh),
                                  storage_path=run.ray_storage(storage),
-                                 failure_config=FailureConfig(max_failures=max_failures)),
+                                 failure_config=FailureConfig(max_failures=max_failures),
+                                 # resume needs the latest; one more covers a crash mid-copy
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2)),
             datasets=datasets or None,
         )
         try:
