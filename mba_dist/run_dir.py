@@ -42,8 +42,6 @@ from mba_dist.files import atomic_write_bytes, atomic_write_parquet, ensure_dir
 from mba_dist.mba.stages import main_model
 from mba_dist.train import checkpoint
 
-
-
 SIGNATURE = {"tool": "mba-dist", "kind": "run"}  # in run.json: this directory is a run
 
 
@@ -95,10 +93,6 @@ class RunDir:
     @property
     def log_path(self) -> Path:
         return self.root / "log.jsonl"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
 
     def stage_path(self, name: str) -> Path:
         return stage_path(self.root, name)

@@ -136,13 +136,14 @@ def _write_calls(path: Path) -> list[str]:
 
 
 def _opens_for_writing(call: ast.Call) -> bool:
-    modes = [a.value for a in call.args[1:2] if isinstance(a, ast.Constant)]
-    modes += [k.value.value for k in call.keywords if k.arg == "mode"
-              and isinstance(k.value, ast.Constant)]
-    if not modes:  # Path.open() / open(p): read
-        return bool(call.args and not isinstance(call.args[0], ast.Constant)
-                    and ast.unparse(call.func) == "open" and len(call.args) > 1)
-    return any(c in str(m) for m in modes for c in "wax+")
+    """Whether `open(path, mode)`, `os.fdopen(fd, mode)` or `path.open(mode)` writes; no mode
+    reads, a mode that is not a literal counts as writing."""
+    at = 0 if isinstance(call.func, ast.Attribute) and call.func.attr == "open" else 1
+    mode = (call.args[at] if len(call.args) > at
+            else next((k.value for k in call.keywords if k.arg == "mode"), None))
+    if mode is None:
+        return False
+    return not isinstance(mode, ast.Constant) or any(c in str(mode.value) for c in "wax+")
 
 
 def test_only_the_designated_modules_write_files():

@@ -55,10 +55,13 @@ def role_files(cfg: C.Config, ds: Dataset) -> dict[str, list[tuple[str, str]]]:
 
 
 def role_rows(cfg: C.Config, ds: Dataset) -> dict[str, int]:
-    """Rows of each role's files (from meta.json; a clear error for a file it lacks)."""
-    return {role: sum(ds.meta["splits"][s][b]["rows"] for s, b in splits
-                      if ds.pairs_file(s, b))
-            for role, splits in role_files(cfg, ds).items()}
+    """Rows of each role's files (from meta.json); a clear error when a file is not there."""
+    rows = {}
+    for role, splits in role_files(cfg, ds).items():
+        for split, behavior in splits:
+            ds.pairs_file(split, behavior)
+        rows[role] = sum(ds.meta["splits"][s][b]["rows"] for s, b in splits)
+    return rows
 
 
 def check_dataset(cfg: C.Config, ds: Dataset) -> None:
@@ -67,14 +70,11 @@ def check_dataset(cfg: C.Config, ds: Dataset) -> None:
     if cfg.data.target != ds.target:
         raise ConfigError(f"data.target is {cfg.data.target!r} but {ds.root} was prepared with "
                           f"target {ds.target!r}")
-    for role, splits in role_files(cfg, ds).items():
-        for split, behavior in splits:
-            ds.pairs_file(split, behavior)  # a clear error when listed but missing
     needed = [("test", cfg.data.target)]
     if cfg.train.select_on == "valid":
         needed.append(("valid", cfg.data.target))
     for split, behavior in needed:
         ds.pairs_file(split, behavior)
-    for role, rows in role_rows(cfg, ds).items():
+    for role, rows in role_rows(cfg, ds).items():  # the train files, each checked there
         if rows == 0:
             raise ConfigError(f"{ds.root}: the {role} behavior has no train pairs")

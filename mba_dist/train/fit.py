@@ -191,7 +191,7 @@ def fit_stage(w: Worker, stage: StageInput, max_epochs: int, patience: int, step
     def validate(epoch: int) -> dict:
         weights = {m: g.weights(m) for g in groups for m in g.models}
         for m, tables in weights.items():  # the same whole tables on every rank
-            if not all(bool(torch.isfinite(w).all()) for w in tables):
+            if not all(bool(torch.isfinite(t).all()) for t in tables):
                 raise DivergedError(_diverged(name, epoch, f"non-finite weights in {m}"))
         metrics = w.select_metrics(scorer_of(weights))
         if metrics["recall@20"] > f.best["recall@20"]:
@@ -225,8 +225,7 @@ def fit_stage(w: Worker, stage: StageInput, max_epochs: int, patience: int, step
             raise DivergedError(_diverged(name, epoch, f"loss {loss}"))
         f.seconds += dt
         f.triples += n
-        record = {"stage": name, "epoch": epoch, "step": w.global_step,
-                  "loss": loss,
+        record = {"stage": name, "epoch": epoch, "step": w.global_step, "loss": loss,
                   "triples": n, "data_s": round(waited[0], 3), **counts,
                   "seconds": round(dt, 3), "triples_per_s": round(n / max(dt, 1e-9))}
         if mid_epoch:
