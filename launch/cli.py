@@ -100,7 +100,8 @@ def cmd_run(a) -> int:
     try:
         _, report = train_run(a.data, a.out, a.config, sets, workers=a.workers, local=a.local,
                               gpu=a.gpu, max_failures=a.max_failures, storage=a.storage,
-                              overwrite=a.overwrite, progress=progress)
+                              overwrite=a.overwrite, progress=progress,
+                              say=lambda line: print(f"[mba-dist] {line}", file=sys.stderr))
     finally:
         close()
     print(report)
@@ -299,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
         # one clear line; every other exception keeps its traceback.
         print(f"mba-dist {a.cmd}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        hint = ("; the same command resumes from the last checkpoint" if a.cmd == "run" else "")
+        print(f"mba-dist {a.cmd}: interrupted{hint}", file=sys.stderr)
+        return 130
     except OSError as e:
         if e.filename is None or e.errno not in PATH_ERRNOS:
             raise  # not a problem of a path: a failure of the machine or a bug

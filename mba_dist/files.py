@@ -1,13 +1,17 @@
 """Atomic writes: a file or a directory appears whole or not at all.
 
 The primitives only; who may write where is decided elsewhere (`run_dir` for run directories,
-`data.format` for datasets).
+`data.format` for datasets). Every temporary name carries the writer's pid and host
+(`.NAME.tmp-PID@HOST-...`), so that the next writer of the same name removes what a killed one
+left (`clear_leftovers`) and never touches the temporaries of a writer still alive.
 """
 from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +38,50 @@ def atomic_write_parquet(path: Path, table) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname())
+
+
+def temp_prefix(name: str, kind: str = "tmp") -> str:
+    """The start of a temporary sibling's name for `name`: `.NAME.KIND-PID@HOST-`."""
+    return f".{name}.{kind}-{os.getpid()}@{_host()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def clear_leftovers(parent: Path, name: str) -> list[Path]:
+    """Remove the temporaries of `name` in `parent` that a killed writer on this host left
+    (`temp_prefix`); returns what was removed. An `.old` (the previous version, moved aside
+    during a swap) goes only once `name` itself is back in place."""
+    parent = Path(parent)
+    pattern = re.compile(rf"^\.{re.escape(name)}\.(tmp|old)-(\d+)@{re.escape(_host())}-")
+    removed = []
+    try:
+        entries = list(parent.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for p in entries:
+        m = pattern.match(p.name)
+        if m is None or _alive(int(m.group(2))):
+            continue
+        if m.group(1) == "old" and not (parent / name).exists():
+            continue  # killed mid-swap: the only copy
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -46,7 +94,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     cluster others read runs from shared storage)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    clear_leftovers(path.parent, path.name)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -71,20 +120,37 @@ def atomic_dir(final: Path, overwrite: bool = False,
         check(final, overwrite)
     if final.exists() and not overwrite:
         raise OutputExistsError(f"{final} already exists (pass --overwrite to replace it)")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's are 0700
+    tmp = temp_dir_for(final)
     try:
         yield tmp
         if check is not None:  # the path may have changed while the block ran
             check(final, overwrite)
-        if final.exists():
-            old = final.parent / f".{final.name}.old-{os.getpid()}"
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
+        swap_in(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def temp_dir_for(final: Path) -> Path:
+    """A new temporary sibling directory of `final` (`temp_prefix`), with the permissions of
+    the umask (mkdtemp's are 0700); a killed writer's leftovers of `final` are removed first."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    clear_leftovers(final.parent, final.name)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(final.name), dir=final.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
+def swap_in(new: Path, final: Path) -> None:
+    """Put the complete directory `new` at `final`: an existing `final` is moved aside, `new`
+    renamed into place, then the earlier one deleted (a kill between the renames leaves the
+    earlier version whole, under its `.old` name)."""
+    if not final.exists():
+        new.rename(final)
+        return
+    old = Path(tempfile.mkdtemp(prefix=temp_prefix(final.name, "old"), dir=final.parent))
+    old.rmdir()  # a free name for the rename
+    final.rename(old)
+    new.rename(final)
+    shutil.rmtree(old, ignore_errors=True)

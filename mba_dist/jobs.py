@@ -11,6 +11,7 @@ import platform
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -44,14 +45,16 @@ def _local_process_group(cfg: C.Config):
 def train_run(data: str | Path, out: str | Path, config: str | None = None,
               sets: list[str] = (), workers: int = 1, local: bool = False, gpu: bool = False,
               max_failures: int = 3, storage: str | None = None, overwrite: bool = False,
-              progress: Progress = no_progress) -> tuple[dict, str]:
-    """`mba-dist run` (module docstring); returns the metrics and the results table."""
+              progress: Progress = no_progress,
+              say: Callable[[str], None] = lambda line: None) -> tuple[dict, str]:
+    """`mba-dist run` (module docstring); returns the metrics and the results table. `say`
+    gets the lines a user should see (what is resumed)."""
     sets = list(sets)
     cfg = C.load_config(config, sets)
     if local and workers != 1:
         raise ConfigError("--local runs one in-process worker; drop --workers or --local")
     run = RunDir(out)
-    run.check_new_run(cfg, overwrite, storage, resumes=not local)
+    state = run.check_new_run(cfg, overwrite, storage, local=local)
     ds = Dataset(data)
     check_dataset(cfg, ds)
     if not local:  # a streamed epoch splits each global batch into equal local ones
@@ -67,10 +70,19 @@ def train_run(data: str | Path, out: str | Path, config: str | None = None,
                     "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                     "python": platform.python_version()}, overwrite, storage)
     if local:
-        from mba_dist.train.runner import run_training
+        from mba_dist.train.checkpoint import load_resume_state
+        from mba_dist.train.runner import FileCheckpoints, run_training
 
+        resume = load_resume_state(state) if state is not None else None
+        if resume is not None:
+            say(f"resuming from {state}: stage {resume['stage']} after epoch "
+                f"{resume['fit']['epoch']}")
+        elif run.latest_resume_state(storage) is not None and not overwrite:
+            say(f"not resuming the Ray Train checkpoint in {run.ray_storage(storage)}: a --local "
+                "run resumes only its own (run without --local to continue that one)")
         with _local_process_group(cfg):
-            metrics = run_training(cfg, data, run, progress, reused=reused)
+            metrics = run_training(cfg, data, run, progress, resume=resume, reused=reused,
+                                   checkpointer=FileCheckpoints(cfg.train.checkpoint_every, run))
     else:
         from mba_dist.train.ray_job import run_with_ray
 
@@ -82,6 +94,7 @@ def train_run(data: str | Path, out: str | Path, config: str | None = None,
     table = run.load().recommendations(users, cfg.eval.top_n)
     report = results_table(metrics)
     run.write_results(report, table)
+    run.remove_checkpoints()  # the stage files are the finished run
     final.replace_with(run)
     return metrics, report
 

@@ -38,7 +38,8 @@ from mba_dist.errors import CheckpointError, RunError
 from mba_dist.eval import baselines
 from mba_dist.eval.export import top_n_table
 from mba_dist.eval.scorers import Scorer
-from mba_dist.files import atomic_write_bytes, atomic_write_parquet, ensure_dir
+from mba_dist.files import (atomic_write_bytes, atomic_write_parquet, clear_leftovers, ensure_dir,
+                            swap_in, temp_dir_for, temp_prefix)
 from mba_dist.mba.stages import main_model
 from mba_dist.train import checkpoint
 
@@ -97,6 +98,11 @@ class RunDir:
     def stage_path(self, name: str) -> Path:
         return stage_path(self.root, name)
 
+    @property
+    def local_state_path(self) -> Path:
+        """A `--local` run's resumable state (one file, replaced every checkpoint)."""
+        return self.root / "checkpoint" / checkpoint.RESUME_STATE_FILE
+
     def ray_storage(self, storage: str | None) -> str:
         return storage or str(self.root / "ray")
 
@@ -112,10 +118,10 @@ class RunDir:
 
     # ---- decisions (before anything is written) ---------------------------------------------
     def check_new_run(self, cfg: C.Config, overwrite: bool, storage: str | None = None,
-                      resumes: bool = True) -> None:
+                      local: bool = False) -> Path | None:
         """Whether `mba-dist run` may train `cfg` into this directory: not over a finished run
-        without `overwrite`, and (when the run `resumes`, as Ray Train runs do) not on top of
-        a resumable state of another config."""
+        without `overwrite`, and not on top of a resumable state of another config. Returns
+        the state this run resumes from (`latest_resume_state`), if any."""
         if self.root.exists() and not self.root.is_dir():
             raise RunError(f"{self.root} exists and is not a directory")
         if self.root.is_dir() and any(self.root.iterdir()) and not is_run(self.root):
@@ -125,20 +131,24 @@ class RunDir:
         if self.metrics_path.exists() and not overwrite:
             raise RunError(f"{self.root} holds a finished run (metrics.json); pass --overwrite "
                            "or choose another --out")
-        if overwrite or not resumes:
-            return  # nothing is resumed
-        state = self.latest_resume_state(storage)
+        if overwrite:
+            return None  # nothing is resumed
+        state = self.latest_resume_state(storage, local)
         if state is not None:
             try:  # memory-mapped: the config is read, the tables are not
                 checkpoint.check_resumable(checkpoint.load_resume_state(state, mmap=True), cfg)
             except (C.ConfigError, CheckpointError) as e:
                 raise type(e)(f"{self.root} holds an unfinished run that would resume "
                               f"({state}): {e}; pass --overwrite to start over") from None
+        return state
 
-    def latest_resume_state(self, storage: str | None = None) -> Path | None:
-        """The newest resumable state this run would resume from (Ray Train's run of it in
-        RUN/ray, or in a `storage` on a local path; a remote storage is not looked into and
-        the workers check what they resume), if any."""
+    def latest_resume_state(self, storage: str | None = None, local: bool = False
+                            ) -> Path | None:
+        """The newest resumable state this run would resume from, if any: a `local` run's own
+        (`local_state_path`), or Ray Train's run of it in RUN/ray or in a `storage` on a local
+        path (a remote storage is not looked into; the workers check what they resume)."""
+        if local:
+            return self.local_state_path if self.local_state_path.is_file() else None
         if storage is not None and "://" in storage:
             return None
         ray_dir = Path(self.ray_storage(storage)) / self.ray_run_name(storage, fresh=False)
@@ -147,35 +157,27 @@ class RunDir:
 
     def build_dir(self, overwrite: bool) -> "RunDir":
         """Where this command builds its run: here, or with `overwrite` over a run that is
-        already here, beside it (`.NAME.next`, swapped in by `replace_with` once finished), so
-        that a killed or failed command leaves the earlier run as it was."""
+        already here, beside it (a `files.temp_dir_for` sibling, swapped in by `replace_with`
+        once finished), so that a killed or failed command leaves the earlier run as it was;
+        what a killed command of this run left beside it is removed here."""
+        clear_leftovers(self.root.parent, self.root.name)
         if not (overwrite and is_run(self.root)):
             return self
-        built = RunDir(self.root.parent / f".{self.root.name}.next")
-        if built.root.exists():  # an earlier attempt's, never swapped in
-            if any(built.root.iterdir()) and not is_run(built.root):
-                raise RunError(f"{built.root} is in the way and is not an mba-dist run")
-            shutil.rmtree(built.root)
-        return built
+        return RunDir(temp_dir_for(self.root))
 
     def replace_with(self, built: "RunDir") -> None:
         """Swap a finished `built` run in for this one (the earlier run is moved aside, the new
         one renamed into place, then the earlier one deleted)."""
-        if built.root == self.root:
-            return
-        old = self.root.parent / f".{self.root.name}.old"
-        if old.exists():
-            shutil.rmtree(old)
-        self.root.rename(old)
-        built.root.rename(self.root)
-        shutil.rmtree(old)
+        if built.root != self.root:
+            swap_in(built.root, self.root)
 
     # ---- writers ------------------------------------------------------------------------------
     def begin(self, cfg: C.Config, info: dict, overwrite: bool, storage: str | None = None) -> None:
         """Start a run (after `check_new_run`): the config and run.json, a fresh log."""
-        if overwrite and storage is None:
-            # Ray Train would resume the earlier run's last checkpoint from its storage here
-            shutil.rmtree(self.root / "ray", ignore_errors=True)
+        if overwrite:  # a fresh start resumes nothing the directory held
+            shutil.rmtree(self.local_state_path.parent, ignore_errors=True)
+            if storage is None:  # Ray Train would resume its last checkpoint from RUN/ray
+                shutil.rmtree(self.root / "ray", ignore_errors=True)
         self.root.mkdir(parents=True, exist_ok=True)
         self.log_path.unlink(missing_ok=True)
         atomic_write_bytes(self.config_path, C.config_yaml(cfg).encode())
@@ -189,6 +191,14 @@ class RunDir:
 
     def rewrite_log(self, records: list[dict]) -> None:
         atomic_write_bytes(self.log_path, "".join(json.dumps(r) + "\n" for r in records).encode())
+
+    def save_resume_state(self, blob: bytes) -> None:
+        atomic_write_bytes(self.local_state_path, blob)
+
+    def remove_checkpoints(self) -> None:
+        """A finished run keeps its stage files; its resumable state goes (`--local`; Ray
+        Train's are removed by `train.ray_job`)."""
+        shutil.rmtree(self.local_state_path.parent, ignore_errors=True)
 
     def save_stage(self, name: str, blob: bytes) -> None:
         atomic_write_bytes(self.stage_path(name), blob)
@@ -211,7 +221,8 @@ class RunDir:
     def staged_resume_state(self, state: dict, filename: str) -> Iterator[str]:
         """A temporary directory holding `state` as `filename`, for Ray Train to copy into the
         run's storage (`train.ray_job.RayCheckpoints`)."""
-        with tempfile.TemporaryDirectory(prefix="mba-dist-ckpt-") as d:
+        clear_leftovers(Path(tempfile.gettempdir()), "mba-dist-ckpt")
+        with tempfile.TemporaryDirectory(prefix=temp_prefix("mba-dist-ckpt")) as d:
             atomic_write_bytes(Path(d) / filename, checkpoint.resume_bytes(state))
             yield d
 

@@ -66,10 +66,11 @@ def test_an_unresumable_state_is_refused_before_anything_is_written(tiny_dataset
     err = capsys.readouterr().err
     assert rc == 2 and "would resume" in err and "mba.alpha" in err
     assert _snapshot(run.root) == before
-    # a run that never resumes (--local), or starts over, is not held back by that state
+    # a --local run (it resumes only its own states), or one that starts over, is not held
+    # back by that state
     new = C.load_config("configs/synthetic.yaml", FAST)
-    run.check_new_run(new, overwrite=False, resumes=False)
-    run.check_new_run(new, overwrite=True)
+    assert run.check_new_run(new, overwrite=False, local=True) is None
+    assert run.check_new_run(new, overwrite=True) is None
 
 
 def test_outputs_over_a_file_and_from_run_without_its_stages_are_input_errors(finished, tmp_path,

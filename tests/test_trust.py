@@ -99,11 +99,11 @@ def test_a_killed_overwrite_leaves_the_earlier_run_evaluating_to_its_metrics(tin
     proc = subprocess.Popen([sys.executable, "-m", "launch.cli", "run", "--local", "--data",
                              str(tiny_dataset), "--out", str(out), "--overwrite"] + slow,
                             cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    building = tmp_path / ".run.next" / "log.jsonl"
     deadline = time.monotonic() + 120
-    while not building.exists() and time.monotonic() < deadline and proc.poll() is None:
+    while (not list(tmp_path.glob(".run.tmp-*/log.jsonl")) and time.monotonic() < deadline
+           and proc.poll() is None):
         time.sleep(0.1)
-    assert building.exists(), "the new run was not built beside the earlier one"
+    assert list(tmp_path.glob(".run.tmp-*/log.jsonl")), "the new run was not built beside it"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert _tree(out) == before  # every byte of the earlier run
@@ -114,7 +114,7 @@ def test_a_killed_overwrite_leaves_the_earlier_run_evaluating_to_its_metrics(tin
     # the next --overwrite clears the leftover and swaps its finished run in
     assert main(["run", "--local", "--data", str(tiny_dataset), "--out", str(out),
                  "--overwrite"] + fast) == 0
-    assert not (tmp_path / ".run.next").exists() and not (tmp_path / ".run.old").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ev", "run"]  # nothing left beside it
     assert json.loads((out / "metrics.json").read_text())["test"] == recorded["test"]
 
 
@@ -202,3 +202,79 @@ def test_runs_know_their_dataset(tiny_dataset, tmp_path, capsys):
     (first / "run.json").write_text(json.dumps({**info, "data": str(other)}))
     assert main(["evaluate", "--run", str(first)]) == 2
     assert "(fingerprint" in capsys.readouterr().err
+
+
+def _run_until(cmd, cwd, done, timeout=120):
+    """Start `cmd`, wait until `done()` holds, then SIGKILL it."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    killed = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    return killed
+
+
+def test_a_killed_local_run_resumes_to_the_metrics_of_an_uninterrupted_one(tiny_dataset,
+                                                                          tmp_path, capsys):
+    import json
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sets = ["--set", "pretrain.epochs=3", "--set", "mba.epochs=30", "--set", "mba.patience=30",
+            "--set", "train.merged_baseline=false", "--set", "data.aux=click",
+            "--set", "train.checkpoint_every=1"]
+    assert main(["run", "--local", "--data", str(tiny_dataset), "--out",
+                 str(tmp_path / "whole")] + sets) == 0
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "launch.cli", "run", "--local", "--data", str(tiny_dataset),
+           "--out", str(out)] + sets
+
+    def in_mba():
+        log = out / "log.jsonl"
+        return log.is_file() and '"stage": "mba", "epoch": 2,' in log.read_text()
+
+    assert _run_until(cmd, root, in_mba), "the run ended before it could be killed"
+    assert (out / "checkpoint" / "state.pt").is_file() and not (out / "metrics.json").exists()
+    capsys.readouterr()
+    assert main(["run", "--local", "--data", str(tiny_dataset), "--out", str(out)]
+                + sets + ["--set", "mba.alpha=7"]) == 2  # another config would resume it
+    assert "holds an unfinished run that would resume" in capsys.readouterr().err
+    assert main(["run", "--local", "--data", str(tiny_dataset), "--out", str(out)] + sets) == 0
+    assert "resuming from" in capsys.readouterr().err
+    got = json.loads((out / "metrics.json").read_text())
+    want = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    assert got["test"] == want["test"] and got["baselines"] == want["baselines"]
+    from tests.test_checkpoint import _log
+    assert _log(out) == _log(tmp_path / "whole")  # the same epochs, losses and selections
+    assert not (out / "checkpoint").exists()  # a finished run keeps only its stage files
+
+
+def test_what_a_killed_writer_left_is_removed_on_the_next_start(tmp_path):
+    """Temporaries carry their writer's pid: the next writer of the same name removes those of
+    dead writers and leaves a live writer's alone."""
+    import os
+    from mba_dist.files import atomic_dir, temp_prefix
+
+    dead = 2 ** 22 + 7  # above pid_max: no such process
+    dead_tmp = tmp_path / temp_prefix("ds").replace(f"-{os.getpid()}@", f"-{dead}@")
+    dead_tmp = dead_tmp.with_name(dead_tmp.name + "abc")
+    dead_tmp.mkdir()
+    (dead_tmp / "part.parquet").write_bytes(b"half")
+    live_tmp = tmp_path / (temp_prefix("ds") + "xyz")
+    live_tmp.mkdir()
+    dead_old = tmp_path / temp_prefix("ds", "old").replace(f"-{os.getpid()}@", f"-{dead}@")
+    dead_old.mkdir()  # an earlier version moved aside while `ds` is missing: the only copy
+    with atomic_dir(tmp_path / "ds") as d:
+        (d / "x").write_text("1")
+    assert not dead_tmp.exists() and live_tmp.exists()
+    assert dead_old.exists()  # kept: `ds` was not there when the leftovers were looked at
+    with atomic_dir(tmp_path / "ds", overwrite=True) as d:
+        (d / "x").write_text("2")
+    assert not dead_old.exists() and (tmp_path / "ds" / "x").read_text() == "2"

@@ -34,7 +34,10 @@ def init_ray() -> bool:
     if address:
         ray.init(address=address)
     else:  # the embedded default: a new in-process local cluster on loopback ("local": never
-        # a cluster that `ray start` left registered on this machine)
+        # a cluster that `ray start` left registered on this machine), ended with this process
+        from mba_dist.dist.reaper import watch
+
+        watch()
         ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
                  runtime_env={"env_vars": dict(EMBEDDED_ENV)})
     return True

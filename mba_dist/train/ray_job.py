@@ -92,6 +92,16 @@ def _train_loop_per_worker(loop_config: dict) -> None:
                  checkpointer=RayCheckpoints(cfg.train.checkpoint_every, rank, run))
 
 
+def remove_checkpoints(result) -> None:
+    """A finished run's resumable states go from its storage (local or remote: each checkpoint
+    names its filesystem); the stage files in the run directory are the finished run."""
+    for ckpt, _ in result.best_checkpoints or []:
+        try:
+            ckpt.filesystem.delete_dir(ckpt.path)
+        except FileNotFoundError:
+            pass
+
+
 def streams(cfg: C.Config, data_dir: str | Path) -> bool:
     """Whether this run feeds its workers from Ray Data (`train.input`)."""
     if cfg.train.input != "auto":
@@ -110,7 +120,7 @@ def run_with_ray(cfg: C.Config, data_dir: str | Path, run, num_workers: int = 1,
     has every worker read the pairs and take its share of each global batch; `auto` streams
     when the train pairs exceed `train.stream_min_rows`. A failed worker restarts the whole
     group from the last epoch checkpoint, up to `max_failures` times; checkpoints live under
-    `storage` (default RUN/ray; on a multi-node cluster, storage that every node reaches)."""
+    `storage` until the run has finished (default RUN/ray; on a multi-node cluster, storage that every node reaches)."""
     stream = streams(cfg, data_dir)
     C.validate_world(cfg, num_workers, stream)
     started = init_ray()
@@ -147,12 +157,15 @@ def run_with_ray(cfg: C.Config, data_dir: str | Path, run, num_workers: int = 1,
             datasets=datasets or None,
         )
         try:
-            trainer.fit()
+            result = trainer.fit()
+        except SystemExit:  # Ray Train's Ctrl-C handler aborts the run and exits
+            raise KeyboardInterrupt from None
         except Exception as e:
             cause = input_error(e)
             if cause is None:
                 raise
             raise cause from None  # a bad config or input: its one clear line, not Ray's wrapping
+        remove_checkpoints(result)
     finally:
         if started:
             ray.shutdown()

@@ -39,7 +39,23 @@ class RunOutputs(Protocol):
 
     def save_stage(self, name: str, blob: bytes) -> None: ...
 
+    def save_resume_state(self, blob: bytes) -> None: ...
+
     def write_metrics(self, metrics: dict) -> None: ...
+
+
+class FileCheckpoints:
+    """The `Checkpointer` of a run outside Ray Train (`--local`): every `every` epochs the
+    resumable state replaces the previous one in `out` (`RunOutputs.save_resume_state`)."""
+
+    def __init__(self, every: int, out: RunOutputs | None):
+        self.every, self.out = every, out
+
+    def epoch_end(self, record: dict, state) -> None:
+        if self.every and record["epoch"] % self.every == 0:
+            st = state()  # collective: every rank gathers
+            if self.out is not None and rank_world()[0] == 0:
+                self.out.save_resume_state(checkpoint.resume_bytes(st))
 
 
 class FinishedStages(Protocol):
