@@ -2,15 +2,17 @@
 
     mba-dist prepare --out DIR --target purchase \\
         --train purchase=buy_train.csv --train cart=cart.csv.gz --test purchase=buy_test.csv \\
-        [--valid purchase=buy_valid.csv | --valid-fraction 0.1] [--seed 0]
+        [--valid purchase=buy_valid.csv | --valid-fraction 0.1] [--seed 0] [--ids auto|int|str]
 
 A behavior may be given several files (`--train click=pv.csv --train click=other.csv` builds
 click = the union). `--train click=@purchase` adds the target's *train* pairs (after the
 validation carve) to click: a click log known to contain every train purchase (Taobao's
 click = pv_test ∪ buy_train) must not contain the purchases held out for validation, or
-validation would see them as clicks while the test purchases are not. Raw ids (integers or strings) are mapped to dense ids over all files
-(integers keep their numeric order, so already-dense ids map to themselves); the maps are saved.
-Duplicate pairs are dropped and counted. With no validation file, a validation split is carved
+validation would see them as clicks while the test purchases are not. Raw ids (integers or
+strings, decided once over all files by `data_prep.ids`) are mapped to dense ids; the maps are
+saved. Duplicate pairs are dropped and counted. A held-out file with the content of a train file
+is an error; cold test users/items, held-out pairs that are train pairs and an empty validation
+split are warnings (one line each, with counts, kept in meta.json). With no validation file, a validation split is carved
 from the target train pairs per user (seeded; every user keeps at least one train pair).
 """
 from __future__ import annotations
@@ -19,18 +21,19 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_prep.readers import RawInputError, read_pairs
+from data_prep.ids import Column, dense_ids, id_type
+from data_prep.readers import RawInputError, read_pairs, row_name
 from mba_dist.data.format import FORMAT_VERSION, check_output, write_pairs
-from mba_dist.data.pairs import dedup_sorted, unique_ints
+from mba_dist.data.pairs import contains, dedup_sorted, unique_ints
 from mba_dist.files import atomic_dir
 
-_INT_RE = re.compile(r"^-?\d+$")
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 
 
@@ -50,6 +53,7 @@ class PrepareSpec:
     valid_fraction: float = 0.1
     seed: int = 0
     header: str = "auto"
+    ids: str = "auto"  # the id type of users and items (`data_prep.ids`)
     overwrite: bool = False
 
 
@@ -74,20 +78,6 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _dense_map(parts: list[np.ndarray]) -> tuple[np.ndarray, dict]:
-    """Sorted unique raw ids (int64 when every id is an integer, else str) and a lookup."""
-    allraw = np.unique(np.concatenate(parts))
-    if all(_INT_RE.match(x) for x in allraw):
-        vals = np.unique(allraw.astype(np.int64))
-        return vals, {"type": "int"}
-    return allraw.astype(str), {"type": "str"}
-
-
-def _to_dense(raw: np.ndarray, uniq: np.ndarray) -> np.ndarray:
-    key = raw.astype(np.int64) if uniq.dtype == np.int64 else raw
-    return np.searchsorted(uniq, key).astype(np.int64)
 
 
 def carve_valid(users: np.ndarray, items: np.ndarray, fraction: float, seed: int
@@ -148,16 +138,25 @@ def prepare(spec: PrepareSpec, log=print) -> dict:
         raw.append((s, u, i))
         sources_meta.append({"split": s.split, "behavior": s.behavior, "path": str(s.path),
                              "sha256": sha256(s.path), "rows": int(len(u))})
-    user_vals, user_info = _dense_map([u for _, u, _ in raw])
-    item_vals, item_info = _dense_map([i for _, _, i in raw])
+    _same_files(sources_meta, spec.target)
+    id_types, vals, dense = {}, {}, []
+    for k, entity in enumerate(("user", "item")):
+        cols = [Column(s.path, x[k], partial(row_name, s.path, spec.header)) for s, *x in raw]
+        id_types[entity] = id_type(entity, cols, spec.ids)
+        vals[entity], ids = dense_ids(cols, id_types[entity])
+        dense.append(ids)
+    user_vals, item_vals = vals["user"], vals["item"]
     n_users, n_items = len(user_vals), len(item_vals)
 
     # Union per (split, behavior), dense ids, duplicates dropped.
     merged: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
     dup_counts: dict[str, int] = {}
-    for (split, b), group in _group(raw).items():
-        u = np.concatenate([_to_dense(x[1], user_vals) for x in group])
-        i = np.concatenate([_to_dense(x[2], item_vals) for x in group])
+    groups: dict[tuple[str, str], list[int]] = {}
+    for n, (s, _, _) in enumerate(raw):
+        groups.setdefault((s.split, s.behavior), []).append(n)
+    for (split, b), members in groups.items():
+        u = np.concatenate([dense[0][n] for n in members])
+        i = np.concatenate([dense[1][n] for n in members])
         du, di = dedup_sorted(u, i, n_items)
         dup_counts[f"{split}/{b}"] = int(len(u) - len(du))
         merged[(split, b)] = (du, di)
@@ -175,6 +174,9 @@ def prepare(spec: PrepareSpec, log=print) -> dict:
         ou, oi = merged.get(("train", s.behavior), (np.zeros(0, np.int64), np.zeros(0, np.int64)))
         merged[("train", s.behavior)] = dedup_sorted(np.r_[ou, tu], np.r_[oi, ti], n_items)
 
+    warnings = data_warnings(merged, spec.target, n_items)
+    for w in warnings:
+        log(f"warning: {w}")
     splits_meta: dict[str, dict] = {}
     with atomic_dir(spec.out, overwrite=spec.overwrite, check=check_output) as tmp:
         for (split, b), (u, i) in sorted(merged.items()):
@@ -189,7 +191,7 @@ def prepare(spec: PrepareSpec, log=print) -> dict:
             "format_version": FORMAT_VERSION,
             "num_users": n_users, "num_items": n_items, "target": spec.target,
             "splits": splits_meta, "valid_protocol": valid_protocol,
-            "id_types": {"user": user_info["type"], "item": item_info["type"]},
+            "id_types": id_types, "warnings": warnings,
             "sources": sources_meta, "created_by": "mba-dist prepare",
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -198,8 +200,45 @@ def prepare(spec: PrepareSpec, log=print) -> dict:
     return meta
 
 
-def _group(raw):
-    out: dict[tuple[str, str], list] = {}
-    for s, u, i in raw:
-        out.setdefault((s.split, s.behavior), []).append((s, u, i))
+def _same_files(sources: list[dict], target: str) -> None:
+    """A valid or test file that is one of the train files (same bytes) is an error: the model
+    would be selected or scored on pairs it trained on."""
+    train = {m["sha256"]: m for m in sources if m["split"] == "train" and "sha256" in m}
+    for m in sources:
+        t = train.get(m.get("sha256")) if m["split"] != "train" else None
+        if t is not None:
+            raise RawInputError(f"--{m['split']} {m['behavior']}={m['path']} has the same content "
+                                f"as --train {t['behavior']}={t['path']}: held-out pairs must not "
+                                "be train pairs")
+
+
+def data_warnings(merged: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]], target: str,
+                  n_items: int) -> list[str]:
+    """One line per thing a user should know about the held-out pairs (each with counts): cold
+    test users and items (no train pair of any behavior: nothing to learn them from), held-out
+    target pairs that are also train target pairs, an empty validation split."""
+    out = []
+    train = [merged[k] for k in merged if k[0] == "train"]
+    train_users = unique_ints(np.concatenate([u for u, _ in train]))
+    train_items = unique_ints(np.concatenate([i for _, i in train]))
+    tu, ti = merged[("train", target)]
+    train_keys = tu * n_items + ti  # sorted (dedup_sorted)
+    for split in ("valid", "test"):
+        u, i = merged.get((split, target), (np.zeros(0, np.int64), np.zeros(0, np.int64)))
+        if len(u) == 0:
+            if split == "valid":
+                out.append(f"valid/{target} is empty: runs cannot select a model on it "
+                           "(train.select_on=valid needs --valid or --valid-fraction > 0)")
+            continue
+        users, items = unique_ints(u), unique_ints(i)
+        cold_u = int((~contains(train_users, users)).sum())
+        cold_i = int((~contains(train_items, items)).sum())
+        if split == "test" and (cold_u or cold_i):
+            out.append(f"test/{target}: {cold_u} of {len(users)} users and {cold_i} of "
+                       f"{len(items)} items have no train pair of any behavior (cold: nothing "
+                       "to learn their factors from)")
+        both = int(contains(train_keys, u * n_items + i).sum())
+        if both:
+            out.append(f"{split}/{target}: {both} of {len(u)} pairs are also train/{target} "
+                       "pairs (known train items are not ranked: these are never hits)")
     return out

@@ -6,8 +6,9 @@ Accepted text formats (optionally gzip-compressed, `.gz`):
 - whitespace-separated `u i` lines.
 Only the first two columns are read (user, item), as the authors' loader does; extra columns are
 ignored. Parquet files need two columns named user/item (or uid/sid, user_id/item_id), or exactly
-two columns. Raw ids may be integers or strings; they are returned as strings of the file's text
-and mapped to dense ids by the caller.
+two columns. Raw ids may be integers or strings; text ids are returned as the file's text,
+Parquet ids in their column's type; `data_prep.ids` decides the id type and the dense ids.
+A NUL byte or another control character in a line is an error, never part of an id.
 
 Every problem is a `RawInputError` naming the file, the line (1-based) and what is wrong.
 """
@@ -15,9 +16,13 @@ from __future__ import annotations
 
 import gzip
 import io
+import re
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mba_dist.errors import RawInputError
@@ -25,6 +30,7 @@ from mba_dist.errors import RawInputError
 HEADER_NAMES = {"uid", "sid", "user", "item", "user_id", "item_id", "userid", "itemid", "u", "i",
                 "iid", "users", "items"}
 PARQUET_COLUMNS = [("user", "item"), ("uid", "sid"), ("user_id", "item_id")]
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # NUL and the other controls (tab separates)
 
 
 def _open_binary(path: Path) -> io.BufferedIOBase:
@@ -49,21 +55,74 @@ def _looks_like_header(fields: list[str]) -> bool:
 
 
 def read_pairs(path: str | Path, header: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-    """Return (users, items) raw ids as numpy string arrays. `header`: auto | yes | no."""
+    """Return (users, items) raw ids: numpy string arrays of the text, or for Parquet the
+    column's own type (int64 for integer columns and for float columns of whole numbers, else
+    strings). `header`: auto | yes | no. Which type the ids get is `data_prep.ids`' decision."""
     path = Path(path)
     if not path.exists():
         raise RawInputError(f"{path}: file does not exist")
     if not path.is_file():
         raise RawInputError(f"{path}: not a regular file")
-    if path.suffix == ".parquet" or path.name.endswith(".parquet.gz"):
+    if is_parquet(path):
         return _read_parquet(path)
-    return _read_text(path, header)
+    users: list[str] = []
+    items: list[str] = []
+    for _, u, i in _text_rows(path, header):
+        users.append(u)
+        items.append(i)
+    if not users:
+        raise RawInputError(f"{path}: no rows (empty file or header only)")
+    return np.asarray(users), np.asarray(items)
+
+
+def is_parquet(path: Path) -> bool:
+    return path.suffix == ".parquet" or path.name.endswith(".parquet.gz")
+
+
+def row_name(path: Path, header: str, index: int) -> str:
+    """Where the `index`-th pair of `read_pairs(path)` is: "line N" of a text file (blank
+    lines and the header counted) or "row N" of a Parquet file (read again: only on errors)."""
+    if is_parquet(Path(path)):
+        return f"row {index + 1}"
+    for k, (lineno, _, _) in enumerate(_text_rows(Path(path), header)):
+        if k == index:
+            return f"line {lineno}"
+    return f"pair {index + 1}"
+
+
+def _ids_of_column(path: Path, name: str, col) -> np.ndarray:
+    if col.null_count:
+        row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+        raise RawInputError(f"{path}: row {row + 1}: empty {name} id")
+    t = col.type
+    if pa.types.is_integer(t):
+        return col.to_numpy().astype(np.int64)
+    if pa.types.is_floating(t):  # ids written through a float column: 3.0 is the id 3
+        v = col.to_numpy()
+        bad = ~np.isfinite(v) | (v != np.round(v)) | (np.abs(v) >= 2.0 ** 63)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise RawInputError(f"{path}: row {row + 1}: {name} id {float(v[row])} in a float column "
+                                "is not a whole number")
+        return v.astype(np.int64)
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        bad = pc.match_substring_regex(col, CONTROL.pattern)
+        if pc.any(bad).as_py():
+            row = int(np.flatnonzero(bad.to_numpy(zero_copy_only=False))[0])
+            raise RawInputError(f"{path}: row {row + 1}: {name} id contains a control "
+                                "character (NUL, ...)")
+        v = np.asarray(col.to_pylist(), dtype=object).astype(str)
+        if (np.char.str_len(np.char.strip(v)) == 0).any():
+            row = int(np.flatnonzero(np.char.str_len(np.char.strip(v)) == 0)[0])
+            raise RawInputError(f"{path}: row {row + 1}: empty {name} id")
+        return v
+    raise RawInputError(f"{path}: column {name} has type {t}; ids are integers or strings")
 
 
 def _read_parquet(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         table = pq.read_table(path)
-    except Exception as e:  # pyarrow raises several types for corrupt files
+    except (OSError, pa.ArrowException) as e:  # corrupt or truncated files
         raise RawInputError(f"{path}: not a readable Parquet file ({e})") from None
     names = table.column_names
     cols = next((c for c in PARQUET_COLUMNS if c[0] in names and c[1] in names), None)
@@ -72,21 +131,14 @@ def _read_parquet(path: Path) -> tuple[np.ndarray, np.ndarray]:
             raise RawInputError(f"{path}: Parquet needs columns user/item (or uid/sid, "
                                 f"user_id/item_id) or exactly two columns; found {names}")
         cols = (names[0], names[1])
-    out = []
-    for c in cols:
-        col = table.column(c)
-        if col.null_count:
-            row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
-            raise RawInputError(f"{path}: row {row + 1}: empty {c} id")
-        out.append(np.asarray([str(v) for v in col.to_pylist()], dtype=object).astype(str))
+    out = [_ids_of_column(path, c, table.column(c).combine_chunks()) for c in cols]
     if len(out[0]) == 0:
         raise RawInputError(f"{path}: no rows")
     return out[0], out[1]
 
 
-def _read_text(path: Path, header: str) -> tuple[np.ndarray, np.ndarray]:
-    users: list[str] = []
-    items: list[str] = []
+def _text_rows(path: Path, header: str) -> Iterator[tuple[int, str, str]]:
+    """(line number, user, item) of every pair line of a text file."""
     sep: str | None = None
     first = True
     lineno = 0
@@ -97,6 +149,9 @@ def _read_text(path: Path, header: str) -> tuple[np.ndarray, np.ndarray]:
                 line = raw_line.decode("utf-8").rstrip("\n\r")
                 if not line.strip():
                     continue  # blank lines (e.g. a trailing newline) carry nothing
+                if CONTROL.search(line):
+                    raise RawInputError(f"{path}: line {lineno}: contains a control character "
+                                        f"(NUL, ...): {line[:80]!r}")
                 if first:
                     sep = _detect_sep(line)
                 fields = _split(line, sep)
@@ -111,12 +166,8 @@ def _read_text(path: Path, header: str) -> tuple[np.ndarray, np.ndarray]:
                 if not u or not i:
                     raise RawInputError(f"{path}: line {lineno}: empty "
                                         f"{'user' if not u else 'item'} id: {line[:80]!r}")
-                users.append(u)
-                items.append(i)
+                yield lineno, u, i
     except UnicodeDecodeError:
         raise RawInputError(f"{path}: line {lineno}: not UTF-8 text (binary file?)") from None
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise RawInputError(f"{path}: cannot read ({e})") from None
-    if not users:
-        raise RawInputError(f"{path}: no rows (empty file or header only)")
-    return np.asarray(users), np.asarray(items)

@@ -31,6 +31,41 @@ PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.ENO
                errno.EROFS, errno.EDQUOT, errno.ENOENT, errno.EEXIST, errno.ENAMETOOLONG}
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors as one line (`mba-dist run: error: ...`, exit 2)."""
+
+    def error(self, message: str):
+        raise _UsageError(f"{self.prog}: error: {message}")
+
+
+class _UsageError(Exception):
+    pass
+
+
+def at_least(low: int):
+    """An argparse type: an integer >= `low`."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {v}")
+        return v
+    return parse
+
+
+def finite(text: str) -> float:
+    """An argparse type: a finite number (the command checks its range)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if v != v or v in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return v
+
+
 def _progress_bar():
     """A tqdm bar per stage over epochs (falls back to plain lines when stdout is no terminal)."""
     from tqdm import tqdm
@@ -66,7 +101,7 @@ def cmd_prepare(a) -> int:
                + [parse_source("test", s) for s in a.test])
     prepare(PrepareSpec(out=Path(a.out), target=a.target, sources=sources,
                         valid_fraction=a.valid_fraction, seed=a.seed, header=a.header,
-                        overwrite=a.overwrite), log=lambda m: print(m, file=sys.stderr))
+                        ids=a.ids, overwrite=a.overwrite), log=lambda m: print(m, file=sys.stderr))
     return 0
 
 
@@ -114,8 +149,6 @@ def cmd_recommend(a) -> int:
     from mba_dist.files import atomic_write_parquet
     from mba_dist.jobs import recommend
 
-    if a.k < 1:
-        raise ArgumentError(f"--k must be at least 1, got {a.k}")
     raw = None
     if a.users_file:
         if not Path(a.users_file).is_file():
@@ -192,8 +225,8 @@ def cmd_demo(a) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mba-dist", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="mba-dist", description=__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("prepare", help="raw behavior logs -> Parquet dataset")
@@ -202,18 +235,22 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--train", action="append", default=[], metavar="BEHAVIOR=FILE")
     s.add_argument("--valid", action="append", default=[], metavar="BEHAVIOR=FILE")
     s.add_argument("--test", action="append", default=[], metavar="BEHAVIOR=FILE")
-    s.add_argument("--valid-fraction", type=float, default=0.1)
+    s.add_argument("--valid-fraction", type=finite, default=0.1)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--header", choices=["auto", "yes", "no"], default="auto")
+    s.add_argument("--ids", choices=["auto", "int", "str"], default="auto",
+                   help="id type of users and items: int, str, or auto (int when every id is "
+                        "one; a log of integers with a few other ids is an error)")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(fn=cmd_prepare)
 
     s = sub.add_parser("synth", help="synthetic dataset with planted preferences")
     s.add_argument("--out", required=True)
     s.add_argument("--size", choices=["tiny", "small", "medium", "large"], default="small")
-    s.add_argument("--users", type=int, default=0)
-    s.add_argument("--items", type=int, default=0)
-    s.add_argument("--false-click-ratio", type=float, default=1.0)
+    s.add_argument("--users", type=at_least(0), default=0,
+                   help="0: the size's default")
+    s.add_argument("--items", type=at_least(0), default=0)
+    s.add_argument("--false-click-ratio", type=finite, default=1.0)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(fn=cmd_synth)
@@ -229,10 +266,10 @@ def main(argv: list[str] | None = None) -> int:
             s.add_argument("--overwrite", action="store_true")
         else:
             s.add_argument("--out", default="runs/demo")
-        s.add_argument("--workers", type=int, default=1,
+        s.add_argument("--workers", type=at_least(1), default=1,
                        help="Ray Train workers (N > 1 needs model.backend=torchrec)")
         s.add_argument("--gpu", action="store_true", help="one GPU per worker, NCCL")
-        s.add_argument("--max-failures", type=int, default=3,
+        s.add_argument("--max-failures", type=at_least(0), default=3,
                        help="worker failures to recover from (resume from the last checkpoint)")
         s.add_argument("--storage", default=None,
                        help="Ray Train checkpoint storage (default RUN/ray; shared on clusters)")
@@ -246,17 +283,17 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--run", required=True)
     s.add_argument("--baselines", action="store_true",
                    help="also MostPop, MF per behavior, merged MF, auxiliary memory")
-    s.add_argument("--workers", type=int, default=1, help="local gloo ranks sharing the users")
+    s.add_argument("--workers", type=at_least(1), default=1, help="local gloo ranks sharing the users")
     s.add_argument("--out", default=None, help="directory for the .md/.csv (default: the run)")
     s.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser("bench-eval", help="evaluator speed (vs bare mm, dense topk) and memory")
     s.add_argument("--out", default="runs/bench_eval")
-    s.add_argument("--users", type=int, default=48_658, help="default: Taobao's shape")
-    s.add_argument("--items", type=int, default=39_395)
-    s.add_argument("--measured-users", type=int, default=8192)
-    s.add_argument("--memory-mb", type=int, default=256)
-    s.add_argument("--memory-items", type=int, default=1_000_000,
+    s.add_argument("--users", type=at_least(1), default=48_658, help="default: Taobao's shape")
+    s.add_argument("--items", type=at_least(1), default=39_395)
+    s.add_argument("--measured-users", type=at_least(1), default=8192)
+    s.add_argument("--memory-mb", type=at_least(1), default=256)
+    s.add_argument("--memory-items", type=at_least(0), default=1_000_000,
                    help="catalog of the peak-memory measurement (0: skip it)")
     s.add_argument("--device", default="cpu")
     s.set_defaults(fn=cmd_bench_eval)
@@ -265,14 +302,14 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     s.add_argument("--data", default=None, help="prepared dataset (default: synthetic pairs)")
     s.add_argument("--config", default=None, help="config of the dataset (aux behavior)")
-    s.add_argument("--users", type=int, default=21_716, help="synthetic shape (Beibei's)")
-    s.add_argument("--items", type=int, default=7_977)
-    s.add_argument("--rows", type=int, default=860_000)
-    s.add_argument("--batch", type=int, default=2048, help="global batch")
-    s.add_argument("--steps", type=int, default=100)
-    s.add_argument("--warmup", type=int, default=10)
+    s.add_argument("--users", type=at_least(1), default=21_716, help="synthetic shape (Beibei's)")
+    s.add_argument("--items", type=at_least(1), default=7_977)
+    s.add_argument("--rows", type=at_least(1), default=860_000)
+    s.add_argument("--batch", type=at_least(1), default=2048, help="global batch")
+    s.add_argument("--steps", type=at_least(1), default=100)
+    s.add_argument("--warmup", type=at_least(0), default=10)
     s.add_argument("--optim", default="adagrad", help="torchrec optimizer of the MBA rows")
-    s.add_argument("--repeat", type=int, default=1,
+    s.add_argument("--repeat", type=at_least(1), default=1,
                    help="runs per MBA row; the median is reported (noisy shared machines)")
     s.add_argument("--device", default="cpu")
     s.add_argument("--no-baselines", action="store_true")
@@ -288,11 +325,15 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--run", required=True)
     s.add_argument("--users", default=None, help="comma-separated raw user ids (default: all)")
     s.add_argument("--users-file", default=None)
-    s.add_argument("--k", type=int, default=20)
+    s.add_argument("--k", type=at_least(1), default=20)
     s.add_argument("--out", default=None, help="Parquet file (default: TSV on stdout)")
     s.set_defaults(fn=cmd_recommend)
 
-    a = p.parse_args(argv)
+    try:
+        a = p.parse_args(argv)
+    except _UsageError as e:
+        print(e, file=sys.stderr)
+        return 2
     try:
         return a.fn(a)
     except InputError as e:

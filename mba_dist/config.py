@@ -95,7 +95,7 @@ class TrainConfig:
     # a fixed start (a distributed shuffle; ~3 s on 2 cores) that small data does not need.
     input: Literal["auto", "stream", "memory"] = "auto"
     stream_min_rows: int = 2_000_000
-    checkpoint_every: int = 1  # under Ray: a resumable checkpoint every N epochs (0 = none)
+    checkpoint_every: int = 1  # a resumable checkpoint every N epochs (0 = none; Ray or --local)
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,9 @@ def test_formats_all_read_the_same_pairs(tmp_path):
     pq.write_table(pa.table({"user": [1, 1, 2], "item": [10, 11, 10]}), tmp_path / "f.parquet")
     files.append(tmp_path / "f.parquet")
     for f in files:
-        u, i = read_pairs(f)
-        assert (list(u), list(i)) == want, f
+        u, i = read_pairs(f)  # text as read; Parquet in its column's type (int64 here)
+        assert (list(map(str, u)), list(map(str, i))) == want, f
+    assert read_pairs(tmp_path / "f.parquet")[0].dtype == "int64"
 
 
 def test_string_ids_dense_maps_duplicates_and_raw_ids_roundtrip(tmp_path):

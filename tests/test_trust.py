@@ -278,3 +278,176 @@ def test_what_a_killed_writer_left_is_removed_on_the_next_start(tmp_path):
     with atomic_dir(tmp_path / "ds", overwrite=True) as d:
         (d / "x").write_text("2")
     assert not dead_old.exists() and (tmp_path / "ds" / "x").read_text() == "2"
+
+
+# ---- raw logs (`mba-dist prepare`): ids are decided explicitly, never silently switched ----
+
+INT_LINES = [f"{u},{100 + (u * 7 + k) % 40}\n" for u in range(200) for k in range(3)]
+INT_LOG = "".join(INT_LINES)
+
+
+def _with(line, at):
+    """INT_LOG with `line` as its line number `at`."""
+    return "".join(INT_LINES[:at - 1] + [line] + INT_LINES[at - 1:])
+TEST_LOG = "".join(f"{u},{100 + (u * 11) % 40}\n" for u in range(0, 200, 3))
+
+
+def _prepare(tmp_path, train_text, extra=(), test_text=TEST_LOG, name="buy.csv"):
+    train = tmp_path / name
+    if isinstance(train_text, bytes):
+        train.write_bytes(train_text)
+    else:
+        train.write_text(train_text)
+    test = tmp_path / "test.csv"
+    test.write_text(test_text)
+    return ["prepare", "--out", str(tmp_path / "ds"), "--train", f"purchase={train}",
+            "--test", f"purchase={test}", *extra]
+
+
+@pytest.mark.parametrize("train,extra,message", [
+    (_with("x17,104\n", 29), [],
+     "buy.csv: line 29: user id 'x17' is not an integer, while 667 of 668 user ids are"),
+    ("customer,product\n" + INT_LOG, [],
+     "buy.csv: line 1: user id 'customer' is not an integer, while 667 of 668 user ids are: a "
+     "header line that was not recognised (--header yes)"),
+    (_with("5,1\x0004\n", 4), [],
+     "buy.csv: line 4: contains a control character (NUL, ...)"),
+    (_with("5\x07,104\n", 4), [],
+     "buy.csv: line 4: contains a control character (NUL, ...)"),
+    (INT_LOG + f"{2 ** 70},104\n", [],
+     f"buy.csv: line 601: user id '{2 ** 70}' does not fit in a 64-bit integer (pass --ids str"),
+    ("u1,104\n" + INT_LOG, ["--ids", "int"], "buy.csv: line 1: user id 'u1' is not an integer "
+     "(--ids int)"),
+    (INT_LOG, ["--ids", "float"], "argument --ids: invalid choice: 'float'"),
+    (INT_LOG, ["--valid-fraction", "nan"], "argument --valid-fraction: must be a finite number"),
+    (INT_LOG, ["--valid-fraction", "1.5"], "--valid-fraction must be in [0, 1), got 1.5"),
+])
+def test_raw_logs_with_odd_ids_are_refused_naming_the_line(tmp_path, capsys, train, extra,
+                                                          message):
+    assert main(_prepare(tmp_path, train, extra)) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the "reading ..." lines
+    assert err.startswith("mba-dist prepare: error: ") and message in err, err
+    assert not (tmp_path / "ds").exists() and not list(tmp_path.glob(".ds*"))
+
+
+def test_float_parquet_ids_are_the_integers_of_a_text_log(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from mba_dist.data.dataset import Dataset
+
+    rows = [ln.split(",") for ln in INT_LOG.split()]
+    pq.write_table(pa.table({"user": [float(u) for u, _ in rows],
+                             "item": [float(i) for _, i in rows]}), tmp_path / "buy.parquet")
+    (tmp_path / "test.csv").write_text(TEST_LOG)
+    assert main(["prepare", "--out", str(tmp_path / "ds"), "--train",
+                 f"purchase={tmp_path / 'buy.parquet'}", "--test",
+                 f"purchase={tmp_path / 'test.csv'}"]) == 0
+    ds = Dataset(tmp_path / "ds")
+    assert ds.meta["id_types"] == {"user": "int", "item": "int"} and ds.num_users == 200
+    assert list(ds.raw_ids("user", [0, 1, 199])) == [0, 1, 199]  # never "0.0"
+    pq.write_table(pa.table({"user": [1.0, 2.5], "item": [3.0, 4.0]}), tmp_path / "half.parquet")
+    assert main(["prepare", "--out", str(tmp_path / "ds2"), "--train",
+                 f"purchase={tmp_path / 'half.parquet'}", "--test",
+                 f"purchase={tmp_path / 'test.csv'}"]) == 2
+    assert "half.parquet: row 2: user id 2.5 in a float column is not a whole number" in (
+        capsys.readouterr().err)
+
+
+def test_string_ids_of_text_and_integer_parquet_are_one_id(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from mba_dist.data.dataset import Dataset
+
+    pq.write_table(pa.table({"user": [3, 4], "item": [10, 11]}), tmp_path / "cart.parquet")
+    assert main(_prepare(tmp_path, "3,a\n4,b\n5,a\n", ["--train",
+                f"cart={tmp_path / 'cart.parquet'}", "--ids", "str", "--valid-fraction", "0"],
+                test_text="3,b\n")) == 0
+    ds = Dataset(tmp_path / "ds")
+    assert ds.num_users == 3 and sorted(ds.raw_ids("user", [0, 1, 2])) == ["3", "4", "5"]
+
+
+def test_a_test_file_equal_to_the_train_file_is_refused(tmp_path, capsys):
+    (tmp_path / "buy.csv").write_text(INT_LOG)
+    (tmp_path / "copy.csv").write_text(INT_LOG)
+    assert main(["prepare", "--out", str(tmp_path / "ds"), "--train",
+                 f"purchase={tmp_path / 'buy.csv'}", "--test",
+                 f"purchase={tmp_path / 'copy.csv'}"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"mba-dist prepare: error: --test purchase={tmp_path / 'copy.csv'} has the same content "
+        f"as --train purchase={tmp_path / 'buy.csv'}: held-out pairs must not be train pairs")
+
+
+def test_held_out_pairs_worth_knowing_about_are_warned_of_with_counts(tmp_path, capsys):
+    import json
+
+    # 7 test pairs are train pairs (u a multiple of 30); users 999 and 500 and item 999 are cold
+    test = TEST_LOG + "999,104\n500,999\n"
+    assert main(_prepare(tmp_path, INT_LOG, ["--valid-fraction", "0"], test_text=test)) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
+    assert lines == [
+        "warning: valid/purchase is empty: runs cannot select a model on it "
+        "(train.select_on=valid needs --valid or --valid-fraction > 0)",
+        "warning: test/purchase: 2 of 69 users and 1 of 41 items have no train pair of any "
+        "behavior (cold: nothing to learn their factors from)",
+        "warning: test/purchase: 7 of 69 pairs are also train/purchase pairs (known train items "
+        "are not ranked: these are never hits)"]
+    meta = json.loads((tmp_path / "ds" / "meta.json").read_text())
+    assert meta["warnings"] == [ln[len("warning: "):] for ln in lines]
+
+
+def test_a_dataset_whose_meta_json_does_not_match_its_files_is_refused(tmp_path, capsys,
+                                                                     tiny_dataset):
+    import json
+    import shutil
+
+    assert main(_prepare(tmp_path, INT_LOG)) == 0
+    capsys.readouterr()
+    meta_path = tmp_path / "ds" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "num_users": meta["num_users"] + 50}))
+    args = ["run", "--local", "--data", str(tmp_path / "ds"), "--out", str(tmp_path / "run"),
+            "--set", "method=mf"]
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"mba-dist run: error: {meta_path}: num_users is 250 but user_map.parquet maps 200 ids")
+    ds = tmp_path / "tiny"
+    shutil.copytree(tiny_dataset, ds)
+    meta = json.loads((ds / "meta.json").read_text())
+    meta["splits"]["test"]["purchase"]["rows"] += 10
+    (ds / "meta.json").write_text(json.dumps(meta))
+    args[3] = str(ds)
+    assert main(args) == 2
+    rows = meta["splits"]["test"]["purchase"]["rows"]
+    assert capsys.readouterr().err.strip() == (
+        f"mba-dist run: error: {ds / 'test' / 'purchase.parquet'}: {rows - 10} rows, but "
+        f"meta.json lists {rows}")
+    assert not (tmp_path / "run").exists()
+
+
+def test_selection_on_an_empty_validation_split_is_refused_before_training(tmp_path, capsys):
+    assert main(_prepare(tmp_path, INT_LOG, ["--valid-fraction", "0"])) == 0
+    capsys.readouterr()
+    assert main(["run", "--local", "--data", str(tmp_path / "ds"), "--out",
+                 str(tmp_path / "run"), "--set", "method=mf"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"mba-dist run: error: {tmp_path / 'ds'}: the valid split of purchase is empty; model "
+        "selection needs one (prepare with --valid or --valid-fraction > 0)")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["run", "--data", "d", "--out", "o", "--workers", "0"],
+     "mba-dist run: error: argument --workers: must be at least 1, got 0"),
+    (["run", "--data", "d", "--out", "o", "--max-failures", "-1"],
+     "mba-dist run: error: argument --max-failures: must be at least 0, got -1"),
+    (["evaluate", "--run", "r", "--workers", "two"],
+     "mba-dist evaluate: error: argument --workers: expected an integer, got 'two'"),
+    (["recommend", "--run", "r", "--k", "0"],
+     "mba-dist recommend: error: argument --k: must be at least 1, got 0"),
+    (["synth", "--out", "o", "--false-click-ratio", "inf"],
+     "mba-dist synth: error: argument --false-click-ratio: must be a finite number, got inf"),
+    (["bench", "--steps", "0"], "mba-dist bench: error: argument --steps: must be at least 1, got 0"),
+])
+def test_bad_arguments_are_one_line_before_any_work(argv, message, capsys):
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == message

@@ -6,11 +6,20 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mba_dist.data.format import FORMAT_VERSION, SPLITS, pairs_path
 from mba_dist.data.pairs import Pairs
 from mba_dist.errors import DatasetError
+
+
+def _num_rows(path: Path) -> int:
+    """Rows of a Parquet file, from its footer."""
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (OSError, pa.ArrowException) as e:
+        raise DatasetError(f"{path}: not a readable Parquet file ({e})") from None
 
 
 class Dataset:
@@ -34,6 +43,11 @@ class Dataset:
         self.num_items = int(self.meta["num_items"])
         self.target = str(self.meta["target"])
         self._cache: dict[tuple[str, str], Pairs] = {}
+        for entity, n in (("user", self.num_users), ("item", self.num_items)):
+            path = self.root / f"{entity}_map.parquet"
+            if path.is_file() and _num_rows(path) != n:
+                raise DatasetError(f"{meta_path}: num_{entity}s is {n} but {path.name} maps "
+                                   f"{_num_rows(path)} ids")
 
     @property
     def fingerprint(self) -> str:
@@ -59,6 +73,9 @@ class Dataset:
         path = self.path(split, behavior)
         if not path.is_file():
             raise DatasetError(f"{path} is listed in meta.json but missing")
+        listed = self.meta["splits"][split][behavior].get("rows")
+        if listed is not None and _num_rows(path) != listed:
+            raise DatasetError(f"{path}: {_num_rows(path)} rows, but meta.json lists {listed}")
         return path
 
     def pairs(self, split: str, behavior: str) -> Pairs:

@@ -75,6 +75,10 @@ def check_dataset(cfg: C.Config, ds: Dataset) -> None:
         needed.append(("valid", cfg.data.target))
     for split, behavior in needed:
         ds.pairs_file(split, behavior)
+        if ds.meta["splits"][split][behavior].get("rows") == 0:
+            raise ConfigError(f"{ds.root}: the {split} split of {behavior} is empty"
+                              + ("; model selection needs one (prepare with --valid or "
+                                 "--valid-fraction > 0)" if split == "valid" else ""))
     for role, rows in role_rows(cfg, ds).items():  # the train files, each checked there
         if rows == 0:
             raise ConfigError(f"{ds.root}: the {role} behavior has no train pairs")
