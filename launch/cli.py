@@ -126,20 +126,20 @@ def cmd_synth(a) -> int:
 
 
 def cmd_run(a) -> int:
-    from mba_dist.jobs import train_run
+    from mba_dist.api import fit
     from mba_dist.train.fit import no_progress
 
     sets = list(a.set or []) + ([f"method={a.model}"] if a.model else [])
     # --local: a tqdm bar per stage; through Ray, rank 0 prints a line per epoch
     progress, close = _progress_bar() if a.local else (no_progress, lambda: None)
     try:
-        _, report = train_run(a.data, a.out, a.config, sets, workers=a.workers, local=a.local,
-                              gpu=a.gpu, max_failures=a.max_failures, storage=a.storage,
-                              overwrite=a.overwrite, progress=progress,
-                              say=lambda line: print(f"[mba-dist] {line}", file=sys.stderr))
+        run = fit(a.data, a.out, a.config, sets=sets, workers=a.workers, local=a.local,
+                  gpu=a.gpu, max_failures=a.max_failures, storage=a.storage,
+                  overwrite=a.overwrite, progress=progress,
+                  say=lambda line: print(f"[mba-dist] {line}", file=sys.stderr))
     finally:
         close()
-    print(report)
+    print(run.results)
     print(f"\noutputs in {a.out}/: metrics.json results.md recommendations.parquet log.jsonl "
           "config.yaml checkpoints/")
     return 0
@@ -147,7 +147,7 @@ def cmd_run(a) -> int:
 
 def cmd_recommend(a) -> int:
     from mba_dist.files import atomic_write_parquet
-    from mba_dist.jobs import recommend
+    from mba_dist.api import Run
 
     raw = None
     if a.users_file:
@@ -160,7 +160,7 @@ def cmd_recommend(a) -> int:
         raw = [ln.strip() for ln in text.splitlines() if ln.strip()]
     elif a.users:
         raw = [u.strip() for u in a.users.split(",") if u.strip()]
-    table = recommend(a.run, raw, a.k)
+    table = Run.load(a.run).recommend(raw, a.k)
     if a.out:
         atomic_write_parquet(Path(a.out), table)
         print(f"wrote {table.num_rows} rows to {a.out}", file=sys.stderr)

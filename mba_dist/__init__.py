@@ -3,6 +3,7 @@
     errors.py   InputError and its kinds (what the CLI prints as one line)
     config.py   the typed config and all its validation (world size included)
     files.py    atomic writes of files and directories
+    provenance.py  what a run was made with (git commit, versions, host, times)
     mba/        the method: model roles, losses, the one stage plan
     data/       the dataset, the pair sets, the sampler, in-memory and Ray Data batches
     dist/       process groups, the collective device, Ray
@@ -10,9 +11,22 @@
     tables/     the embedding tables (plain torch, torchrec-sharded)
     train/      the step functions, the fit loop, checkpoints, the worker function
     run_dir.py  RunDir: the one owner of a run directory
-    jobs.py     run / evaluate / recommend as functions (the CLI in `launch.cli` calls them)
+    jobs.py     run / evaluate / recommend as functions
+    api.py      the Python API: `fit` and `Run` (also as `mba_dist.fit`, `mba_dist.Run`); the
+                CLI in `launch.cli` is built on it and on `jobs`
     bench/      benchmarks (nothing above imports them)
 
-Each line imports only from lines above it (DESIGN §0; `tests/test_layout.py`).
+Each line imports only from lines above it, and this package file only `api` (DESIGN §0;
+`tests/test_layout.py`).
 """
 __version__ = "0.1.0"
+__all__ = ["fit", "Run", "__version__"]
+
+
+def __getattr__(name: str):
+    # The API on first use: `import mba_dist` stays cheap (no torch, no Ray) until it is called.
+    if name in ("fit", "Run"):
+        from mba_dist import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'mba_dist' has no attribute {name!r}")

@@ -7,8 +7,6 @@ process or through Ray Train, then the test-user recommendations and the results
 """
 from __future__ import annotations
 
-import platform
-import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
@@ -16,6 +14,7 @@ from typing import Callable
 import numpy as np
 
 from mba_dist import config as C
+from mba_dist import provenance
 from mba_dist.data.dataset import Dataset
 from mba_dist.data.pair_sets import check_dataset
 from mba_dist.data.pairs import unique_ints
@@ -66,9 +65,8 @@ def train_run(data: str | Path, out: str | Path, config: str | None = None,
         reused.check_reusable(cfg, ds)
     final, run = run, run.build_dir(overwrite)  # a run over a run is built beside it
     run.begin(cfg, {"data": str(Path(data).resolve()), "dataset_fingerprint": ds.fingerprint,
-                    "config_file": config, "sets": sets,
-                    "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                    "python": platform.python_version()}, overwrite, storage)
+                    "config_file": config, "sets": sets, "workers": 1 if local else workers,
+                    "local": local, "gpu": gpu, **provenance.record()}, overwrite, storage)
     if local:
         from mba_dist.train.checkpoint import load_resume_state
         from mba_dist.train.runner import FileCheckpoints, run_training
@@ -95,24 +93,31 @@ def train_run(data: str | Path, out: str | Path, config: str | None = None,
     report = results_table(metrics)
     run.write_results(report, table)
     run.remove_checkpoints()  # the stage files are the finished run
+    run.add_info({"finished": provenance.now()})
     final.replace_with(run)
     return metrics, report
 
 
-def evaluate_run(run_dir: str | Path, with_baselines: bool, workers: int = 1,
-                 out: str | Path | None = None) -> tuple[str, Path, str]:
-    """`mba-dist evaluate`: the table (on `workers` local ranks), written as STEM.md / .csv in
-    the run or in `out`; returns (report, the directory written, STEM)."""
+def evaluate_table(run_dir: str | Path, with_baselines: bool, workers: int = 1) -> dict:
+    """Full-ranking metrics of a finished run (and its baselines) on `workers` local ranks:
+    {model: {split: {metric: value}}}."""
     run = RunDir(run_dir)
     finished = run.load()  # fail early on an incomplete run
     if workers > 1:
         from mba_dist.dist.local import run_local_ranks
 
-        tab = run_local_ranks(evaluate_run_dir, workers, str(run.root), with_baselines)[0]
-    else:
-        tab = finished.evaluate(with_baselines)
+        return run_local_ranks(evaluate_run_dir, workers, str(run.root), with_baselines)[0]
+    return finished.evaluate(with_baselines)
+
+
+def evaluate_run(run_dir: str | Path, with_baselines: bool, workers: int = 1,
+                 out: str | Path | None = None) -> tuple[str, Path, str]:
+    """`mba-dist evaluate`: the table of `evaluate_table`, written as STEM.md / .csv in the
+    run or in `out`; returns (report, the directory written, STEM)."""
+    tab = evaluate_table(run_dir, with_baselines, workers)
+    run = RunDir(run_dir)
     stem = "baselines" if with_baselines else "evaluation"
-    report = markdown(tab, highlight=main_model(finished.cfg))
+    report = markdown(tab, highlight=main_model(run.load().cfg))
     where = run.write_report(stem, report, csv_text(tab), Path(out) if out else None)
     return report, where, stem
 

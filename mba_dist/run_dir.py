@@ -184,6 +184,11 @@ class RunDir:
         atomic_write_bytes(self.root / "run.json",
                            json.dumps({**SIGNATURE, **info}, indent=2).encode())
 
+    def add_info(self, fields: dict) -> None:
+        """Add `fields` to run.json (the finish time)."""
+        info = _read_json(self.root / "run.json")
+        atomic_write_bytes(self.root / "run.json", json.dumps({**info, **fields}, indent=2).encode())
+
     def append_log(self, record: dict) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("a") as f:

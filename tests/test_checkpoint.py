@@ -32,7 +32,7 @@ def _load(blob):
 
 
 def _log(run):
-    drop = ("seconds", "triples_per_s", "data_s")
+    drop = ("time", "seconds", "triples_per_s", "data_s")
     return [{k: v for k, v in json.loads(ln).items() if k not in drop}
             for ln in (run / "log.jsonl").read_text().splitlines()]
 

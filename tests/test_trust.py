@@ -451,3 +451,46 @@ def test_selection_on_an_empty_validation_split_is_refused_before_training(tmp_p
 def test_bad_arguments_are_one_line_before_any_work(argv, message, capsys):
     assert main(argv) == 2
     assert capsys.readouterr().err.strip() == message
+
+
+# ---- a finished run whose files were damaged: one line naming the file, nothing written ----
+
+def _damage(kind, run, data):
+    if kind == "run.json":
+        (run / "run.json").write_text('{"tool": "mba-dist", ')
+        return run / "run.json", "not valid JSON"
+    if kind == "stage":
+        path = run / "checkpoints" / "mba.pt"
+        path.write_bytes(path.read_bytes()[:1000])
+        return path, "is not readable"
+    if kind == "foreign stage":
+        import torch
+        path = run / "checkpoints" / "mba.pt"
+        torch.save({"format": 1, "kind": "resume", "config": {}}, path)
+        return path, "is not a stage checkpoint of mba-dist"
+    if kind == "dataset parquet":
+        path = data / "test" / "purchase.parquet"
+        path.write_bytes(b"PAR1" + b"\0" * 64)
+        return path, "not a readable Parquet file"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["run.json", "stage", "foreign stage", "dataset parquet"])
+def test_evaluate_on_damaged_files_is_one_line_naming_the_file(tiny_dataset, tmp_path, capsys,
+                                                               kind):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    run = tmp_path / "run"
+    assert main(["run", "--local", "--data", str(data), "--out", str(run), "--set",
+                 "pretrain.epochs=1", "--set", "mba.epochs=1", "--set", "data.aux=click",
+                 "--set", "train.merged_baseline=false"]) == 0
+    path, problem = _damage(kind, run, data)
+    before = _tree(run)
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mba-dist evaluate: error: ") and "\n" not in err, err
+    assert str(path) in err and problem in err, err
+    assert _tree(run) == before

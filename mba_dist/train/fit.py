@@ -21,6 +21,7 @@ from typing import Callable, Iterator, Protocol
 import torch
 
 from mba_dist import config as C
+from mba_dist import provenance
 from mba_dist.data.batches import Batch, MemorySource
 from mba_dist.data.pairs import CSR, Pairs
 from mba_dist.data.train_data import TrainData
@@ -225,7 +226,8 @@ def fit_stage(w: Worker, stage: StageInput, max_epochs: int, patience: int, step
             raise DivergedError(_diverged(name, epoch, f"loss {loss}"))
         f.seconds += dt
         f.triples += n
-        record = {"stage": name, "epoch": epoch, "step": w.global_step, "loss": loss,
+        record = {"time": provenance.now(), "stage": name, "epoch": epoch,
+                  "step": w.global_step, "loss": loss,
                   "triples": n, "data_s": round(waited[0], 3), **counts,
                   "seconds": round(dt, 3), "triples_per_s": round(n / max(dt, 1e-9))}
         if mid_epoch:
