@@ -135,7 +135,8 @@ def cmd_run(a) -> int:
     try:
         run = fit(a.data, a.out, a.config, sets=sets, workers=a.workers, local=a.local,
                   gpu=a.gpu, max_failures=a.max_failures, storage=a.storage,
-                  overwrite=a.overwrite, progress=progress,
+                  overwrite=a.overwrite, tensorboard=not a.no_tensorboard, mlflow=a.mlflow,
+                  mlflow_experiment=a.mlflow_experiment, progress=progress,
                   say=lambda line: print(f"[mba-dist] {line}", file=sys.stderr))
     finally:
         close()
@@ -277,6 +278,11 @@ def main(argv: list[str] | None = None) -> int:
                        help="train in this process without Ray (one worker, in-memory batches)")
         s.add_argument("--config", default=None)
         s.add_argument("--set", action="append", metavar="KEY=VALUE")
+        s.add_argument("--mlflow", default=None, metavar="URI",
+                       help="also log the run to this MLflow tracking server")
+        s.add_argument("--mlflow-experiment", default="mba-dist")
+        s.add_argument("--no-tensorboard", action="store_true",
+                       help="no TensorBoard event files in RUN/tensorboard")
         s.set_defaults(fn=fn)
 
     s = sub.add_parser("evaluate", help="full-ranking metrics of a finished run (and baselines)")

@@ -4,6 +4,7 @@
     config.py   the typed config and all its validation (world size included)
     files.py    atomic writes of files and directories
     provenance.py  what a run was made with (git commit, versions, host, times)
+    tracking.py    epoch records to TensorBoard (RUN/tensorboard) and MLflow
     mba/        the method: model roles, losses, the one stage plan
     data/       the dataset, the pair sets, the sampler, in-memory and Ray Data batches
     dist/       process groups, the collective device, Ray

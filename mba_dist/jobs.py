@@ -22,6 +22,7 @@ from mba_dist.errors import ConfigError
 from mba_dist.eval.baselines import csv_text, markdown
 from mba_dist.mba.stages import main_model
 from mba_dist.run_dir import FinishedRun, RunDir, evaluate_run_dir
+from mba_dist.tracking import Tracking, finish_mlflow, start_mlflow
 from mba_dist.train.fit import Progress, no_progress
 
 
@@ -45,14 +46,17 @@ def train_run(data: str | Path, out: str | Path, config: str | None = None,
               sets: list[str] = (), workers: int = 1, local: bool = False, gpu: bool = False,
               max_failures: int = 3, storage: str | None = None, overwrite: bool = False,
               progress: Progress = no_progress,
-              say: Callable[[str], None] = lambda line: None) -> tuple[dict, str]:
+              say: Callable[[str], None] = lambda line: None,
+              tracking: Tracking | None = None) -> tuple[dict, str]:
     """`mba-dist run` (module docstring); returns the metrics and the results table. `say`
-    gets the lines a user should see (what is resumed)."""
+    gets the lines a user should see (what is resumed); `tracking`: TensorBoard (default) and
+    MLflow (`tracking.Tracking`)."""
     sets = list(sets)
     cfg = C.load_config(config, sets)
     if local and workers != 1:
         raise ConfigError("--local runs one in-process worker; drop --workers or --local")
-    run = RunDir(out)
+    tracking = tracking if tracking is not None else Tracking()
+    run = RunDir(out, tracking)
     state = run.check_new_run(cfg, overwrite, storage, local=local)
     ds = Dataset(data)
     check_dataset(cfg, ds)
@@ -67,6 +71,33 @@ def train_run(data: str | Path, out: str | Path, config: str | None = None,
     run.begin(cfg, {"data": str(Path(data).resolve()), "dataset_fingerprint": ds.fingerprint,
                     "config_file": config, "sets": sets, "workers": 1 if local else workers,
                     "local": local, "gpu": gpu, **provenance.record()}, overwrite, storage)
+    start_mlflow(tracking, cfg, final.root.name, {"mba_dist.run_dir": str(final.root),
+                                                 "mba_dist.data": str(Path(data).resolve())})
+    if tracking.mlflow_run_id is not None:
+        run.add_info({"mlflow": {"uri": tracking.mlflow_uri, "run_id": tracking.mlflow_run_id}})
+    try:
+        metrics = _train(cfg, data, run, state, local, workers, gpu, max_failures, storage,
+                         overwrite, reused, progress, say)
+    except BaseException:
+        finish_mlflow(tracking, None, [])
+        raise
+    # Recommendations for every test user, raw ids, known purchases excluded.
+    users = unique_ints(ds.pairs("test", ds.target).users)
+    table = run.load().recommendations(users, cfg.eval.top_n)
+    report = results_table(metrics)
+    run.write_results(report, table)
+    run.remove_checkpoints()  # the stage files are the finished run
+    run.add_info({"finished": provenance.now()})
+    finish_mlflow(tracking, metrics, [run.root / n for n in (
+        "results.md", "metrics.json", "config.yaml", "run.json", "log.jsonl")])
+    final.replace_with(run)
+    return metrics, report
+
+
+def _train(cfg: C.Config, data, run: RunDir, state: Path | None, local: bool, workers: int,
+           gpu: bool, max_failures: int, storage: str | None, overwrite: bool, reused,
+           progress: Progress, say: Callable[[str], None]) -> dict:
+    """The training of `train_run`: in this process (resuming its own state) or on Ray Train."""
     if local:
         from mba_dist.train.checkpoint import load_resume_state
         from mba_dist.train.runner import FileCheckpoints, run_training
@@ -79,23 +110,13 @@ def train_run(data: str | Path, out: str | Path, config: str | None = None,
             say(f"not resuming the Ray Train checkpoint in {run.ray_storage(storage)}: a --local "
                 "run resumes only its own (run without --local to continue that one)")
         with _local_process_group(cfg):
-            metrics = run_training(cfg, data, run, progress, resume=resume, reused=reused,
-                                   checkpointer=FileCheckpoints(cfg.train.checkpoint_every, run))
-    else:
-        from mba_dist.train.ray_job import run_with_ray
+            return run_training(cfg, data, run, progress, resume=resume, reused=reused,
+                                checkpointer=FileCheckpoints(cfg.train.checkpoint_every, run))
+    from mba_dist.train.ray_job import run_with_ray
 
-        metrics = run_with_ray(cfg, data, run, num_workers=workers, use_gpu=gpu,
-                               max_failures=max_failures, storage=storage, fresh=overwrite,
-                               reused=reused)
-    # Recommendations for every test user, raw ids, known purchases excluded.
-    users = unique_ints(ds.pairs("test", ds.target).users)
-    table = run.load().recommendations(users, cfg.eval.top_n)
-    report = results_table(metrics)
-    run.write_results(report, table)
-    run.remove_checkpoints()  # the stage files are the finished run
-    run.add_info({"finished": provenance.now()})
-    final.replace_with(run)
-    return metrics, report
+    return run_with_ray(cfg, data, run, num_workers=workers, use_gpu=gpu,
+                        max_failures=max_failures, storage=storage, fresh=overwrite,
+                        reused=reused)
 
 
 def evaluate_table(run_dir: str | Path, with_baselines: bool, workers: int = 1) -> dict:

@@ -41,6 +41,7 @@ from mba_dist.eval.scorers import Scorer
 from mba_dist.files import (atomic_write_bytes, atomic_write_parquet, clear_leftovers, ensure_dir,
                             swap_in, temp_dir_for, temp_prefix)
 from mba_dist.mba.stages import main_model
+from mba_dist.tracking import Trackers, Tracking
 from mba_dist.train import checkpoint
 
 SIGNATURE = {"tool": "mba-dist", "kind": "run"}  # in run.json: this directory is a run
@@ -77,10 +78,16 @@ def _check_same_dataset(info: dict, ds: Dataset, root: Path, what: str = "") -> 
 
 
 class RunDir:
-    """Paths, decisions and writers of one run directory (picklable: workers get it)."""
+    """Paths, decisions and writers of one run directory (picklable: workers get it).
+    `tracking`: where rank 0 also sends every epoch record (`tracking.Tracking`)."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, tracking: Tracking | None = None):
         self.root = Path(root).resolve()
+        self.tracking = tracking
+        self._trackers: Trackers | None = None  # opened by the first record, on rank 0
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_trackers": None}  # open writers stay in their process
 
     # ---- paths -----------------------------------------------------------------------------
     @property
@@ -163,7 +170,7 @@ class RunDir:
         clear_leftovers(self.root.parent, self.root.name)
         if not (overwrite and is_run(self.root)):
             return self
-        return RunDir(temp_dir_for(self.root))
+        return RunDir(temp_dir_for(self.root), self.tracking)
 
     def replace_with(self, built: "RunDir") -> None:
         """Swap a finished `built` run in for this one (the earlier run is moved aside, the new
@@ -193,6 +200,10 @@ class RunDir:
         self.root.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.tracking is not None:
+            if self._trackers is None:
+                self._trackers = Trackers(self.tracking, self.root)
+            self._trackers.epoch(record)
 
     def rewrite_log(self, records: list[dict]) -> None:
         atomic_write_bytes(self.log_path, "".join(json.dumps(r) + "\n" for r in records).encode())
@@ -210,6 +221,9 @@ class RunDir:
 
     def write_metrics(self, metrics: dict) -> None:
         atomic_write_bytes(self.metrics_path, json.dumps(metrics, indent=2).encode())
+        if self._trackers is not None:  # the last record of the run has been sent
+            self._trackers.close()
+            self._trackers = None
 
     def write_results(self, report: str, recommendations) -> None:
         atomic_write_parquet(self.root / "recommendations.parquet", recommendations)
