@@ -27,6 +27,7 @@ from mba_dist.errors import ArgumentError, InputError
 
 # OS errors that are about a path (permission, not a directory, disk full, read-only, quota):
 # one line with exit 2 like an InputError; any other OSError keeps its traceback
+LOG_LEVELS = ("debug", "info", "warning")
 PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.ENOSPC,
                errno.EROFS, errno.EDQUOT, errno.ENOENT, errno.EEXIST, errno.ENAMETOOLONG}
 
@@ -63,6 +64,14 @@ def finite(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if v != v or v in (float("inf"), float("-inf")):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return v
+
+
+def positive(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    v = finite(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
     return v
 
 
@@ -130,20 +139,26 @@ def cmd_run(a) -> int:
     from mba_dist.train.fit import no_progress
 
     sets = list(a.set or []) + ([f"method={a.model}"] if a.model else [])
+    verbose = a.log_level != "warning"
     # --local: a tqdm bar per stage; through Ray, rank 0 prints a line per epoch
-    progress, close = _progress_bar() if a.local else (no_progress, lambda: None)
+    progress, close = (_progress_bar() if a.local and verbose else (no_progress, lambda: None))
     try:
         run = fit(a.data, a.out, a.config, sets=sets, workers=a.workers, local=a.local,
                   gpu=a.gpu, max_failures=a.max_failures, storage=a.storage,
-                  overwrite=a.overwrite, tensorboard=not a.no_tensorboard, mlflow=a.mlflow,
+                  overwrite=a.overwrite, cpus_per_worker=a.cpus_per_worker, tensorboard=not a.no_tensorboard, mlflow=a.mlflow,
                   mlflow_experiment=a.mlflow_experiment, progress=progress,
-                  say=lambda line: print(f"[mba-dist] {line}", file=sys.stderr))
+                  epoch_lines=verbose, say=_say if verbose else (lambda line: None))
     finally:
         close()
     print(run.results)
-    print(f"\noutputs in {a.out}/: metrics.json results.md recommendations.parquet log.jsonl "
-          "config.yaml checkpoints/")
+    if verbose:
+        print(f"\noutputs in {a.out}/: metrics.json results.md recommendations.parquet "
+              "log.jsonl config.yaml run.json checkpoints/ tensorboard/", file=sys.stderr)
     return 0
+
+
+def _say(line: str) -> None:
+    print(f"[mba-dist] {line}", file=sys.stderr)
 
 
 def cmd_recommend(a) -> int:
@@ -225,121 +240,180 @@ def cmd_demo(a) -> int:
     return cmd_run(ns)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="mba-dist", description=__doc__,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's help shows its default (unless the help says it, or there is none: a
+    flag, an option that is off unless given); descriptions keep their line breaks."""
 
-    s = sub.add_parser("prepare", help="raw behavior logs -> Parquet dataset")
-    s.add_argument("--out", required=True)
-    s.add_argument("--target", default="purchase")
-    s.add_argument("--train", action="append", default=[], metavar="BEHAVIOR=FILE")
-    s.add_argument("--valid", action="append", default=[], metavar="BEHAVIOR=FILE")
-    s.add_argument("--test", action="append", default=[], metavar="BEHAVIOR=FILE")
-    s.add_argument("--valid-fraction", type=finite, default=0.1)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--header", choices=["auto", "yes", "no"], default="auto")
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
+def parser() -> argparse.ArgumentParser:
+    usage = __doc__.split("\n\nArgument parsing")[0]  # the rest is for developers
+    p = _Parser(prog="mba-dist", description=usage, formatter_class=_Help,
+                epilog="`mba-dist COMMAND --help` lists a command's options and defaults.")
+    p.add_argument("--version", action="version", version=f"mba-dist {_version()}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", choices=LOG_LEVELS, default="info",
+                        help="info: progress and a start-up banner, Ray's warnings; debug: "
+                             "also everything Ray and torchrec print; warning: results only")
+    common.add_argument("-q", "--quiet", dest="log_level", action="store_const",
+                        const="warning", help="the same as --log-level warning")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def command(name: str, helptext: str, fn) -> argparse.ArgumentParser:
+        s = sub.add_parser(name, help=helptext, description=helptext, parents=[common],
+                           formatter_class=_Help)
+        s.set_defaults(fn=fn)
+        return s
+
+    s = command("prepare", "raw behavior logs -> a Parquet dataset", cmd_prepare)
+    s.add_argument("--out", required=True, help="the dataset directory to write")
+    s.add_argument("--target", default="purchase", help="the target behavior")
+    s.add_argument("--train", action="append", default=[], metavar="BEHAVIOR=FILE",
+                   help="a train file of a behavior (repeat; BEHAVIOR=@TARGET adds the "
+                        "target's train pairs)")
+    s.add_argument("--valid", action="append", default=[], metavar="BEHAVIOR=FILE",
+                   help="a validation file of the target (default: carved from its train "
+                        "pairs, --valid-fraction)")
+    s.add_argument("--test", action="append", default=[], metavar="BEHAVIOR=FILE",
+                   help="a test file of the target")
+    s.add_argument("--valid-fraction", type=finite, default=0.1,
+                   help="share of each user's target train pairs carved out for validation")
+    s.add_argument("--seed", type=int, default=0, help="seed of the validation carve")
+    s.add_argument("--header", choices=["auto", "yes", "no"], default="auto",
+                   help="whether text files start with a header line")
     s.add_argument("--ids", choices=["auto", "int", "str"], default="auto",
                    help="id type of users and items: int, str, or auto (int when every id is "
                         "one; a log of integers with a few other ids is an error)")
-    s.add_argument("--overwrite", action="store_true")
-    s.set_defaults(fn=cmd_prepare)
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace an existing dataset (only one mba-dist wrote)")
 
-    s = sub.add_parser("synth", help="synthetic dataset with planted preferences")
-    s.add_argument("--out", required=True)
-    s.add_argument("--size", choices=["tiny", "small", "medium", "large"], default="small")
-    s.add_argument("--users", type=at_least(0), default=0,
-                   help="0: the size's default")
-    s.add_argument("--items", type=at_least(0), default=0)
-    s.add_argument("--false-click-ratio", type=finite, default=1.0)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--overwrite", action="store_true")
-    s.set_defaults(fn=cmd_synth)
+    s = command("synth", "a synthetic dataset with planted preferences", cmd_synth)
+    s.add_argument("--out", required=True, help="the dataset directory to write")
+    s.add_argument("--size", choices=["tiny", "small", "medium", "large"], default="small",
+                   help="users x items: tiny 300x200 ... large 2M x 500k")
+    s.add_argument("--users", type=at_least(0), default=0, help="users (0: the size's)")
+    s.add_argument("--items", type=at_least(0), default=0, help="items (0: the size's)")
+    s.add_argument("--false-click-ratio", type=finite, default=1.0,
+                   help="false clicks per true click")
+    s.add_argument("--seed", type=int, default=0, help="seed of the generator")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace an existing dataset (only one mba-dist wrote)")
 
     for name, fn, helptext in (("run", cmd_run, "train every stage and evaluate"),
-                               ("demo", cmd_demo, "synthetic data end to end (README)")):
-        s = sub.add_parser(name, help=helptext)
+                               ("demo", cmd_demo, "synthetic data end to end (the README's "
+                                                  "first command)")):
+        s = command(name, helptext, fn)
         if name == "run":
-            s.add_argument("--data", required=True)
-            s.add_argument("--out", required=True)
+            s.add_argument("--data", required=True, help="a prepared dataset directory")
+            s.add_argument("--out", required=True, help="the run directory")
             s.add_argument("--model", choices=["mba", "mf"], default=None,
-                           help="mf: BPR baseline on the target behavior only")
-            s.add_argument("--overwrite", action="store_true")
+                           help="mf: the BPR baseline on the target behavior only "
+                                "(default: the config's method)")
+            s.add_argument("--overwrite", action="store_true",
+                           help="start over (a finished run is replaced once the new one "
+                                "has finished)")
         else:
-            s.add_argument("--out", default="runs/demo")
+            s.add_argument("--out", default="runs/demo", help="where the data and run go")
         s.add_argument("--workers", type=at_least(1), default=1,
                        help="Ray Train workers (N > 1 needs model.backend=torchrec)")
         s.add_argument("--gpu", action="store_true", help="one GPU per worker, NCCL")
+        s.add_argument("--cpus-per-worker", type=positive, default=None,
+                       help="CPUs Ray reserves for each worker, and its torch threads (default: "
+                            "0.5 reserved on CPU, none beside a GPU; threads: the node's cores "
+                            "shared by its workers)")
         s.add_argument("--max-failures", type=at_least(0), default=3,
                        help="worker failures to recover from (resume from the last checkpoint)")
         s.add_argument("--storage", default=None,
                        help="Ray Train checkpoint storage (default RUN/ray; shared on clusters)")
         s.add_argument("--local", action="store_true",
                        help="train in this process without Ray (one worker, in-memory batches)")
-        s.add_argument("--config", default=None)
-        s.add_argument("--set", action="append", metavar="KEY=VALUE")
+        s.add_argument("--config", default=None,
+                       help="a YAML config (default: built-in defaults; demo: "
+                            "configs/synthetic.yaml)")
+        s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a config value (repeat), e.g. mba.alpha=10")
         s.add_argument("--mlflow", default=None, metavar="URI",
                        help="also log the run to this MLflow tracking server")
-        s.add_argument("--mlflow-experiment", default="mba-dist")
+        s.add_argument("--mlflow-experiment", default="mba-dist",
+                       help="the MLflow experiment of --mlflow")
         s.add_argument("--no-tensorboard", action="store_true",
                        help="no TensorBoard event files in RUN/tensorboard")
-        s.set_defaults(fn=fn)
 
-    s = sub.add_parser("evaluate", help="full-ranking metrics of a finished run (and baselines)")
-    s.add_argument("--run", required=True)
+    s = command("evaluate", "full-ranking metrics of a finished run (and baselines)",
+                cmd_evaluate)
+    s.add_argument("--run", required=True, help="a finished run directory")
     s.add_argument("--baselines", action="store_true",
                    help="also MostPop, MF per behavior, merged MF, auxiliary memory")
-    s.add_argument("--workers", type=at_least(1), default=1, help="local gloo ranks sharing the users")
+    s.add_argument("--workers", type=at_least(1), default=1,
+                   help="local gloo ranks sharing the users")
     s.add_argument("--out", default=None, help="directory for the .md/.csv (default: the run)")
-    s.set_defaults(fn=cmd_evaluate)
 
-    s = sub.add_parser("bench-eval", help="evaluator speed (vs bare mm, dense topk) and memory")
-    s.add_argument("--out", default="runs/bench_eval")
-    s.add_argument("--users", type=at_least(1), default=48_658, help="default: Taobao's shape")
-    s.add_argument("--items", type=at_least(1), default=39_395)
-    s.add_argument("--measured-users", type=at_least(1), default=8192)
-    s.add_argument("--memory-mb", type=at_least(1), default=256)
+    s = command("bench-eval", "evaluator speed (vs bare mm, dense topk) and memory",
+                cmd_bench_eval)
+    s.add_argument("--out", default="runs/bench_eval", help="where the report goes")
+    s.add_argument("--users", type=at_least(1), default=48_658, help="users (Taobao's shape)")
+    s.add_argument("--items", type=at_least(1), default=39_395, help="items (Taobao's shape)")
+    s.add_argument("--measured-users", type=at_least(1), default=8192,
+                   help="users whose ranking is timed")
+    s.add_argument("--memory-mb", type=at_least(1), default=256,
+                   help="the evaluator's score-buffer budget")
     s.add_argument("--memory-items", type=at_least(0), default=1_000_000,
                    help="catalog of the peak-memory measurement (0: skip it)")
-    s.add_argument("--device", default="cpu")
-    s.set_defaults(fn=cmd_bench_eval)
+    s.add_argument("--device", default="cpu", help="cpu or cuda")
 
-    s = sub.add_parser("bench", help="MBA step throughput over worker counts, with baselines")
+    s = command("bench", "MBA step throughput over worker counts, with baselines", cmd_bench)
     s.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     s.add_argument("--data", default=None, help="prepared dataset (default: synthetic pairs)")
     s.add_argument("--config", default=None, help="config of the dataset (aux behavior)")
-    s.add_argument("--users", type=at_least(1), default=21_716, help="synthetic shape (Beibei's)")
-    s.add_argument("--items", type=at_least(1), default=7_977)
-    s.add_argument("--rows", type=at_least(1), default=860_000)
+    s.add_argument("--users", type=at_least(1), default=21_716,
+                   help="synthetic shape (Beibei's)")
+    s.add_argument("--items", type=at_least(1), default=7_977, help="synthetic shape")
+    s.add_argument("--rows", type=at_least(1), default=860_000, help="synthetic train pairs")
     s.add_argument("--batch", type=at_least(1), default=2048, help="global batch")
-    s.add_argument("--steps", type=at_least(1), default=100)
-    s.add_argument("--warmup", type=at_least(0), default=10)
+    s.add_argument("--steps", type=at_least(1), default=100, help="timed steps per row")
+    s.add_argument("--warmup", type=at_least(0), default=10, help="untimed steps first")
     s.add_argument("--optim", default="adagrad", help="torchrec optimizer of the MBA rows")
     s.add_argument("--repeat", type=at_least(1), default=1,
                    help="runs per MBA row; the median is reported (noisy shared machines)")
-    s.add_argument("--device", default="cpu")
-    s.add_argument("--no-baselines", action="store_true")
+    s.add_argument("--device", default="cpu", help="cpu or cuda")
+    s.add_argument("--no-baselines", action="store_true",
+                   help="only the MBA rows (no authors'-style step, implicit, plain torch)")
     s.add_argument("--profile", action="store_true",
                    help="also write profile.txt: the 1-worker step's time per op (torch profiler)")
     s.add_argument("--ray", action="store_true",
                    help="workers as Ray Train workers: the cluster at RAY_ADDRESS (any number "
                         "of nodes), else an embedded local one (default: local processes)")
-    s.add_argument("--out", default="runs/bench")
-    s.set_defaults(fn=cmd_bench)
+    s.add_argument("--out", default="runs/bench", help="where bench.md/.csv/.png go")
 
-    s = sub.add_parser("recommend", help="top-N items for users of a finished run")
-    s.add_argument("--run", required=True)
+    s = command("recommend", "top-N items for users of a finished run", cmd_recommend)
+    s.add_argument("--run", required=True, help="a finished run directory")
     s.add_argument("--users", default=None, help="comma-separated raw user ids (default: all)")
-    s.add_argument("--users-file", default=None)
-    s.add_argument("--k", type=at_least(1), default=20)
+    s.add_argument("--users-file", default=None, help="a text file of raw user ids, one a line")
+    s.add_argument("--k", type=at_least(1), default=20, help="items per user")
     s.add_argument("--out", default=None, help="Parquet file (default: TSV on stdout)")
-    s.set_defaults(fn=cmd_recommend)
+    return p
 
+
+def _version() -> str:
+    from mba_dist import __version__
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
     try:
         a = p.parse_args(argv)
     except _UsageError as e:
         print(e, file=sys.stderr)
         return 2
+    from mba_dist.dist.ray import configure_logs
+
+    configure_logs(a.log_level)
     try:
         return a.fn(a)
     except InputError as e:

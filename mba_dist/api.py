@@ -83,19 +83,23 @@ def fit(data: str | Path, out: str | Path, config: str | Path | None = None, *,
         overrides: dict[str, Any] | None = None, sets: Iterable[str] = (),
         workers: int = 1, local: bool = False,
         gpu: bool = False, max_failures: int = 3, storage: str | None = None,
-        overwrite: bool = False, tensorboard: bool = True, mlflow: str | None = None,
+        overwrite: bool = False, cpus_per_worker: float | None = None,
+        tensorboard: bool = True, mlflow: str | None = None,
         mlflow_experiment: str = "mba-dist", progress: Progress = no_progress,
-        say: Callable[[str], None] = lambda line: None) -> Run:
+        epoch_lines: bool = False, say: Callable[[str], None] = lambda line: None) -> Run:
     """Train every stage of `config` (a YAML file; default: the built-in defaults) with
     `overrides` ({"mba.alpha": 10}; or `sets`, the CLI's "KEY=VALUE" strings, applied first)
     on the prepared dataset `data`, into the run directory `out`, and return the finished run. `local`: in this process without Ray (one worker);
     otherwise through Ray Train on `workers` workers (the cluster at RAY_ADDRESS, or an
     embedded local one). `tensorboard`: event files in OUT/tensorboard; `mlflow`: a tracking
-    URI to log the run to (experiment `mlflow_experiment`). The other arguments are those of
-    `mba-dist run`."""
+    URI to log the run to (experiment `mlflow_experiment`). `progress(stage, epoch, total,
+    record)` is called after every epoch of a local run; through Ray, `epoch_lines` has rank 0
+    print a line per epoch. `say` gets the start-up banner and what is resumed. The other
+    arguments are those of `mba-dist run`."""
     jobs.train_run(data, out, None if config is None else str(config),
-                   list(sets) + overrides_as_sets(overrides), workers=workers, local=local, gpu=gpu,
-                   max_failures=max_failures, storage=storage, overwrite=overwrite,
-                   progress=progress, say=say,
+                   list(sets) + overrides_as_sets(overrides), workers=workers, local=local,
+                   gpu=gpu, max_failures=max_failures, storage=storage, overwrite=overwrite,
+                   cpus_per_worker=cpus_per_worker, progress=progress,
+                   epoch_lines=epoch_lines, say=say,
                    tracking=Tracking(tensorboard, mlflow, mlflow_experiment))
     return Run.load(out)

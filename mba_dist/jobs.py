@@ -20,7 +20,7 @@ from mba_dist.data.pair_sets import check_dataset
 from mba_dist.data.pairs import unique_ints
 from mba_dist.errors import ConfigError
 from mba_dist.eval.baselines import csv_text, markdown
-from mba_dist.mba.stages import main_model
+from mba_dist.mba.stages import main_model, stage_plan
 from mba_dist.run_dir import FinishedRun, RunDir, evaluate_run_dir
 from mba_dist.tracking import Tracking, finish_mlflow, start_mlflow
 from mba_dist.train.fit import Progress, no_progress
@@ -31,6 +31,21 @@ def results_table(metrics: dict) -> str:
     return (markdown(metrics["baselines"], highlight=metrics["model"]) + "\n\n"
             f"model selection: {metrics['selected_on']}; best epoch {metrics['best_epoch']}; "
             f"train wall time {metrics['wall_seconds']:.1f} s")
+
+
+def banner(cfg: C.Config, ds: Dataset, out: Path, workers: int, local: bool, stream: bool,
+           gpu: bool) -> str:
+    """What a run is about to do, in one line: the data, the stages, the workers, the output."""
+    train = ", ".join(f"{b} {m['rows']:,}" for b, m in sorted(ds.meta["splits"]["train"].items()))
+    stages = " -> ".join(st.name for st in stage_plan(cfg))
+    if cfg.method == "mba" and cfg.pretrain.from_run:
+        stages += f" (stage 1 from {cfg.pretrain.from_run})"
+    where = ("1 worker in this process (--local)" if local else
+             f"{workers} Ray Train worker{'s' * (workers > 1)}{' on GPUs' if gpu else ''}, "
+             f"{'streamed (Ray Data)' if stream else 'in-memory'} batches")
+    return (f"{ds.root}: {ds.num_users:,} users, {ds.num_items:,} items, train pairs {train}; "
+            f"{cfg.method} with {cfg.data.aux if cfg.method == 'mba' else 'no'} auxiliary "
+            f"behavior; stages {stages}; {where}; {cfg.model.backend} tables; output {out}")
 
 
 def _local_process_group(cfg: C.Config):
@@ -45,7 +60,8 @@ def _local_process_group(cfg: C.Config):
 def train_run(data: str | Path, out: str | Path, config: str | None = None,
               sets: list[str] = (), workers: int = 1, local: bool = False, gpu: bool = False,
               max_failures: int = 3, storage: str | None = None, overwrite: bool = False,
-              progress: Progress = no_progress,
+              cpus_per_worker: float | None = None,
+              progress: Progress = no_progress, epoch_lines: bool = False,
               say: Callable[[str], None] = lambda line: None,
               tracking: Tracking | None = None) -> tuple[dict, str]:
     """`mba-dist run` (module docstring); returns the metrics and the results table. `say`
@@ -60,13 +76,16 @@ def train_run(data: str | Path, out: str | Path, config: str | None = None,
     state = run.check_new_run(cfg, overwrite, storage, local=local)
     ds = Dataset(data)
     check_dataset(cfg, ds)
+    stream = False
     if not local:  # a streamed epoch splits each global batch into equal local ones
         from mba_dist.train.ray_job import streams
-        C.validate_world(cfg, workers, stream=streams(cfg, data))
+        stream = streams(cfg, data)
+        C.validate_world(cfg, workers, stream=stream)
     reused = None
     if cfg.method == "mba" and cfg.pretrain.from_run:
         reused = RunDir(cfg.pretrain.from_run).stages()
         reused.check_reusable(cfg, ds)
+    say(banner(cfg, ds, run.root, workers, local, stream, gpu))
     final, run = run, run.build_dir(overwrite)  # a run over a run is built beside it
     run.begin(cfg, {"data": str(Path(data).resolve()), "dataset_fingerprint": ds.fingerprint,
                     "config_file": config, "sets": sets, "workers": 1 if local else workers,
@@ -77,7 +96,7 @@ def train_run(data: str | Path, out: str | Path, config: str | None = None,
         run.add_info({"mlflow": {"uri": tracking.mlflow_uri, "run_id": tracking.mlflow_run_id}})
     try:
         metrics = _train(cfg, data, run, state, local, workers, gpu, max_failures, storage,
-                         overwrite, reused, progress, say)
+                         overwrite, reused, progress, epoch_lines, say, cpus_per_worker)
     except BaseException:
         finish_mlflow(tracking, None, [])
         raise
@@ -96,7 +115,8 @@ def train_run(data: str | Path, out: str | Path, config: str | None = None,
 
 def _train(cfg: C.Config, data, run: RunDir, state: Path | None, local: bool, workers: int,
            gpu: bool, max_failures: int, storage: str | None, overwrite: bool, reused,
-           progress: Progress, say: Callable[[str], None]) -> dict:
+           progress: Progress, epoch_lines: bool, say: Callable[[str], None],
+           cpus_per_worker: float | None) -> dict:
     """The training of `train_run`: in this process (resuming its own state) or on Ray Train."""
     if local:
         from mba_dist.train.checkpoint import load_resume_state
@@ -116,7 +136,7 @@ def _train(cfg: C.Config, data, run: RunDir, state: Path | None, local: bool, wo
 
     return run_with_ray(cfg, data, run, num_workers=workers, use_gpu=gpu,
                         max_failures=max_failures, storage=storage, fresh=overwrite,
-                        reused=reused)
+                        reused=reused, epoch_lines=epoch_lines, cpus_per_worker=cpus_per_worker)
 
 
 def evaluate_table(run_dir: str | Path, with_baselines: bool, workers: int = 1) -> dict:

@@ -208,3 +208,33 @@ def test_only_input_errors_become_one_line(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(cli, "cmd_recommend", bug)
     with pytest.raises(ValueError, match="an internal bug"):
         main(["recommend", "--run", str(tmp_path)])
+
+
+def test_every_option_of_every_command_explains_itself():
+    import argparse
+    from launch.cli import parser
+
+    p = parser()
+    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+    for name, cmd in sub.choices.items():
+        for action in cmd._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"mba-dist {name} {action.option_strings[0]} has no help"
+        text = cmd.format_help()
+        assert "--log-level" in text and "(default: None)" not in text, name
+    assert "(default: 20)" in sub.choices["recommend"].format_help()
+
+
+def test_quiet_prints_the_table_only_and_info_a_banner_first(tiny_dataset, tmp_path, capsys):
+    args = ["run", "--local", "--data", str(tiny_dataset), "--config", "configs/synthetic.yaml",
+            "--set", "pretrain.epochs=1", "--set", "mba.epochs=1", "--set",
+            "train.merged_baseline=false"]
+    assert main(args + ["--out", str(tmp_path / "a"), "-q"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("| model |") and err == ""
+    assert main(args + ["--out", str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err
+    first = err.splitlines()[0]
+    assert first.startswith(f"[mba-dist] {tiny_dataset}: 300 users, 200 items, train pairs ")
+    assert ("stages pre_f -> pre_g -> mba; 1 worker in this process (--local); torch tables; "
+            f"output {(tmp_path / 'b').resolve()}") in first

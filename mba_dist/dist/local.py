@@ -35,11 +35,15 @@ def local_process_group() -> Iterator[None]:
         dist.destroy_process_group()
 
 
-def share_cores(local_ranks: int) -> int:
+def share_cores(local_ranks: int, cpus: float | None = None) -> int:
     """Give this process its share of the machine's cores for torch's intra-op threads: ranks
-    on one host that each use every core slow each other down (and gloo's polling with them)."""
+    on one host that each use every core slow each other down (and gloo's polling with them).
+    `cpus`: the CPUs the scheduler gave this rank (Ray's `--cpus-per-worker`), which wins."""
     import torch
-    n = max(1, (os.cpu_count() or 1) // max(1, local_ranks))
+    if cpus is not None:
+        n = max(1, int(cpus))
+    else:
+        n = max(1, (os.cpu_count() or 1) // max(1, local_ranks))
     torch.set_num_threads(n)
     return n
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints
+from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, TrainerConfig
 from torchrec.distributed.types import ShardingPlan, ShardingType
 
 
@@ -19,9 +20,11 @@ def sharding_plan(ebc, sharders: list, device: torch.device) -> ShardingPlan:
     if compute == "cpu":
         constraints = {name: ParameterConstraints(sharding_types=[ShardingType.TABLE_WISE.value])
                        for name in _table_names(ebc)}
-    planner = EmbeddingShardingPlanner(
-        topology=Topology(world_size=dist.get_world_size(), compute_device=compute),
-        constraints=constraints)
+    # The factory resolves the host's memory and bandwidths as a directly built Topology does
+    # (the same devices), and is what torchrec asks for (it warns on a direct one).
+    topology = TopologyFactory.create_topology(TrainerConfig(world_size=dist.get_world_size()),
+                                               kernel_config=KernelConfig(compute_device=compute))
+    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
     return planner.collective_plan(ebc, sharders, dist.GroupMember.WORLD)
 
 

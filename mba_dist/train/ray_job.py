@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from mba_dist import config as C
-from mba_dist.dist.ray import init_ray, input_error, quiet_worker_logs
+from mba_dist.dist.ray import init_ray, input_error, quiet_worker_logs, ray_train_log_level
 from mba_dist.train.checkpoint import RESUME_STATE_FILE, load_resume_state
 from mba_dist.train.fit import no_progress, selected
 from mba_dist.train.runner import run_training
@@ -73,7 +73,7 @@ def _train_loop_per_worker(loop_config: dict) -> None:
     from mba_dist.dist.local import share_cores
 
     cfg = C.load_config(loop_config["config"])
-    share_cores(ray.train.get_context().get_local_world_size())
+    share_cores(ray.train.get_context().get_local_world_size(), loop_config["cpus_per_worker"])
     source = None
     if loop_config["shards"]:
         shards = {n: ray.train.get_dataset_shard(n) for n in loop_config["shards"]}
@@ -87,9 +87,18 @@ def _train_loop_per_worker(loop_config: dict) -> None:
         sys.stdout.write(f"[mba-dist] resuming from {ckpt.path}: stage {resume['stage']} after "
                          f"epoch {resume['fit']['epoch']}\n")
     run = loop_config["run"]
-    run_training(cfg, loop_config["data"], run, print_progress if rank == 0 else no_progress,
+    lines = rank == 0 and loop_config.get("epoch_lines", True)
+    run_training(cfg, loop_config["data"], run, print_progress if lines else no_progress,
                  source=source, device=device, resume=resume, reused=loop_config["reused"],
                  checkpointer=RayCheckpoints(cfg.train.checkpoint_every, rank, run))
+
+
+def _worker_resources(use_gpu: bool, cpus: float | None) -> dict | None:
+    """What Ray reserves per worker: `cpus` (and its GPU), or by default 0.5 CPU on CPU
+    workers, which leaves room for Ray Data's tasks on a 2-core machine."""
+    if cpus is not None:
+        return {"CPU": cpus, **({"GPU": 1} if use_gpu else {})}
+    return None if use_gpu else {"CPU": 0.5}
 
 
 def remove_checkpoints(result) -> None:
@@ -112,7 +121,8 @@ def streams(cfg: C.Config, data_dir: str | Path) -> bool:
 
 def run_with_ray(cfg: C.Config, data_dir: str | Path, run, num_workers: int = 1,
                  use_gpu: bool = False, max_failures: int = 3, storage: str | None = None,
-                 fresh: bool = False, reused=None) -> dict:
+                 fresh: bool = False, reused=None, epoch_lines: bool = True,
+                 cpus_per_worker: float | None = None) -> dict:
     """Train through Ray Train on `num_workers` workers; returns the run's metrics.
 
     `run` is the `run_dir.RunDir` the workers write through (its checks have passed).
@@ -120,7 +130,11 @@ def run_with_ray(cfg: C.Config, data_dir: str | Path, run, num_workers: int = 1,
     has every worker read the pairs and take its share of each global batch; `auto` streams
     when the train pairs exceed `train.stream_min_rows`. A failed worker restarts the whole
     group from the last epoch checkpoint, up to `max_failures` times; checkpoints live under
-    `storage` until the run has finished (default RUN/ray; on a multi-node cluster, storage that every node reaches)."""
+    `storage` (default RUN/ray; on a multi-node cluster, storage that every node reaches)
+    until the run has finished. `epoch_lines`: rank 0 prints a line per epoch.
+    `cpus_per_worker`: the CPUs Ray reserves for each worker, and its torch threads (default:
+    0.5 CPU reserved on CPU workers, none beside a GPU, threads = the node's cores shared by
+    its workers)."""
     stream = streams(cfg, data_dir)
     C.validate_world(cfg, num_workers, stream)
     started = init_ray()
@@ -129,7 +143,8 @@ def run_with_ray(cfg: C.Config, data_dir: str | Path, run, num_workers: int = 1,
 
     # One line per epoch from rank 0 instead of a progress bar per dataset execution.
     ray.data.DataContext.get_current().enable_progress_bars = False
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import (CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
+                           ScalingConfig)
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from mba_dist.data.stream import StreamPlan
@@ -144,16 +159,18 @@ def run_with_ray(cfg: C.Config, data_dir: str | Path, run, num_workers: int = 1,
             _train_loop_per_worker,
             train_loop_config={"config": C.to_dict(cfg), "data": data, "run": run,
                                "reused": reused, "shards": sorted(datasets),
-                               "part_rows": part_rows, "use_gpu": use_gpu},
+                               "part_rows": part_rows, "use_gpu": use_gpu,
+                               "epoch_lines": epoch_lines, "cpus_per_worker": cpus_per_worker},
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-            # 0.5 CPU per worker leaves room for Ray Data's tasks on a 2-core machine.
             scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
-                                         resources_per_worker=None if use_gpu else {"CPU": 0.5}),
+                                         resources_per_worker=_worker_resources(
+                                             use_gpu, cpus_per_worker)),
             run_config=RunConfig(name=run.ray_run_name(storage, fresh),
                                  storage_path=run.ray_storage(storage),
                                  failure_config=FailureConfig(max_failures=max_failures),
                                  # resume needs the latest; one more covers a crash mid-copy
-                                 checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2),
+                                 logging_config=LoggingConfig(log_level=ray_train_log_level())),
             datasets=datasets or None,
         )
         try:
