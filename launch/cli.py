@@ -1,4 +1,4 @@
-"""`mba-dist` command line: prepare, synth, run, evaluate, recommend, demo.
+"""`mba-dist` command line: prepare, synth, run, evaluate, recommend, plot, demo.
 
     mba-dist prepare --out DIR --target purchase --train purchase=F --train cart=F --test purchase=F
     mba-dist synth --out DIR [--size tiny|small|medium|large] [--users N --items N]
@@ -8,6 +8,7 @@
     mba-dist bench [--workers 1,2] [--data DIR --config F] [--batch B] [--out DIR]   step throughput
     mba-dist bench-eval [--device cuda] [--out DIR]    evaluator speed and memory
     mba-dist recommend --run RUN_DIR --users U1,U2 | --users-file F [--k 20] [--out F.parquet]
+    mba-dist plot --run RUN_DIR [--out DIR]    training curves, baseline bars, the paper's Fig. 2
     mba-dist demo [--out DIR]      synthetic data -> pretraining + MBA -> metrics table
 
 Argument parsing and dispatch only: the commands themselves are `mba_dist.jobs` (run, evaluate,
@@ -195,6 +196,14 @@ def cmd_evaluate(a) -> int:
     return 0
 
 
+def cmd_plot(a) -> int:
+    from mba_dist.jobs import plot_run
+
+    written = plot_run(a.run, a.out)
+    print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    return 0
+
+
 def cmd_bench_eval(a) -> int:
     from mba_dist.bench.eval import run_bench_eval
 
@@ -352,6 +361,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=at_least(1), default=1,
                    help="local gloo ranks sharing the users")
     s.add_argument("--out", default=None, help="directory for the .md/.csv (default: the run)")
+
+    s = command("plot", "PNG pictures of a finished run (training curves, baseline bars, the "
+                        "paper's Fig. 2)", cmd_plot)
+    s.add_argument("--run", required=True, help="a finished run directory")
+    s.add_argument("--out", default=None, help="directory for the PNGs (default: RUN/plots)")
 
     s = command("bench-eval", "evaluator speed (vs bare mm, dense topk) and memory",
                 cmd_bench_eval)

@@ -12,7 +12,8 @@
     tables/     the embedding tables (plain torch, torchrec-sharded)
     train/      the step functions, the fit loop, checkpoints, the worker function
     run_dir.py  RunDir: the one owner of a run directory
-    jobs.py     run / evaluate / recommend as functions
+    plots.py    the PNGs of a finished run (training curves, baseline bars, paper Fig. 2)
+    jobs.py     run / evaluate / recommend / plot as functions
     api.py      the Python API: `fit` and `Run` (also as `mba_dist.fit`, `mba_dist.Run`); the
                 CLI in `launch.cli` is built on it and on `jobs`
     bench/      benchmarks (nothing above imports them)

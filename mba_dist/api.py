@@ -73,6 +73,11 @@ class Run:
         raw = None if users is None else [str(u) for u in users]
         return jobs.recommend(self.path, raw, k)
 
+    def plot(self, out: str | Path | None = None) -> list[Path]:
+        """The PNGs of `mba-dist plot` (training curves, baseline bars, the paper's Fig. 2) in
+        RUN/plots or `out`; returns their paths."""
+        return jobs.plot_run(self.path, out)
+
     def __repr__(self) -> str:
         m = self.metrics
         return (f"Run({str(self.path)!r}: {m['model']}, test recall@20 "

@@ -163,6 +163,37 @@ def evaluate_run(run_dir: str | Path, with_baselines: bool, workers: int = 1,
     return report, where, stem
 
 
+def plot_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
+    """`mba-dist plot`: the PNGs of `mba_dist.plots` for a finished run, in RUN/plots or `out`;
+    returns the files written."""
+    from mba_dist import plots
+    from mba_dist.mba.roles import Model
+
+    run = RunDir(run_dir)
+    finished = run.load()
+    metrics = run.read_metrics()
+    name = run.root.name
+    pngs = {"training.png": plots.training_png(run.read_log(), f"Training of {name}"),
+            "baselines.png": plots.baselines_png(metrics, f"{name}: test metrics")}
+    if finished.cfg.method == "mba":
+        data = finished.data()
+        aux, tgt = data.aux, data.target
+        users = plots.pick_users(aux.users, aux.items, tgt.users, tgt.items)
+        known = set(zip(tgt.users.tolist(), tgt.items.tolist()))
+        clicked = {u: np.array([i for i in aux.items[aux.users == u] if (u, int(i)) not in known])
+                   for u in users}
+        bought = {u: tgt.items[tgt.users == u] for u in users}
+        factors = {"MF on the target behavior (pre_f)":
+                   finished.stage_weights("pre_f")[Model.PRE_F.value][1].numpy(),
+                   "MBA (its target model t)":
+                   finished.stage_weights("mba")[Model.T.value][1].numpy()}
+        pngs["behaviors.png"] = plots.behaviors_png(
+            factors, users, clicked, bought, finished.cfg.data.aux,
+            f"{name}: items of two users, {finished.cfg.data.aux} (not bought) and bought "
+            "(paper Fig. 2)")
+    return run.write_plots(pngs, Path(out) if out else None)
+
+
 def recommend(run_dir: str | Path, raw_users: list[str] | None, k: int):
     """Top-k lists (a pyarrow table, raw ids) of the given raw user ids, or of every user."""
     run: FinishedRun = RunDir(run_dir).load()

@@ -236,6 +236,13 @@ class RunDir:
         atomic_write_bytes(out / f"{stem}.csv", csv.encode())
         return out
 
+    def write_plots(self, pngs: dict[str, bytes], dest: Path | None = None) -> list[Path]:
+        """`mba-dist plot`'s PNG files, in RUN/plots or in `dest`."""
+        out = ensure_dir(Path(dest) if dest is not None else self.root / "plots")
+        for name, data in pngs.items():
+            atomic_write_bytes(out / name, data)
+        return [out / name for name in pngs]
+
     @contextmanager
     def staged_resume_state(self, state: dict, filename: str) -> Iterator[str]:
         """A temporary directory holding `state` as `filename`, for Ray Train to copy into the
@@ -248,6 +255,15 @@ class RunDir:
     # ---- reading -----------------------------------------------------------------------------
     def read_metrics(self) -> dict:
         return _read_json(self.metrics_path)
+
+    def read_log(self) -> list[dict]:
+        """The epoch records of log.jsonl."""
+        try:
+            return [json.loads(ln) for ln in self.log_path.read_text().splitlines() if ln]
+        except FileNotFoundError:
+            raise RunError(f"{self.log_path} is missing") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RunError(f"{self.log_path}: not a log of JSON lines ({e})") from None
 
     def stages(self) -> "StageFiles":
         """The stage checkpoints of this run, finished or not (`pretrain.from_run`)."""

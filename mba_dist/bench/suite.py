@@ -92,7 +92,8 @@ def run_suite(s: Suite, out: Path) -> str:
     atomic_write_bytes(out / "bench.md", (report + "\n").encode())
     atomic_write_bytes(out / "bench.csv", B.csv_text(rows).encode())
     atomic_write_bytes(out / "bench.json", json.dumps(rows, indent=2).encode())
-    png = B.plot_png(rows, out / "bench.png")
+    png = B.plot_png(rows, out / "bench.png", f"MBA step, {what}, global batch {s.batch} "
+                                              f"({s.device})")
     print(f"wrote {out}/bench.md, bench.csv, bench.json" + (", bench.png" if png else
           " (no bench.png: matplotlib is not installed)") + (", profile.txt" if s.profile else ""),
           file=sys.stderr)
