@@ -123,16 +123,23 @@ def test_killed_worker_resumes_from_last_checkpoint(tiny_dataset, tmp_path):
 
 
 def test_ray_job_submit_to_a_local_cluster(tiny_dataset, tmp_path):
-    """`ray start --head` on loopback, then `ray job submit --working-dir .` of launch.train."""
+    """The README's cluster recipe on loopback, token authentication on as on a user's cluster:
+    `ray start --head` from the activated venv (so the job's `python` is the venv's), then
+    `ray job submit --working-dir .` of launch.train with the cluster's token."""
+    import secrets
+
     from mba_dist.dist.local import free_loopback_port
 
     venv_bin = Path(sys.executable).parent
     ray_cli = str(venv_bin / "ray")
+    token = secrets.token_hex(16)
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "GLOO_SOCKET_IFNAME": "lo",
-           "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}",
-           # a loopback-only test cluster: no token (Ray enables token auth when it finds one
-           # in ~/.ray, which an earlier in-process ray.init may have written)
-           "RAY_AUTH_MODE": "disabled"}
+           "RAY_USAGE_STATS_ENABLED": "0",
+           # `source .venv/bin/activate` of the recipe
+           "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}", "VIRTUAL_ENV": str(venv_bin.parent),
+           # the recipe's `export RAY_AUTH_MODE=token RAY_AUTH_TOKEN=...` (a token of this
+           # test's own, not the user's ~/.ray/auth_token)
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
     env.pop("RAY_ADDRESS", None)
     gcs, dash = free_loopback_port(), free_loopback_port()
     # --block keeps the head in a process group of its own: stopping it stops this cluster
@@ -149,6 +156,11 @@ def test_ray_job_submit_to_a_local_cluster(tiny_dataset, tmp_path):
                              capture_output=True, timeout=60).returncode != 0:
             assert head.poll() is None and time.time() < deadline, "ray start --head failed"
             time.sleep(2)
+        # the cluster does check the token: a submitter without it is refused
+        wrong = {**env, "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+        refused = subprocess.run([ray_cli, "job", "list", f"--address={address}"], env=wrong,
+                                 capture_output=True, timeout=60)
+        assert refused.returncode != 0
         out = tmp_path / "run"
         job = subprocess.run(
             [ray_cli, "job", "submit", f"--address={address}", "--working-dir", ".",
