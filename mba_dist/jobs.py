@@ -107,8 +107,11 @@ def train_run(data: str | Path, out: str | Path, config: str | None = None,
     run.write_results(report, table)
     run.remove_checkpoints()  # the stage files are the finished run
     run.add_info({"finished": provenance.now()})
-    finish_mlflow(tracking, metrics, [run.root / n for n in (
-        "results.md", "metrics.json", "config.yaml", "run.json", "log.jsonl")])
+    artifacts = [run.root / n for n in ("results.md", "metrics.json", "config.yaml", "run.json",
+                                        "log.jsonl")]
+    if tracking.mlflow_run_id is not None:  # the pictures too (RUN/plots)
+        artifacts += plot_run(run.root)
+    finish_mlflow(tracking, metrics, artifacts)
     final.replace_with(run)
     return metrics, report
 

@@ -1,5 +1,6 @@
 """End to end through the CLI on tiny synthetic data, and config handling."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -238,3 +239,41 @@ def test_quiet_prints_the_table_only_and_info_a_banner_first(tiny_dataset, tmp_p
     assert first.startswith(f"[mba-dist] {tiny_dataset}: 300 users, 200 items, train pairs ")
     assert ("stages pre_f -> pre_g -> mba; 1 worker in this process (--local); torch tables; "
             f"output {(tmp_path / 'b').resolve()}") in first
+
+
+def test_run_json_records_what_the_run_was_made_with(tiny_dataset, tmp_path):
+    import datetime
+    import subprocess
+
+    out = tmp_path / "run"
+    assert main(["run", "--local", "--data", str(tiny_dataset), "--out", str(out), "-q",
+                 "--set", "method=mf", "--set", "pretrain.epochs=2"]) == 0
+    info = json.loads((out / "run.json").read_text())
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parents[1],
+                          capture_output=True, text=True).stdout.strip()
+    assert info["git"]["commit"] == head and isinstance(info["git"]["dirty"], bool)
+    import torch
+    assert info["versions"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    assert {"ray", "pyarrow", "numpy", "python"} <= set(info["versions"])
+    started = datetime.datetime.fromisoformat(info["started"])
+    finished = datetime.datetime.fromisoformat(info["finished"])
+    assert started <= finished and info["host"]
+    for ln in (out / "log.jsonl").read_text().splitlines():
+        t = datetime.datetime.fromisoformat(json.loads(ln)["time"])
+        assert started <= t <= finished
+
+
+def test_cpus_per_worker_sets_what_ray_reserves_and_the_threads():
+    import torch
+    from mba_dist.dist.local import share_cores
+    from mba_dist.train.ray_job import _worker_resources
+
+    assert _worker_resources(False, None) == {"CPU": 0.5}
+    assert _worker_resources(True, None) is None
+    assert _worker_resources(True, 8.0) == {"CPU": 8.0, "GPU": 1}
+    before = torch.get_num_threads()
+    try:
+        assert share_cores(4, cpus=3.0) == 3 and torch.get_num_threads() == 3
+        assert share_cores(1, cpus=0.5) == 1
+    finally:
+        torch.set_num_threads(before)

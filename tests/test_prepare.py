@@ -198,3 +198,33 @@ def test_target_reference_adds_train_pairs_after_the_carve(tmp_path):
         prepare(PrepareSpec(out=tmp_path / "x", sources=[
             parse_source("train", f"purchase={tr}"), parse_source("train", "click=@cart"),
             parse_source("test", f"purchase={te}")]))
+
+
+def test_the_fast_parser_and_the_line_loop_read_the_same_pairs(tmp_path):
+    """Tab/comma text goes through pyarrow.csv; every file it cannot take as the line loop
+    would falls back to the loop, so both give the same pairs (and the loop's errors)."""
+    import pyarrow as pa
+
+    from data_prep import readers
+
+    texts = {
+        "a.tsv": "uid\tsid\n1\t10\n1\t11\r\n2 \t 10\n\n3\t12\n",
+        "b.csv": "user,item,when\n1,10,x\n1,11,y\n",
+        "c.csv": "1,10\n1,11,extra\n2,12\n",  # ragged: the loop
+        "d.txt": "1  10\n1 11\n",  # whitespace-separated: the loop
+        "e.csv": "\n\n1,10\n2,11\n",  # leading blank lines: the loop
+        "f.csv": "alice,x\nbob , y\n",
+        "g.tsv.gz": "1\t10\n2\t11\n",
+    }
+    for name, text in texts.items():
+        path = write(tmp_path / name, text, gz=name.endswith(".gz"))
+        u, i = readers.read_pairs(path)
+        loop = list(zip(*[(a, b) for _, a, b in readers._text_rows(path, "auto")]))
+        assert (u.to_pylist(), i.to_pylist()) == (list(loop[0]), list(loop[1])), name
+        assert isinstance(u, pa.Array)
+    fast = readers._read_text_arrow(tmp_path / "a.tsv", "auto", None)
+    assert fast is not None and fast[0].to_pylist() == ["1", "1", "2", "3"]
+    assert readers._read_text_arrow(tmp_path / "c.csv", "auto", None) is None
+    seen = []
+    readers.read_pairs(tmp_path / "a.tsv", progress=seen.append)
+    assert seen and seen[-1] == 4

@@ -120,7 +120,8 @@ def test_mlflow_receives_config_epochs_table_and_files(tiny_dataset, tmp_path, m
     assert run.data.metrics["baselines/mostpop/test/recall_at_20"] == pytest.approx(
         metrics["baselines"]["mostpop"]["test"]["recall@20"])
     files = {a.path for a in client.list_artifacts(info["run_id"])}
-    assert files >= {"results.md", "metrics.json", "config.yaml", "run.json", "log.jsonl"}
+    assert files >= {"results.md", "metrics.json", "config.yaml", "run.json", "log.jsonl",
+                     "training.png", "baselines.png", "behaviors.png"}
     # a run that fails is marked failed
     bad = tmp_path / "bad"
     assert main(["run", "--local", "--data", str(tiny_dataset), "--out", str(bad), "--mlflow",

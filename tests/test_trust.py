@@ -325,7 +325,7 @@ def _prepare(tmp_path, train_text, extra=(), test_text=TEST_LOG, name="buy.csv")
 def test_raw_logs_with_odd_ids_are_refused_naming_the_line(tmp_path, capsys, train, extra,
                                                           message):
     assert main(_prepare(tmp_path, train, extra)) == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the "reading ..." lines
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the "read ..." lines
     assert err.startswith("mba-dist prepare: error: ") and message in err, err
     assert not (tmp_path / "ds").exists() and not list(tmp_path.glob(".ds*"))
 

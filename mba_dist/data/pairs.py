@@ -28,12 +28,38 @@ def unique_ints(values: np.ndarray) -> np.ndarray:
     stable sort, which merges the runs in one linear pass."""
     if len(values) == 0:
         return np.sort(values)
+    low, span = _span(values)
+    if span is not None:  # a narrow range (dense ids): mark the values present, in one pass
+        present = np.zeros(span, dtype=bool)
+        present[values - low] = True
+        return (np.flatnonzero(present) + low).astype(values.dtype)
     runs = 1 + np.count_nonzero(values[1:] < values[:-1])
     values = np.sort(values, kind="stable" if runs <= 64 else "quicksort")
     keep = np.empty(len(values), dtype=bool)
     keep[0] = True
     np.not_equal(values[1:], values[:-1], out=keep[1:])
     return values[keep]
+
+
+def _span(values: np.ndarray) -> tuple[int, int | None]:
+    """(min, max - min + 1) of integer `values` when that range is at most 4x their number (a
+    table over it costs no more than a sort), else (min, None)."""
+    low, high = int(values.min()), int(values.max())
+    span = high - low + 1
+    return low, (span if span <= 4 * len(values) + 1024 else None)
+
+
+def dense_index(uniq: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Positions of `values` in the sorted distinct `uniq` (each value is in it): a lookup table
+    over a narrow range, else a binary search."""
+    if len(values) == 0:
+        return np.zeros(0, dtype=np.int64)
+    low, span = _span(uniq)
+    if span is not None and span <= 4 * len(values) + 1024:
+        table = np.empty(span, dtype=np.int64)
+        table[uniq - low] = np.arange(len(uniq), dtype=np.int64)
+        return table[values - low]
+    return np.searchsorted(uniq, values).astype(np.int64)
 
 
 def dedup_sorted(users: np.ndarray, items: np.ndarray, num_items: int) -> tuple[np.ndarray, np.ndarray]:
