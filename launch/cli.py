@@ -11,8 +11,9 @@
     mba-dist plot --run RUN_DIR [--out DIR]    training curves, baseline bars, the paper's Fig. 2
     mba-dist demo [--out DIR]      synthetic data -> pretraining + MBA -> metrics table
 
-Argument parsing and dispatch only: the commands themselves are `mba_dist.jobs` (run, evaluate,
-recommend), `data_prep` (prepare, synth) and `mba_dist.bench` (bench, bench-eval). An
+Argument parsing and dispatch only: the commands themselves are `mba_dist.api` and
+`mba_dist.jobs` (run, evaluate, recommend, plot), `data_prep` (prepare, synth) and
+`mba_dist.bench` (bench, bench-eval). An
 `errors.InputError`, or an OS error about a path (`PATH_ERRNOS`: permission, not a directory,
 disk full, ...), ends the command with its one line and exit 2; anything else is a bug and
 keeps its traceback.

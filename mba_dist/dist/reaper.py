@@ -33,15 +33,22 @@ def _stat(pid: int) -> tuple[int, str] | None:
     return (int(fields[1]), fields[19]) if fields[0] != "Z" else None
 
 
+# What a Ray process's command line holds: a worker's or actor's title, Ray's own files (raylet,
+# gcs_server, the agents, log_monitor), the dashboard's forkserver. Not just "ray": a user named
+# murray runs everything from /home/murray.
+RAY_MARKERS = (b"ray::", b"site-packages/ray/", b"dist-packages/ray/", b"ray.dashboard")
+
+
 def _is_ray(pid: int) -> bool:
     try:
-        return b"ray" in (PROC / str(pid) / "cmdline").read_bytes()
+        cmd = (PROC / str(pid) / "cmdline").read_bytes()
     except OSError:
         return False
+    return any(m in cmd for m in RAY_MARKERS)
 
 
 def ray_descendants(root: int) -> dict[int, str]:
-    """The live descendants of `root` whose command line names ray: pid -> start time (a pid
+    """The live descendants of `root` that are Ray's (`RAY_MARKERS`): pid -> start time (a pid
     reused by another process later does not match its start time)."""
     children: dict[int, list[int]] = {}
     start: dict[int, str] = {}
