@@ -208,8 +208,12 @@ def cmd_recommend(a) -> int:
 
 
 def cmd_evaluate(a) -> int:
-    from mba_dist.jobs import evaluate_run
+    from mba_dist.jobs import denoising_run, evaluate_run
 
+    if a.denoising:
+        report, _ = denoising_run(a.run, a.out)
+        print(report)
+        return 0
     report, out, stem = evaluate_run(a.run, a.baselines, a.workers, a.out)
     print(report)
     print(f"\nwrote {out / stem}.md and {stem}.csv", file=sys.stderr)
@@ -378,6 +382,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--run", required=True, help="a finished run directory")
     s.add_argument("--baselines", action="store_true",
                    help="also MostPop, MF per behavior, merged MF, auxiliary memory")
+    s.add_argument("--denoising", action="store_true",
+                   help="instead: how well each model separates true auxiliary pairs from "
+                        "noise (AUC; the planted truth, or later purchases)")
     s.add_argument("--workers", type=at_least(1), default=1,
                    help="local gloo ranks sharing the users")
     s.add_argument("--out", default=None, help="directory for the .md/.csv (default: the run)")

@@ -19,6 +19,7 @@ from mba_dist.data.dataset import Dataset
 from mba_dist.data.pair_sets import check_dataset
 from mba_dist.data.pairs import unique_ints
 from mba_dist.errors import ConfigError
+from mba_dist.eval import baselines
 from mba_dist.eval.baselines import csv_text, markdown
 from mba_dist.mba.stages import main_model, stage_plan
 from mba_dist.run_dir import FinishedRun, RunDir, evaluate_run_dir
@@ -164,6 +165,29 @@ def evaluate_run(run_dir: str | Path, with_baselines: bool, workers: int = 1,
     report = markdown(tab, highlight=main_model(run.load().cfg))
     where = run.write_report(stem, report, csv_text(tab), Path(out) if out else None)
     return report, where, stem
+
+
+def denoising_run(run_dir: str | Path, out: str | Path | None = None) -> tuple[str, dict]:
+    """`mba-dist evaluate --denoising`: the denoising AUC (`eval.denoise`) of the run's model
+    and its MF baselines, written as denoising.md / .csv in the run or `out`."""
+    from mba_dist.eval import denoise
+
+    run = RunDir(run_dir)
+    finished = run.load()
+    data = finished.data()
+    if data.aux is None:
+        raise ConfigError(f"{run.root}: an {finished.cfg.method} run without an auxiliary "
+                          "behavior has nothing to denoise")
+    rows = {n: sc for n, sc in baselines.scorers(finished.cfg, data,
+                                                 finished.all_stage_weights()).items()
+            if not n.startswith("aux_memory")}  # among the candidates it is popularity
+    tab = denoise.denoising_table(data, rows, finished.cfg.eval.memory_mb)
+    report = denoise.markdown(tab, finished.cfg.data.aux)
+    csv = "model,denoising_auc,users,candidates,positive,against\n" + "".join(
+        f"{n},{r['auc']:.6f},{r['users']},{r['candidates']},{r['positive']},{r['against']}\n"
+        for n, r in tab.items())
+    run.write_report("denoising", report, csv, Path(out) if out else None)
+    return report, tab
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:

@@ -211,3 +211,18 @@ def test_a_killed_driver_leaves_no_ray_processes(tiny_dataset, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_the_reaper_takes_only_rays_processes():
+    """A child whose command line merely contains "ray" (a home directory named murray) is not
+    one of Ray's, and is never stopped."""
+    from mba_dist.dist.reaper import ray_descendants
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)",
+                              "/home/murray/notes", "ray"])
+    try:
+        time.sleep(0.3)
+        assert child.pid not in ray_descendants(os.getpid())
+    finally:
+        child.kill()
+        child.wait()
