@@ -17,3 +17,17 @@ def tiny_dataset(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "tiny"
     generate(SynthSpec(users=300, items=200, topics=10, seed=0), path)
     return path
+
+
+def stop_process_group(proc, timeout: float) -> None:
+    """Stop a server a test started in a session of its own (`start_new_session=True`): the
+    whole group, SIGTERM first, SIGKILL after `timeout` seconds."""
+    import signal
+    import subprocess
+
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -13,6 +13,7 @@ import pytest
 
 from mba_dist import config as C
 from launch.cli import main
+from tests.conftest import stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHREC = ["model.backend=torchrec", "optim.mode=adagrad", "optim.lr=0.05"]
@@ -175,11 +176,7 @@ def test_ray_job_submit_to_a_local_cluster(tiny_dataset, tmp_path):
         m = json.loads((out / "metrics.json").read_text())
         assert m["model"] == "mba" and m["stages"]["mba"]["triples"] > 0
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+        stop_process_group(head, timeout=60)
 
 
 def test_a_killed_driver_leaves_no_ray_processes(tiny_dataset, tmp_path):

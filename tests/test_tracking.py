@@ -2,8 +2,6 @@
 tracking server (started here on 127.0.0.1, SQLite backend) receives the config, every epoch,
 the final table and the run's files."""
 import json
-import os
-import signal
 import socket
 import struct
 import subprocess
@@ -14,6 +12,7 @@ import urllib.request
 import pytest
 
 from launch.cli import main
+from tests.conftest import stop_process_group
 
 FAST = ["pretrain.epochs=3", "mba.epochs=3", "train.merged_baseline=false", "data.aux=click"]
 
@@ -87,11 +86,7 @@ def mlflow_server(tmp_path):
             time.sleep(0.5)
         yield uri
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_group(proc, timeout=20)
 
 
 def test_mlflow_receives_config_epochs_table_and_files(tiny_dataset, tmp_path, mlflow_server):
