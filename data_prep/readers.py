@@ -56,8 +56,10 @@ def _detect_sep(line: str) -> str | None:
     return None  # any whitespace
 
 
-def _looks_like_header(fields: list[str]) -> bool:
-    return fields[0].lower() in HEADER_NAMES or fields[1].lower() in HEADER_NAMES
+def _is_header(fields: list[str], header: str) -> bool:
+    """Whether a file's first line `fields` is a header (`header`: auto | yes | no)."""
+    return header == "yes" or (header == "auto" and (fields[0].lower() in HEADER_NAMES
+                                                    or fields[1].lower() in HEADER_NAMES))
 
 
 Ids = "np.ndarray | pa.Array"  # int64 (numpy) or strings (a pyarrow string array)
@@ -89,21 +91,17 @@ def read_pairs(path: str | Path, header: str = "auto",
     return pa.array(users, pa.string()), pa.array(items, pa.string())
 
 
-_BAD_ID = r"^\s*$|[\x00-\x08\x0b-\x1f\x7f]"  # empty, or a control character in it
+_BAD_ID = r"^\s*$|" + CONTROL.pattern  # empty, or a control character in it
 
 
-def _first_line(path: Path) -> tuple[int, str] | None:
-    """(line number, text) of the first non-blank line, or None (unreadable or empty: the line
-    loop says which)."""
+def _first_line(path: Path) -> str | None:
+    """The first line, or None when it is blank or unreadable (the line loop says why)."""
     try:
         with _open_binary(path) as f:
-            for lineno, raw_line in enumerate(f, start=1):
-                line = raw_line.decode("utf-8").rstrip("\n\r")
-                if line.strip():
-                    return lineno, line
+            line = f.readline().decode("utf-8").rstrip("\n\r")
     except (UnicodeDecodeError, OSError, EOFError, gzip.BadGzipFile):
         return None
-    return None
+    return line if line.strip() else None
 
 
 def _read_text_arrow(path: Path, header: str, progress: Callable[[int], None] | None
@@ -113,13 +111,13 @@ def _read_text_arrow(path: Path, header: str, progress: Callable[[int], None] | 
     import pyarrow.csv as pcsv
 
     first = _first_line(path)
-    if first is None or first[0] != 1:
+    if first is None:
         return None
-    sep = _detect_sep(first[1])
-    fields = _split(first[1], sep)
+    sep = _detect_sep(first)
+    fields = _split(first, sep)
     if sep is None or len(fields) < 2:
         return None
-    skip = 1 if header == "yes" or (header == "auto" and _looks_like_header(fields)) else 0
+    skip = 1 if _is_header(fields, header) else 0
     columns = {"f0": pa.string(), "f1": pa.string()}
     try:
         stream = pa.input_stream(str(path), compression="gzip" if path.suffix == ".gz" else None)
@@ -236,7 +234,7 @@ def _text_rows(path: Path, header: str) -> Iterator[tuple[int, str, str]]:
                                         f"(user, item), found {len(fields)}: {line[:80]!r}")
                 if first:
                     first = False
-                    if header == "yes" or (header == "auto" and _looks_like_header(fields)):
+                    if _is_header(fields, header):
                         continue
                 u, i = fields[0], fields[1]
                 if not u or not i:

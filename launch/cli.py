@@ -166,7 +166,8 @@ def cmd_run(a) -> int:
     try:
         run = fit(a.data, a.out, a.config, sets=sets, workers=a.workers, local=a.local,
                   gpu=a.gpu, max_failures=a.max_failures, storage=a.storage,
-                  overwrite=a.overwrite, cpus_per_worker=a.cpus_per_worker, tensorboard=not a.no_tensorboard, mlflow=a.mlflow,
+                  overwrite=a.overwrite, cpus_per_worker=a.cpus_per_worker,
+                  tensorboard=not a.no_tensorboard, mlflow=a.mlflow,
                   mlflow_experiment=a.mlflow_experiment, progress=progress,
                   epoch_lines=verbose, say=_say if verbose else (lambda line: None))
     finally:

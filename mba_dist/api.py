@@ -54,7 +54,7 @@ class Run:
     @property
     def info(self) -> dict:
         """run.json: the dataset, its fingerprint, code version, packages, host, times."""
-        return json.loads((self.path / "run.json").read_text())
+        return RunDir(self.path).read_info()
 
     @property
     def results(self) -> str:

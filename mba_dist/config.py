@@ -320,6 +320,16 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return out
 
 
+def dotted(d: dict | Any, prefix: str = "") -> dict[str, Any]:
+    """A config (or its `to_dict`) as {"section.key": value}, the names `--set` takes."""
+    if not isinstance(d, dict):
+        d = to_dict(d)
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(dotted(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
 def config_yaml(cfg: Config) -> str:
     """The resolved config as YAML (what `load_config` reads back)."""
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -17,7 +17,7 @@ from mba_dist import config as C
 from mba_dist import provenance
 from mba_dist.data.dataset import Dataset
 from mba_dist.data.pair_sets import check_dataset
-from mba_dist.data.pairs import unique_ints
+from mba_dist.data.pairs import subtract_pairs, unique_ints
 from mba_dist.errors import ConfigError
 from mba_dist.eval import baselines
 from mba_dist.eval.baselines import csv_text, markdown
@@ -146,12 +146,14 @@ def _train(cfg: C.Config, data, run: RunDir, state: Path | None, local: bool, wo
 def evaluate_table(run_dir: str | Path, with_baselines: bool, workers: int = 1) -> dict:
     """Full-ranking metrics of a finished run (and its baselines) on `workers` local ranks:
     {model: {split: {metric: value}}}."""
-    run = RunDir(run_dir)
-    finished = run.load()  # fail early on an incomplete run
+    return _evaluate(RunDir(run_dir).load(), with_baselines, workers)
+
+
+def _evaluate(finished: FinishedRun, with_baselines: bool, workers: int) -> dict:
     if workers > 1:
         from mba_dist.dist.local import run_local_ranks
 
-        return run_local_ranks(evaluate_run_dir, workers, str(run.root), with_baselines)[0]
+        return run_local_ranks(evaluate_run_dir, workers, str(finished.root), with_baselines)[0]
     return finished.evaluate(with_baselines)
 
 
@@ -159,10 +161,11 @@ def evaluate_run(run_dir: str | Path, with_baselines: bool, workers: int = 1,
                  out: str | Path | None = None) -> tuple[str, Path, str]:
     """`mba-dist evaluate`: the table of `evaluate_table`, written as STEM.md / .csv in the
     run or in `out`; returns (report, the directory written, STEM)."""
-    tab = evaluate_table(run_dir, with_baselines, workers)
     run = RunDir(run_dir)
+    finished = run.load()  # fails early on an incomplete run
+    tab = _evaluate(finished, with_baselines, workers)
     stem = "baselines" if with_baselines else "evaluation"
-    report = markdown(tab, highlight=main_model(run.load().cfg))
+    report = markdown(tab, highlight=main_model(finished.cfg))
     where = run.write_report(stem, report, csv_text(tab), Path(out) if out else None)
     return report, where, stem
 
@@ -204,11 +207,9 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
             "baselines.png": plots.baselines_png(metrics, f"{name}: test metrics")}
     if finished.cfg.method == "mba":
         data = finished.data()
-        aux, tgt = data.aux, data.target
-        users = plots.pick_users(aux.users, aux.items, tgt.users, tgt.items)
-        known = set(zip(tgt.users.tolist(), tgt.items.tolist()))
-        clicked = {u: np.array([i for i in aux.items[aux.users == u] if (u, int(i)) not in known])
-                   for u in users}
+        aux_only, tgt = subtract_pairs(data.aux, data.target, data.num_items), data.target
+        users = plots.pick_users(aux_only, tgt, data.num_users)
+        clicked = {u: aux_only.items[aux_only.users == u] for u in users}
         bought = {u: tgt.items[tgt.users == u] for u in users}
         factors = {"MF on the target behavior (pre_f)":
                    finished.stage_weights("pre_f")[Model.PRE_F.value][1].numpy(),

@@ -14,6 +14,8 @@ import io
 
 import numpy as np
 
+from mba_dist.data.pairs import Pairs
+
 
 def _plt():
     import matplotlib
@@ -79,17 +81,12 @@ def _pca2(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, vt[:2]
 
 
-def pick_users(aux_users: np.ndarray, aux_items: np.ndarray, tgt_users: np.ndarray,
-               tgt_items: np.ndarray, n: int = 2) -> list[int]:
+def pick_users(aux_only: Pairs, bought: Pairs, num_users: int, n: int = 2) -> list[int]:
     """`n` users with the most of both behaviors (the smaller count of their auxiliary-only
     items and their bought items, highest first; ties to the lower id)."""
-    bought = np.bincount(tgt_users)
-    aux_only = np.bincount(aux_users[~np.isin(aux_users * (aux_items.max() + 1) + aux_items,
-                                              tgt_users * (aux_items.max() + 1) + tgt_items)])
-    size = max(len(bought), len(aux_only))
-    both = np.minimum(np.pad(bought, (0, size - len(bought))),
-                      np.pad(aux_only, (0, size - len(aux_only))))
-    order = np.lexsort((np.arange(size), -both))
+    both = np.minimum(np.bincount(aux_only.users, minlength=num_users),
+                      np.bincount(bought.users, minlength=num_users))
+    order = np.argsort(-both, kind="stable")
     return [int(u) for u in order[:n] if both[u] > 0]
 
 

@@ -193,8 +193,8 @@ class RunDir:
 
     def add_info(self, fields: dict) -> None:
         """Add `fields` to run.json (the finish time)."""
-        info = _read_json(self.root / "run.json")
-        atomic_write_bytes(self.root / "run.json", json.dumps({**info, **fields}, indent=2).encode())
+        atomic_write_bytes(self.root / "run.json",
+                           json.dumps({**self.read_info(), **fields}, indent=2).encode())
 
     def append_log(self, record: dict) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -256,6 +256,10 @@ class RunDir:
     def read_metrics(self) -> dict:
         return _read_json(self.metrics_path)
 
+    def read_info(self) -> dict:
+        """run.json: the dataset and its fingerprint, what the run was made with, its times."""
+        return _read_json(self.root / "run.json")
+
     def read_log(self) -> list[dict]:
         """The epoch records of log.jsonl."""
         try:
@@ -277,7 +281,7 @@ class RunDir:
             if not (self.root / name).is_file():
                 raise RunError(f"{self.root / name} is missing: {self.root} is not a finished "
                                "mba-dist run")
-        info = _read_json(self.root / "run.json")
+        info = self.read_info()
         if "data" not in info:
             raise RunError(f"{self.root / 'run.json'} names no dataset")
         ds = Dataset(info["data"])

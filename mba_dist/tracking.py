@@ -45,16 +45,6 @@ def epoch_scalars(record: dict) -> dict[str, float]:
     return out
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, str]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = str(v)[:6000]
-    return out
-
-
 def _client(uri: str):
     try:
         from mlflow.tracking import MlflowClient
@@ -76,7 +66,8 @@ def start_mlflow(t: Tracking, cfg: C.Config, name: str, tags: dict[str, str]) ->
     run = client.create_run(exp_id, run_name=name, tags=tags)
     t.mlflow_run_id = run.info.run_id
     from mlflow.entities import Param
-    params = [Param(k, v) for k, v in sorted(_flat(C.to_dict(cfg)).items())]
+    # MLflow takes param values of at most 6000 characters
+    params = [Param(k, str(v)[:6000]) for k, v in sorted(C.dotted(cfg).items())]
     for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
         client.log_batch(t.mlflow_run_id, params=params[i:i + 100])
 

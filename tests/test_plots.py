@@ -3,6 +3,7 @@ import numpy as np
 
 from launch.cli import main
 from mba_dist import plots
+from mba_dist.data.pairs import Pairs, subtract_pairs
 
 
 def test_plot_writes_the_three_pictures_of_a_run(tiny_dataset, tmp_path, capsys):
@@ -34,7 +35,9 @@ def test_the_two_users_have_the_most_of_both_behaviors():
     aux_i = np.array([1, 2, 3, 9, 4, 5, 6, 1, 2, 3, 4, 5])
     tgt_u = np.array([0, 1, 1])
     tgt_i = np.array([9, 6, 7])
-    assert plots.pick_users(aux_u, aux_i, tgt_u, tgt_i) == [1, 0]
+    bought = Pairs(tgt_u, tgt_i)
+    aux_only = subtract_pairs(Pairs(aux_u, aux_i), bought, 10)
+    assert plots.pick_users(aux_only, bought, 3) == [1, 0]
 
 
 def test_the_centroid_gap_is_scale_free():

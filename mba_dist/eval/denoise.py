@@ -17,26 +17,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mba_dist.data.pairs import Pairs, contains
+from mba_dist.data.pairs import Pairs, contains, merge_pairs, subtract_pairs
 from mba_dist.eval.scorers import Scorer
-
-
-def _keys(p: Pairs, num_items: int) -> np.ndarray:
-    return np.sort(p.users.astype(np.int64) * num_items + p.items)
 
 
 def candidates(data) -> tuple[Pairs, np.ndarray, str]:
     """(candidate pairs, their labels, what the labels are) of a `TrainData` with an auxiliary
     behavior (module docstring)."""
     n = data.num_items
-    aux = _keys(data.aux, n)
-    known = [data.target] + ([data.valid] if data.valid is not None else [])
-    keys = aux[~contains(np.sort(np.concatenate([_keys(p, n) for p in known])), aux)]
-    if data.truth is not None:
-        labels, against = contains(_keys(data.truth, n), keys), "planted truth"
-    else:
-        labels, against = contains(_keys(data.test, n), keys), "test purchases"
-    return Pairs(keys // n, keys % n), labels, against
+    known = merge_pairs([data.target] + ([data.valid] if data.valid is not None else []), n)
+    pairs = subtract_pairs(data.aux, known, n)
+    truth, against = ((data.truth, "planted truth") if data.truth is not None
+                      else (data.test, "test purchases"))
+    return pairs, contains(truth.keys(n), pairs.users * n + pairs.items), against
 
 
 def pair_scores(scorer: Scorer, pairs: Pairs, num_items: int, memory_mb: int) -> np.ndarray:

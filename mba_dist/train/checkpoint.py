@@ -98,17 +98,11 @@ def check_resumable(state: dict, cfg: C.Config) -> None:
     if state.get("format") != RESUME_FORMAT:
         raise CheckpointError(f"resumable state has format {state.get('format')!r}, this "
                               f"mba-dist reads {RESUME_FORMAT}")
-
-    def flat(d: dict, prefix: str = "") -> dict:
-        return {k2: v2 for k, v in d.items()
-                for k2, v2 in (flat(v, f"{prefix}{k}.") if isinstance(v, dict)
-                               else {f"{prefix}{k}": v}).items()}
-
     try:
-        saved = flat(C.to_dict(C.load_config(state["config"])))
+        saved = C.dotted(C.load_config(state["config"]))
     except ConfigError as e:
         raise ConfigError(f"cannot resume: the checkpoint's config does not load here ({e})") from None
-    now = flat(C.to_dict(cfg))
+    now = C.dotted(cfg)
     if saved != now:
         diff = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
         raise ConfigError(f"cannot resume: the checkpoint was written with another config "

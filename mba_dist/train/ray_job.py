@@ -87,7 +87,7 @@ def _train_loop_per_worker(loop_config: dict) -> None:
         sys.stdout.write(f"[mba-dist] resuming from {ckpt.path}: stage {resume['stage']} after "
                          f"epoch {resume['fit']['epoch']}\n")
     run = loop_config["run"]
-    lines = rank == 0 and loop_config.get("epoch_lines", True)
+    lines = rank == 0 and loop_config["epoch_lines"]
     run_training(cfg, loop_config["data"], run, print_progress if lines else no_progress,
                  source=source, device=device, resume=resume, reused=loop_config["reused"],
                  checkpointer=RayCheckpoints(cfg.train.checkpoint_every, rank, run))
