@@ -254,6 +254,19 @@ def cmd_bench(a) -> int:
     return 0
 
 
+def cmd_search(a) -> int:
+    from mba_dist.search import search_run
+
+    verbose = a.log_level != "warning"
+    res = search_run(a.data, a.out, a.config, a.space, a.set or [], a.trials, a.pretrained,
+                     a.cpus_per_trial, a.concurrent, say=_say if verbose else (lambda line: None))
+    print(res["report"])
+    if verbose:
+        print(f"\noutputs in {a.out}/: search.md trials.csv search.png best.yaml best/ tune/"
+              + ("" if a.pretrained else " base/"), file=sys.stderr)
+    return 0
+
+
 DEMO_SETS = ["data.aux=click"]  # the synthetic data's auxiliary behavior
 
 
@@ -377,6 +390,26 @@ def parser() -> argparse.ArgumentParser:
                        help="the MLflow experiment of --mlflow")
         s.add_argument("--no-tensorboard", action="store_true",
                        help="no TensorBoard event files in RUN/tensorboard")
+
+    s = command("search", "Ray Tune over MBA's settings on shared stage-1 models (ASHA, "
+                          "validation only), then a run of the winner", cmd_search)
+    s.add_argument("--data", required=True, help="a prepared dataset directory")
+    s.add_argument("--out", required=True,
+                   help="the search directory (the same command again resumes it)")
+    s.add_argument("--config", default=None, help="the base config (YAML)")
+    s.add_argument("--space", default="configs/search/paper.yaml",
+                   help="the search space (YAML: points, space, scheduler)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a base config value (repeat)")
+    s.add_argument("--trials", type=at_least(1), default=44,
+                   help="trials in all, the space file's points included")
+    s.add_argument("--pretrained", default=None, metavar="RUN",
+                   help="a finished run whose stage-1 models the trials share (default: a run "
+                        "of the base config in SEARCH/base)")
+    s.add_argument("--cpus-per-trial", type=positive, default=1.0,
+                   help="CPUs Ray reserves for each trial, and its torch threads")
+    s.add_argument("--concurrent", type=at_least(0), default=0,
+                   help="trials at once (0: as many as the cluster's CPUs hold)")
 
     s = command("evaluate", "full-ranking metrics of a finished run (and baselines)",
                 cmd_evaluate)

@@ -182,24 +182,41 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any], origin: str, prefix: st
     return dataclasses.replace(cfg, **changes)
 
 
-def parse_set(items: list[str]) -> dict[str, Any]:
-    """`["mba.alpha=10", "model.backend=torchrec"]` -> nested dict; values parsed as YAML scalars."""
+def nest(values: dict[str, Any], origin: str) -> dict[str, Any]:
+    """{"mba.alpha": 10} -> {"mba": {"alpha": 10}} (the inverse of `dotted`)."""
     out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({e})") from None
+    for key, value in values.items():
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: {p} is not a section")
+                raise ConfigError(f"{origin} {key!r}: {p} is not a section")
         node[parts[-1]] = value
+    return out
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """`["mba.alpha=10", "model.backend=torchrec"]` -> nested dict; values parsed as YAML scalars."""
+    flat: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        try:
+            flat[key] = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({e})") from None
+    return nest(flat, "--set")
+
+
+def override(cfg: Config, values: dict[str, Any], origin: str) -> Config:
+    """`cfg` with {"section.key": value} applied, validated (a search trial's config)."""
+    out = apply_overrides(cfg, nest(values, origin), origin)
+    try:
+        validate(out)
+    except ConfigError as e:
+        raise ConfigError(f"{origin}: {e}") from None
     return out
 
 

@@ -49,7 +49,7 @@ def banner(cfg: C.Config, ds: Dataset, out: Path, workers: int, local: bool, str
             f"behavior; stages {stages}; {where}; {cfg.model.backend} tables; output {out}")
 
 
-def _local_process_group(cfg: C.Config):
+def process_group_for(cfg: C.Config):
     """torchrec tables need a process group; outside Ray Train a 1-rank gloo one is started."""
     if cfg.model.backend != "torchrec":
         return nullcontext()
@@ -133,7 +133,7 @@ def _train(cfg: C.Config, data, run: RunDir, state: Path | None, local: bool, wo
         elif run.latest_resume_state(storage) is not None and not overwrite:
             say(f"not resuming the Ray Train checkpoint in {run.ray_storage(storage)}: a --local "
                 "run resumes only its own (run without --local to continue that one)")
-        with _local_process_group(cfg):
+        with process_group_for(cfg):
             return run_training(cfg, data, run, progress, resume=resume, reused=reused,
                                 checkpointer=FileCheckpoints(cfg.train.checkpoint_every, run))
     from mba_dist.train.ray_job import run_with_ray

@@ -5,6 +5,8 @@
     behaviors_png   the paper's Fig. 2 (RQ3): for two users, the items they clicked (or the
                     auxiliary behavior) and bought, as 2-D PCA projections of the item factors of
                     MF on the target behavior (pre_f) and of MBA's target model (t)
+    search_png      `mba-dist search`: each trial's best validation Recall@20 in trial order,
+                    the best so far, and how each trial ended
 
 matplotlib draws them off-screen (Agg).
 """
@@ -122,5 +124,28 @@ def behaviors_png(models: dict[str, np.ndarray], users: list[int],
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.suptitle(title)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def search_png(rows: list[dict], title: str) -> bytes:
+    """Validation Recall@20 of every trial (`search.trial_rows`) against its number, one
+    marker per way a trial ended, and the best so far as a step line."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    for how, marker in (("finished", "o"), ("stopped by ASHA", "x"), ("diverged", "v"),
+                        ("failed", "s")):
+        rs = [r for r in rows if r["ended"] == how]
+        if rs:
+            ax.scatter([r["trial"] for r in rs], [r["valid_recall@20"] for r in rs],
+                       marker=marker, label=how)
+    best, run = [], -1.0
+    for r in rows:
+        run = max(run, r["valid_recall@20"]) if np.isfinite(r["valid_recall@20"]) else run
+        best.append(run)
+    ax.step([r["trial"] for r in rows], best, where="post", color="k", lw=1, label="best so far")
+    ax.set(xlabel="trial", ylabel="best validation Recall@20", title=title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return _png(fig)

@@ -163,25 +163,6 @@ def test_a_mode_the_backend_lacks_is_refused_at_load():
         C.load_config(None, ["optim.mode=rowwise_adagrad"])
 
 
-def test_the_sweep_tool_trains_a_point_through_the_run_command(tiny_dataset, tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    fast = ["--set", "pretrain.epochs=2", "--set", "mba.epochs=2", "--set", "data.aux=click",
-            "--set", "train.merged_baseline=false"]
-    pre = tmp_path / "pre"
-    assert main(["run", "--local", "--data", str(tiny_dataset), "--out", str(pre)] + fast) == 0
-    res = subprocess.run([sys.executable, "tools/sweep.py", "--data", str(tiny_dataset),
-                          "--config", "configs/synthetic.yaml", "--pretrained", str(pre),
-                          "--out", str(tmp_path / "sweep"), "--grid", "mba.alpha=1,3"] + fast,
-                         cwd=root, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
-    lines = (tmp_path / "sweep" / "sweep.csv").read_text().splitlines()
-    assert len(lines) == 3 and lines[1].startswith("mba.alpha=1,")
-
-
 def test_runs_know_their_dataset(tiny_dataset, tmp_path, capsys):
     """A dataset of the same shape is not the same dataset: from_run and evaluate refuse it."""
     import json

@@ -91,12 +91,15 @@ def reuse_pretrained(earlier: FinishedStages, cfg: C.Config) -> dict[str, StageR
 def run_training(cfg: C.Config, data_dir: str | Path, out: RunOutputs | None,
                  progress: Progress = no_progress, source: Source | None = None,
                  device: torch.device | None = None, checkpointer: Checkpointer | None = None,
-                 resume: dict | None = None, reused: FinishedStages | None = None) -> dict:
+                 resume: dict | None = None, reused: FinishedStages | None = None,
+                 read_test: bool = True) -> dict:
     """The worker function (module docstring). Batches come from `source` (default: the
     dataset's pairs in memory, split by rank). After every epoch `checkpointer` gets a
     resumable state; `resume` (such a state) continues a run: its finished stages are kept and
     its current stage goes on after the saved epoch. `reused`: the run of `pretrain.from_run`
-    (its stage-1 models are not trained again). `out` may be None (nothing is kept)."""
+    (its stage-1 models are not trained again). `out` may be None (nothing is kept).
+    `read_test=False` (a search trial): the test set is not read; the metrics hold the
+    validation-selected epoch only."""
     if cfg.method == "mba" and cfg.pretrain.from_run and reused is None:
         raise ConfigError(f"pretrain.from_run {cfg.pretrain.from_run}: pass the earlier run's "
                           "stages as `reused` (run_dir.RunDir(path).stages())")
@@ -141,12 +144,16 @@ def run_training(cfg: C.Config, data_dir: str | Path, out: RunOutputs | None,
         else:
             keep(fit_bpr(w, stage))
     wall = time.perf_counter() - t0
+    main_name = main_model(cfg)
+    main = stages[main_name]
+    if not read_test:
+        return {"method": cfg.method, "model": main_name, "valid": main.best_select,
+                "selected_on": "valid", "best_epoch": main.best_epoch,
+                "epochs_run": main.epochs_run, "wall_seconds": round(wall, 2)}
 
     # The test set is read here, once, for the selected epochs.
-    main_name = main_model(cfg)
     rows = baselines.scorers(cfg, data, {n: st.weights for n, st in stages.items()})
     table = baselines.table(cfg, data, rows)
-    main = stages[main_name]
     metrics = {
         "method": cfg.method, "model": main_name,
         "valid": main.best_select if cfg.train.select_on == "valid" else None,

@@ -1,0 +1,442 @@
+"""`mba-dist search`: Ray Tune over MBA's settings, selected on validation only.
+
+    SEARCH/search.json   what is searched (dataset, config, overrides, space, trials): the same
+                         command again resumes the Ray Tune experiment; other settings are refused
+    SEARCH/base/         the stage-1 models every trial shares: a finished run of the base config
+                         (its table holds the MF baselines of the same split), unless
+                         --pretrained names such a run
+    SEARCH/tune/         the Ray Tune experiment (trials running when it stopped start again)
+    SEARCH/trials.csv, search.md, search.png
+                         every trial: its values, best validation Recall@20 / NDCG@20 and epoch,
+                         epochs run, how it ended
+    SEARCH/best.yaml     the winner as a config file (the base config's values and the winner's)
+    SEARCH/best/         a run of best.yaml on the shared stage-1 models: the one place the test
+                         set is read for the search's choice
+
+A trial is MBA's stage 2 (`train.runner.run_training` with `read_test=False`) in a Ray Tune
+actor; it reports after every validation, and ASHA stops the trials whose best validation
+Recall@20 so far trails the others' at the same number of validations.
+
+The space file (`configs/search/paper.yaml` is the paper's grid, §4.5):
+
+    points:                              # tried first, in order; each counts as a trial
+      - {mba.alpha: 10, mba.c1: 100, mba.c2: 100, mba.beta: 0.7}
+    space:                               # config keys, as `--set` names them
+      mba.alpha: [1, 10, 100, 1000]      # a list: one value drawn per trial
+      mba.lambda_t: {loguniform: [1.0e-6, 1.0]}   # also: uniform
+      mba.beta: {grid: [0.7, 0.8, 1.0]}  # every value, --trials times each
+    scheduler: {grace_period: 5, reduction_factor: 3}   # ASHA, in validations
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from ray import tune
+
+from mba_dist import config as C
+from mba_dist.errors import ConfigError
+from mba_dist.files import atomic_write_bytes, ensure_dir
+
+METRIC = "best_valid_recall@20"  # what ASHA compares and the search selects on
+DISTRIBUTIONS = ("grid", "uniform", "loguniform")
+
+
+@dataclass(frozen=True)
+class Space:
+    points: list[dict[str, Any]] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)  # key -> list | {kind: values}
+    grace_period: int = 5
+    reduction_factor: int = 3
+
+    def keys(self) -> list[str]:
+        return list(dict.fromkeys([*self.params, *(k for p in self.points for k in p)]))
+
+
+def _values_to_check(spec: Any) -> list:
+    if isinstance(spec, list):
+        return spec
+    (kind, values), = spec.items()
+    return values
+
+
+def load_space(path: str | Path, cfg: C.Config) -> Space:
+    """The space file (module docstring), every value checked against `cfg`: an unknown key,
+    a malformed entry or a value the config refuses is an error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"search space {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not a YAML file ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict) or not set(raw) <= {"points", "space", "scheduler"}:
+        raise ConfigError(f"{path}: expected a mapping of points, space and scheduler")
+    points, params = raw.get("points") or [], raw.get("space") or {}
+    sched = raw.get("scheduler") or {}
+    if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
+        raise ConfigError(f"{path}: points must be a list of mappings of config keys")
+    if not isinstance(params, dict) or not (params or points):
+        raise ConfigError(f"{path}: space must map config keys to values (or points be given)")
+    if not isinstance(sched, dict) or not set(sched) <= {"grace_period", "reduction_factor"}:
+        raise ConfigError(f"{path}: scheduler takes grace_period and reduction_factor")
+    known = C.dotted(cfg)
+    for key, spec in params.items():
+        ok = (isinstance(spec, list) and spec) or (
+            isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in DISTRIBUTIONS
+            and isinstance(next(iter(spec.values())), list))
+        kind = next(iter(spec)) if isinstance(spec, dict) else None
+        if not ok or (kind in ("uniform", "loguniform") and len(spec[kind]) != 2):
+            raise ConfigError(f"{path}: space.{key}: expected a list of values, {{grid: [...]}}, "
+                              "{uniform: [low, high]} or {loguniform: [low, high]}")
+        if kind == "loguniform" and not all(isinstance(v, (int, float)) and v > 0
+                                            for v in spec[kind]):
+            raise ConfigError(f"{path}: space.{key}: loguniform bounds must be positive")
+    for key in [*params, *(k for p in points for k in p)]:
+        if key not in known:
+            raise ConfigError(f"{path}: {key} is not a config key (e.g. mba.alpha, mba.beta)")
+    for key, spec in params.items():
+        for v in _values_to_check(spec):
+            C.override(cfg, {key: v}, f"{path}: space.{key}")
+    for i, p in enumerate(points):
+        C.override(cfg, p, f"{path}: points[{i}]")
+    space = Space(points, params, **sched)
+    if space.grace_period < 1 or space.reduction_factor < 2:
+        raise ConfigError(f"{path}: scheduler.grace_period must be >= 1 and "
+                          "reduction_factor >= 2")
+    return space
+
+
+def tune_space(space: Space) -> dict:
+    """The space as Ray Tune's `param_space`."""
+    kinds = {"grid": tune.grid_search, "uniform": lambda v: tune.uniform(*v),
+             "loguniform": lambda v: tune.loguniform(*v)}
+    out = {}
+    for key, spec in space.params.items():
+        if isinstance(spec, list):
+            out[key] = tune.choice(spec)
+        else:
+            (kind, values), = spec.items()
+            out[key] = kinds[kind](values)
+    return out
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial needs, sent to the Ray Tune actors (plain values)."""
+
+    config: dict  # the base config (`config.to_dict`), with pretrain.from_run set
+    data: str
+    threads: int
+
+
+def _trial(params: dict, setup: TrialSetup) -> None:
+    """One trial: MBA's stage 2 with `params` over the shared stage-1 models; a report to Ray
+    Tune after every validation. Runs in a Ray Tune actor."""
+    import torch
+
+    from mba_dist.errors import DivergedError
+    from mba_dist.jobs import process_group_for
+    from mba_dist.run_dir import RunDir
+    from mba_dist.train.runner import run_training
+
+    torch.set_num_threads(setup.threads)
+    cfg = C.override(C.load_config(setup.config), params, "search trial")
+    best = {"recall@20": -1.0, "ndcg@20": 0.0, "epoch": 0}
+
+    def progress(stage: str, epoch: int, total: int, record: dict) -> None:
+        sel = record.get("valid")
+        if stage != "mba" or not sel:
+            return
+        if sel["recall@20"] > best["recall@20"]:  # the fit loop's rule: the first best epoch
+            best.update({"recall@20": sel["recall@20"], "ndcg@20": sel["ndcg@20"], "epoch": epoch})
+        tune.report({METRIC: best["recall@20"], "best_valid_ndcg@20": best["ndcg@20"],
+                     "best_epoch": best["epoch"], "epoch": epoch,
+                     "valid_recall@20": sel["recall@20"], "diverged": 0})
+
+    try:
+        with process_group_for(cfg):
+            run_training(cfg, setup.data, None, progress, read_test=False,
+                         reused=RunDir(cfg.pretrain.from_run).stages())
+    except DivergedError:  # a result, not a failure: the settings train to NaN
+        tune.report({METRIC: max(best["recall@20"], 0.0), "best_valid_ndcg@20": best["ndcg@20"],
+                     "best_epoch": best["epoch"], "epoch": -1, "valid_recall@20": 0.0,
+                     "diverged": 1})
+
+
+# Where the trial lines go (`search_run` sets it): a module value, not a callback attribute,
+# because Ray Tune pickles its callbacks with the experiment and restores them from there.
+_say: Callable[[str], None] = lambda line: None
+
+
+class TrialLines(tune.Callback):
+    """One line per ended trial (Ray Tune's own progress tables are switched off)."""
+
+    def __init__(self, total: int):
+        self.total, self.ended = total, 0
+
+    def _line(self, trial, how: str) -> None:
+        self.ended += 1
+        r = trial.last_result or {}
+        values = " ".join(f"{k}={_fmt(v)}" for k, v in trial.config.items())
+        _say(f"trial {self.ended}/{self.total} ({how}): {values}: best valid R@20 "
+             f"{r.get(METRIC, float('nan')):.4f} at epoch {r.get('best_epoch', '-')}, "
+             f"{r.get('training_iteration', 0)} validations")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._line(trial, "diverged" if (trial.last_result or {}).get("diverged") else "done")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._line(trial, "failed")
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def trial_rows(results, keys: list[str], base: C.Config) -> list[dict]:
+    """One row per trial of a Ray Tune `ResultGrid`, in the order the trials were made."""
+    rows = []
+    for r in results:
+        m = r.metrics or {}
+        trial_id = m.get("trial_id") or Path(r.path).name
+        # Ray Tune marks a trial ASHA stopped as done too: a trial finished on its own when its
+        # fit loop stopped (patience epochs after the best, or mba.epochs)
+        mba = C.override(base, {k: v for k, v in r.config.items()}, "search trial").mba
+        epoch, best_epoch = m.get("epoch", 0), m.get("best_epoch", 0)
+        if r.error is not None:
+            ended = "failed"
+        elif m.get("diverged"):
+            ended = "diverged"
+        elif epoch >= mba.epochs or epoch - best_epoch >= mba.patience:
+            ended = "finished"
+        else:
+            ended = "stopped by ASHA"
+        rows.append({"trial": trial_id, **{k: r.config.get(k) for k in keys},
+                     "valid_recall@20": m.get(METRIC, float("nan")),
+                     "valid_ndcg@20": m.get("best_valid_ndcg@20", float("nan")),
+                     "best_epoch": m.get("best_epoch", -1),
+                     "validations": m.get("training_iteration", 0), "ended": ended,
+                     "seconds": round(m.get("time_total_s", 0.0), 1)})
+    rows.sort(key=lambda row: row["trial"].rsplit("_", 1)[-1])
+    for i, row in enumerate(rows, 1):
+        row["trial"] = i
+    return rows
+
+
+def best_row(rows: list[dict]) -> dict:
+    """The trial with the highest best validation Recall@20 (the earlier one on a tie)."""
+    usable = [r for r in rows if r["ended"] != "failed" and math.isfinite(r["valid_recall@20"])]
+    if not usable:
+        raise ConfigError("no trial of the search produced a validation result")
+    return max(usable, key=lambda r: (r["valid_recall@20"], -r["trial"]))
+
+
+def rows_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def rows_markdown(rows: list[dict], keys: list[str], best: int) -> str:
+    """The trials, best validation Recall@20 first."""
+    cols = ["trial", *keys, "valid_recall@20", "valid_ndcg@20", "best_epoch", "validations",
+            "ended", "seconds"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in sorted(rows, key=lambda r: -r["valid_recall@20"]):
+        cells = [f"{r[c]:.4f}" if c.startswith("valid_") else _fmt(r[c]) for c in cols]
+        if r["trial"] == best:
+            cells[0] = f"**{cells[0]}**"
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def best_config_yaml(base: C.Config, values: dict[str, Any], header: str) -> str:
+    """The winner as a config file: the searched values and every other value that differs
+    from the defaults."""
+    cfg = C.override(base, values, "search winner")
+    default = C.dotted(C.Config())
+    diff = {k: v for k, v in C.dotted(cfg).items()
+            if (v != default[k] or k in values) and k != "pretrain.from_run"}
+    body = yaml.safe_dump(C.nest(diff, "search winner"), sort_keys=False)
+    return "".join(f"# {ln}\n" for ln in header.splitlines()) + body
+
+
+def _identity(data: str, config: str | None, sets: list[str], space: Space, trials: int,
+              pretrained: str | None) -> dict:
+    return {"tool": "mba-dist", "kind": "search", "data": data,
+            "config": C.to_dict(C.load_config(config, sets)), "config_file": config,
+            "sets": sets, "space": asdict(space), "trials": trials, "pretrained": pretrained}
+
+
+def check_search_dir(root: Path, ident: dict) -> bool:
+    """Whether `root` continues this search (True), is new (False), or is refused."""
+    path = root / "search.json"
+    if path.is_file():
+        try:
+            had = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            raise ConfigError(f"{path}: not a search of mba-dist (not valid JSON)") from None
+        if had.get("kind") != "search":
+            raise ConfigError(f"{path}: not a search of mba-dist")
+        diff = sorted(k for k in ident if k != "config_file" and had.get(k) != ident[k])
+        if diff:
+            raise ConfigError(f"{root} holds a search with other settings (differs in "
+                              f"{', '.join(diff)}); give another --out")
+        return True
+    if root.exists() and any(root.iterdir()):
+        raise ConfigError(f"{root} exists and is not a search directory; give another --out")
+    return False
+
+
+def cluster_cpus() -> int:
+    import ray
+
+    return int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
+
+
+def search_run(data: str | Path, out: str | Path, config: str | None, space_file: str | Path,
+               sets: list[str] = (), trials: int = 20, pretrained: str | None = None,
+               cpus_per_trial: float = 1.0, concurrent: int = 0,
+               say: Callable[[str], None] = lambda line: None) -> dict:
+    """`mba-dist search` (module docstring); returns {"rows", "best", "metrics", "report"}."""
+    from mba_dist.data.dataset import Dataset
+    from mba_dist.data.pair_sets import check_dataset
+    from mba_dist.jobs import train_run
+    from mba_dist.run_dir import RunDir
+
+    sets = list(sets)
+    base = C.load_config(config, sets)
+    if base.method != "mba":
+        raise ConfigError("mba-dist search tunes MBA: the config's method must be mba")
+    if base.train.select_on != "valid":
+        raise ConfigError("mba-dist search selects on validation: train.select_on must be valid")
+    space = load_space(space_file, base)
+    if trials < len(space.points):
+        raise ConfigError(f"--trials {trials} is fewer than the {len(space.points)} points of "
+                          f"{space_file}")
+    ds = Dataset(data)
+    check_dataset(base, ds)
+    root = Path(out).resolve()
+    data = str(Path(data).resolve())
+    pre = str(Path(pretrained).resolve()) if pretrained else None
+    ident = _identity(data, config, sets, space, trials, pre)
+    resumed = check_search_dir(root, ident)
+    ensure_dir(root)
+    if not resumed:
+        atomic_write_bytes(root / "search.json", json.dumps(ident, indent=1).encode())
+    say(f"{'resuming ' if resumed else ''}search in {root}: {trials} trials of "
+        f"{', '.join(space.keys())} on {ds.root}")
+
+    # Stage 1, once for every trial.
+    if pre is None:
+        pre = str(root / "base")
+        if not (Path(pre) / "metrics.json").is_file():
+            say(f"stage-1 models and baselines: a run of the base config in {pre}")
+            train_run(data, pre, config, sets, local=True, say=say)
+    RunDir(pre).stages().check_reusable(base, ds)
+    trial_cfg = C.override(base, {"pretrain.from_run": pre}, "search")
+
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from mba_dist.dist.ray import init_ray
+
+    global _say
+    _say = say
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables from Tune
+    started = init_ray()
+    try:
+        threads = max(1, int(cpus_per_trial))
+        trainable = tune.with_resources(
+            tune.with_parameters(_trial, setup=TrialSetup(C.to_dict(trial_cfg), data, threads)),
+            {"cpu": cpus_per_trial})
+        path = root / "tune" / "search"
+        if tune.Tuner.can_restore(str(path)):
+            say(f"continuing the Ray Tune experiment in {path}")
+            tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True,
+                                       param_space=tune_space(space))
+        else:
+            per_trial = max(1, base.mba.epochs // base.train.eval_every)
+            tuner = tune.Tuner(
+                trainable, param_space=tune_space(space),
+                tune_config=tune.TuneConfig(
+                    metric=METRIC, mode="max", num_samples=trials,
+                    max_concurrent_trials=concurrent or None,
+                    search_alg=BasicVariantGenerator(points_to_evaluate=space.points,
+                                                     random_state=base.train.seed),
+                    scheduler=ASHAScheduler(max_t=per_trial, grace_period=space.grace_period,
+                                            reduction_factor=space.reduction_factor)),
+                run_config=tune.RunConfig(name="search", storage_path=str(root / "tune"),
+                                          verbose=0, callbacks=[TrialLines(trials)]))
+        results = tuner.fit()
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    return finish_search(root, data, base, space, results, pre, trials, say)
+
+
+def finish_search(root: Path, data: str, base: C.Config, space: Space, results, pre: str,
+                  trials: int, say: Callable[[str], None]) -> dict:
+    """The trial table and plot, best.yaml, and the run of the winner (the test set, once)."""
+    from mba_dist import plots
+    from mba_dist.jobs import train_run
+    from mba_dist.run_dir import RunDir
+
+    keys = space.keys()
+    rows = trial_rows(results, keys, base)
+    best = best_row(rows)
+    values = {k: best[k] for k in keys if best[k] is not None}
+    atomic_write_bytes(root / "trials.csv", rows_csv(rows).encode())
+    atomic_write_bytes(root / "search.png", plots.search_png(rows, f"search in {root.name}"))
+    header = (f"Found by `mba-dist search` in {root} on {data}:\n"
+              f"trial {best['trial']} of {len(rows)}, validation Recall@20 "
+              f"{best['valid_recall@20']:.4f} (best epoch {best['best_epoch']}).")
+    best_yaml = root / "best.yaml"
+    atomic_write_bytes(best_yaml, best_config_yaml(base, values, header).encode())
+    run = RunDir(root / "best")
+    if run.metrics_path.is_file():
+        metrics = run.read_metrics()
+    else:
+        say(f"the winner, trial {best['trial']}: a run of {best_yaml} in {run.root} "
+            "(its test set is read once)")
+        metrics, _ = train_run(data, run.root, str(best_yaml), [f"pretrain.from_run={pre}"],
+                               local=True, say=say)
+    report = summary(rows, keys, best, metrics, trials)
+    atomic_write_bytes(root / "search.md", report.encode())
+    return {"rows": rows, "best": best, "metrics": metrics, "report": report}
+
+
+def mf_rows(metrics: dict) -> dict[str, float]:
+    """Test Recall@20 of the run's MF baselines (one per behavior, merged)."""
+    return {n: row["test"]["recall@20"] for n, row in metrics["baselines"].items()
+            if n.startswith("mf_")}
+
+
+def summary(rows: list[dict], keys: list[str], best: dict, metrics: dict, trials: int) -> str:
+    """search.md: the winner against the MF baselines on test, then every trial."""
+    mba = metrics["baselines"]["mba"]["test"]["recall@20"]
+    mf = mf_rows(metrics)
+    top = max(mf, key=mf.get) if mf else None
+    ratio = f", {mba / mf[top]:.3f}x {top} ({mf[top]:.4f})" if top else ""
+    rerun = metrics["valid"]["recall@20"]
+    wall = sum(r["seconds"] for r in rows)
+    ended = {e: sum(r["ended"] == e for r in rows) for e in dict.fromkeys(r["ended"] for r in rows)}
+    return (f"# Search: {len(rows)} of {trials} trials\n\n"
+            f"Winner (validation): trial {best['trial']}, "
+            + ", ".join(f"{k} = {_fmt(best[k])}" for k in keys)
+            + f": valid R@20 {best['valid_recall@20']:.4f} in the search, {rerun:.4f} in its run "
+            f"(best/); **test R@20 {mba:.4f}**{ratio}.\n\n"
+            f"Trials: {', '.join(f'{n} {e}' for e, n in ended.items())}; {wall:.0f} s of trial "
+            "time in all.\n\n" + rows_markdown(rows, keys, best["trial"]) + "\n")

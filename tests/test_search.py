@@ -1,0 +1,78 @@
+"""`mba-dist search`: the space file's checks, and a small search end to end on Ray Tune."""
+import csv
+import json
+
+import pytest
+
+from launch.cli import main
+from mba_dist import config as C
+from mba_dist.search import load_space
+
+FAST = ["--set", "pretrain.epochs=2", "--set", "mba.epochs=4", "--set", "mba.patience=2"]
+
+
+def _space(tmp_path, text: str):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, message", [
+    ("space: {mba.alpah: [1, 10]}", "mba.alpah is not a config key"),
+    ("space: {mba.alpha: 10}", "space.mba.alpha: expected a list of values"),
+    ("space: {mba.alpha: {normal: [1, 2]}}", "space.mba.alpha: expected a list of values"),
+    ("space: {mba.c1: {loguniform: [0, 10]}}", "loguniform bounds must be positive"),
+    ("space: {mba.beta: [0.5, 2]}", "space.mba.beta: mba.beta must be in [0, 1], got 2"),
+    ("points: [{mba.alpha: -1}]", "points[0]: mba.alpha must be at least 0.0"),
+    ("space: {mba.alpha: [1]}\nscheduler: {grace: 2}", "scheduler takes grace_period"),
+    ("[1, 2]", "expected a mapping of points, space and scheduler"),
+])
+def test_a_bad_space_file_is_one_error_naming_it(tmp_path, text, message):
+    path = _space(tmp_path, text)
+    with pytest.raises(C.ConfigError) as e:
+        load_space(path, C.Config())
+    assert str(path) in str(e.value) and message in str(e.value)
+
+
+def test_the_shipped_space_is_the_papers_grid():
+    space = load_space("configs/search/paper.yaml", C.Config())
+    assert space.params["mba.alpha"] == space.params["mba.c1"] == [1, 10, 100, 1000]
+    assert space.params["mba.beta"] == [0.7, 0.8, 1.0]
+    assert {"mba.alpha": 1000, "mba.c1": 1000, "mba.c2": 1, "mba.beta": 0.7,
+            "mba.lambda_t": 1e-4} in space.points  # the authors' run.sh setting
+
+
+def test_a_search_selects_on_validation_and_resumes(tiny_dataset, tmp_path, capsys):
+    """Stage 1 once (SEARCH/base), 3 trials under ASHA, the winner by validation Recall@20 run
+    once in SEARCH/best; the same command again resumes; other settings are refused."""
+    space = _space(tmp_path, "points: [{mba.alpha: 1, mba.c1: 10}]\n"
+                             "space: {mba.alpha: [1, 100], mba.c1: {loguniform: [1, 1000]}}\n"
+                             "scheduler: {grace_period: 1, reduction_factor: 2}\n")
+    out = tmp_path / "search"
+    argv = ["search", "--data", str(tiny_dataset), "--out", str(out), "--config",
+            "configs/synthetic.yaml", "--space", str(space), "--trials", "3"] + FAST
+    assert main(argv) == 0
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert len(rows) == 3 and rows[0]["mba.alpha"] == "1" and rows[0]["mba.c1"] == "10"
+    best = max(rows, key=lambda r: float(r["valid_recall@20"]))
+    metrics = json.loads((out / "best" / "metrics.json").read_text())
+    # the winner's run reproduces its trial, and is the search's only read of the test set
+    assert metrics["valid"]["recall@20"] == pytest.approx(float(best["valid_recall@20"]))
+    assert "test" in metrics["baselines"]["mba"]
+    chosen = C.load_config(out / "best.yaml")
+    assert chosen.mba.alpha == float(best["mba.alpha"])
+    assert chosen.mba.c1 == pytest.approx(float(best["mba.c1"]))
+    assert (out / "base" / "checkpoints" / "pre_f.pt").is_file()
+    assert not (out / "best" / "checkpoints" / "pre_f.pt").samefile(
+        out / "base" / "checkpoints" / "pre_f.pt")
+    assert (out / "search.png").read_bytes()[:4] == b"\x89PNG"
+    report = capsys.readouterr().out
+    assert f"test R@20 {metrics['baselines']['mba']['test']['recall@20']:.4f}" in report
+
+    before = (out / "trials.csv").read_text()
+    assert main(argv) == 0  # resumed: nothing trained again, the same table
+    assert "continuing the Ray Tune experiment" in capsys.readouterr().err
+    assert (out / "trials.csv").read_text() == before
+
+    assert main(argv[:-len(FAST)] + ["--set", "mba.epochs=5"]) == 2
+    assert "holds a search with other settings (differs in config" in capsys.readouterr().err
