@@ -215,7 +215,7 @@ def cmd_evaluate(a) -> int:
         report, _ = denoising_run(a.run, a.out)
         print(report)
         return 0
-    report, out, stem = evaluate_run(a.run, a.baselines, a.workers, a.out)
+    report, out, stem = evaluate_run(a.run, a.baselines, a.workers, a.out, a.aux_first)
     print(report)
     print(f"\nwrote {out / stem}.md and {stem}.csv", file=sys.stderr)
     return 0
@@ -419,6 +419,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--denoising", action="store_true",
                    help="instead: how well each model separates true auxiliary pairs from "
                         "noise (AUC; the planted truth, or later purchases)")
+    s.add_argument("--aux-first", action="store_true",
+                   help="also rank each user's auxiliary items first, ordered by each model "
+                        "(the +aux_first rows; the auxiliary memory orders them by popularity)")
     s.add_argument("--workers", type=at_least(1), default=1,
                    help="local gloo ranks sharing the users")
     s.add_argument("--out", default=None, help="directory for the .md/.csv (default: the run)")

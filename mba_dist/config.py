@@ -72,6 +72,18 @@ class MBAConfig:
     batch_order: Literal["sequential", "interleaved"] = "sequential"
     epochs: int = 200
     patience: int = 20
+    # Variants (DESIGN §10), none of them in the paper. MBA-KL of paper Table 4 is alpha: 0.
+    alpha_f: float | None = None  # KL weight towards pre_f alone (None: alpha)
+    alpha_g: float | None = None  # KL weight towards pre_g alone (None: alpha)
+    # score = beta*sigma(t) + (1-beta-blend_g)*sigma(pre_f) + blend_g*sigma(pre_g)
+    blend_g: float = 0.0
+    t_init: Literal["random", "pre_f", "pre_g"] = "random"  # t starts as N(0, init_std) or a copy
+
+    def kl_weights(self) -> float | tuple[float, float]:
+        """alpha, or (alpha_f, alpha_g) where they differ (`mba.losses.mba_loss`)."""
+        f = self.alpha if self.alpha_f is None else self.alpha_f
+        g = self.alpha if self.alpha_g is None else self.alpha_g
+        return f if f == g else (f, g)
 
 
 @dataclass(frozen=True)
@@ -103,6 +115,10 @@ class EvalConfig:
     ks: tuple[int, ...] = (10, 20)
     memory_mb: int = 256  # budget for one score chunk (users x items x 4 bytes, plus top-K)
     top_n: int = 20  # length of the exported recommendation lists
+    # Also rank with the user's auxiliary items first (in the model's order), then the rest:
+    # "+aux_first" rows of the MF and MBA models in the table, and the run's recommendations
+    # ordered so. Model selection stays on the plain ranking.
+    aux_first: bool = False
 
 
 @dataclass(frozen=True)
@@ -296,6 +312,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.aux and data.target are both {cfg.data.target!r}")
     if not 0.0 <= cfg.mba.beta <= 1.0:
         raise ConfigError(f"mba.beta must be in [0, 1], got {cfg.mba.beta}")
+    for key in ("alpha_f", "alpha_g"):
+        if getattr(cfg.mba, key) is not None and getattr(cfg.mba, key) < 0:
+            raise ConfigError(f"mba.{key} must be at least 0, got {getattr(cfg.mba, key)}")
+    if not 0.0 <= cfg.mba.blend_g <= 1.0 - cfg.mba.beta:
+        raise ConfigError(f"mba.blend_g must be in [0, 1 - mba.beta] = [0, "
+                          f"{1.0 - cfg.mba.beta:g}], got {cfg.mba.blend_g}")
     if any(k < 1 for k in cfg.eval.ks):
         raise ConfigError(f"eval.ks must be at least 1, got {list(cfg.eval.ks)}")
     if not set(REPORTED_KS) <= set(cfg.eval.ks):

@@ -143,27 +143,31 @@ def _train(cfg: C.Config, data, run: RunDir, state: Path | None, local: bool, wo
                         reused=reused, epoch_lines=epoch_lines, cpus_per_worker=cpus_per_worker)
 
 
-def evaluate_table(run_dir: str | Path, with_baselines: bool, workers: int = 1) -> dict:
+def evaluate_table(run_dir: str | Path, with_baselines: bool, workers: int = 1,
+                   aux_first: bool = False) -> dict:
     """Full-ranking metrics of a finished run (and its baselines) on `workers` local ranks:
     {model: {split: {metric: value}}}."""
-    return _evaluate(RunDir(run_dir).load(), with_baselines, workers)
+    return _evaluate(RunDir(run_dir).load(), with_baselines, workers, aux_first)
 
 
-def _evaluate(finished: FinishedRun, with_baselines: bool, workers: int) -> dict:
+def _evaluate(finished: FinishedRun, with_baselines: bool, workers: int,
+              aux_first: bool = False) -> dict:
     if workers > 1:
         from mba_dist.dist.local import run_local_ranks
 
-        return run_local_ranks(evaluate_run_dir, workers, str(finished.root), with_baselines)[0]
-    return finished.evaluate(with_baselines)
+        return run_local_ranks(evaluate_run_dir, workers, str(finished.root), with_baselines,
+                               aux_first)[0]
+    return (finished.with_aux_first() if aux_first else finished).evaluate(with_baselines)
 
 
 def evaluate_run(run_dir: str | Path, with_baselines: bool, workers: int = 1,
-                 out: str | Path | None = None) -> tuple[str, Path, str]:
+                 out: str | Path | None = None, aux_first: bool = False) -> tuple[str, Path, str]:
     """`mba-dist evaluate`: the table of `evaluate_table`, written as STEM.md / .csv in the
-    run or in `out`; returns (report, the directory written, STEM)."""
+    run or in `out`; returns (report, the directory written, STEM). `aux_first`: also the
+    "+aux_first" rows (`eval.aux_first`)."""
     run = RunDir(run_dir)
     finished = run.load()  # fails early on an incomplete run
-    tab = _evaluate(finished, with_baselines, workers)
+    tab = _evaluate(finished, with_baselines, workers, aux_first)
     stem = "baselines" if with_baselines else "evaluation"
     report = markdown(tab, highlight=main_model(finished.cfg))
     where = run.write_report(stem, report, csv_text(tab), Path(out) if out else None)

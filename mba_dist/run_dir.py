@@ -18,6 +18,7 @@ rejected command changes nothing on disk. `load` reads a finished run back (`Fin
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -37,7 +38,7 @@ from mba_dist.data.train_data import TrainData
 from mba_dist.errors import CheckpointError, RunError
 from mba_dist.eval import baselines
 from mba_dist.eval.export import top_n_table
-from mba_dist.eval.scorers import Scorer
+from mba_dist.eval.scorers import AuxFirst, Scorer
 from mba_dist.files import (atomic_write_bytes, atomic_write_parquet, clear_leftovers, ensure_dir,
                             swap_in, temp_dir_for, temp_prefix)
 from mba_dist.mba.stages import main_model
@@ -335,32 +336,39 @@ class FinishedRun(StageFiles):
 
     def scorer(self) -> Scorer:
         """The scorer of the run's own model (the MF model of an mf run, or MBA's blend)."""
-        needed = [main_model(self.cfg)] if self.cfg.method == "mf" else ["mba", "pre_f"]
+        needed = ([main_model(self.cfg)] if self.cfg.method == "mf" else
+                  ["mba", "pre_f"] + ["pre_g"] * (self.cfg.mba.blend_g > 0))
         return baselines.model_scorer(self.cfg, {n: self.stage_weights(n) for n in needed})
 
     def data(self) -> TrainData:
         return TrainData.load(self.ds, self.cfg)
 
-    def known_target_mask(self) -> CSR:
-        """Every known train purchase of each user (train + validation pairs): never
-        recommended."""
-        return self.data().test_mask
-
     def evaluate(self, with_baselines: bool = True, group=None) -> dict:
         """{row: {split: metrics}}: the run's model, and the baselines it has checkpoints for."""
         data = self.data()
         stages = self.all_stage_weights()
-        rows = (baselines.scorers(self.cfg, data, stages) if with_baselines
-                else {main_model(self.cfg): baselines.model_scorer(self.cfg, stages)})
+        rows = baselines.scorers(self.cfg, data, stages)
+        if not with_baselines:
+            main = main_model(self.cfg)
+            rows = {n: sc for n, sc in rows.items() if n in (main, f"{main}+aux_first")}
         return baselines.table(self.cfg, data, rows, ("valid", "test", "truth"), group)
 
     def recommendations(self, users: np.ndarray, n: int):
-        """Top-n lists of `users` (dense ids) in raw ids, known purchases excluded."""
-        return top_n_table(self.scorer(), self.ds, users, self.known_target_mask(), n,
-                           self.cfg.eval.memory_mb)
+        """Top-n lists of `users` (dense ids) in raw ids, known purchases excluded (with
+        `eval.aux_first`, each user's auxiliary items first)."""
+        data, scorer = self.data(), self.scorer()
+        if self.cfg.eval.aux_first and data.aux is not None:
+            scorer = AuxFirst(scorer, CSR(data.aux, data.num_users))
+        return top_n_table(scorer, self.ds, users, data.test_mask, n, self.cfg.eval.memory_mb)
+
+    def with_aux_first(self) -> "FinishedRun":
+        """This run evaluated with `eval.aux_first` on (`mba-dist evaluate --aux-first`)."""
+        return dataclasses.replace(self, cfg=C.override(self.cfg, {"eval.aux_first": True},
+                                                        "--aux-first"))
 
 
-def evaluate_run_dir(root: str, with_baselines: bool) -> dict:
+def evaluate_run_dir(root: str, with_baselines: bool, aux_first: bool = False) -> dict:
     """`FinishedRun.evaluate` of a run directory: a module-level function, so that local ranks
     (`dist.local.run_local_ranks`) can import it."""
-    return RunDir(root).load().evaluate(with_baselines)
+    run = RunDir(root).load()
+    return (run.with_aux_first() if aux_first else run).evaluate(with_baselines)

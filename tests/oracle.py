@@ -29,17 +29,19 @@ def neg(phase, t_logit, h_logit, c2):
 
 
 def mba_batch(kind, phase, P, N, alpha, c1, c2):
-    """P, N: dicts of logits t, pre_f, pre_g, h_f, h_g at the positive and negative item."""
+    """P, N: dicts of logits t, pre_f, pre_g, h_f, h_g at the positive and negative item;
+    alpha: one KL weight or (alpha_f, alpha_g)."""
     m = np.mean
-    kl_terms = (m(kl(P["pre_g"], P["t"])) + m(kl(N["pre_g"], N["t"]))
-                + m(kl(P["pre_f"], P["t"])) + m(kl(N["pre_f"], N["t"])))
+    alpha_f, alpha_g = alpha if isinstance(alpha, tuple) else (alpha, alpha)
+    kl_terms = (alpha_g * (m(kl(P["pre_g"], P["t"])) + m(kl(N["pre_g"], N["t"])))
+                + alpha_f * (m(kl(P["pre_f"], P["t"])) + m(kl(N["pre_f"], N["t"]))))
     if kind == "B":
         like = (m(pos(phase, P["t"], P["h_f"], c1)) + m(neg(phase, N["t"], N["h_f"], c2))
                 + m(pos(phase, P["t"], P["h_g"], c1)) + m(neg(phase, N["t"], N["h_g"], c2)))
     else:
         like = (m(pos(phase, P["t"], P["h_g"], c1)) + m(neg(phase, N["t"], N["h_g"], c2))
                 + m(neg(phase, P["t"], P["h_f"], c2)) + m(neg(phase, N["t"], N["h_f"], c2)))
-    return alpha * kl_terms - like
+    return kl_terms - like
 
 
 def bpr(pos_logit, neg_logit):

@@ -116,6 +116,12 @@ def test_mba_scorer_blends_sigmoids():
     want = 0.7 * torch.sigmoid(t[0] @ t[1].T) + 0.3 * torch.sigmoid(f[0] @ f[1].T)
     torch.testing.assert_close(s, want)
     assert rng is not None
+    g = (torch.randn(4, 3), torch.randn(5, 3))
+    sc = mba_scorer(t, f, 0.5, g, 0.2)  # mba.blend_g: 0.2 of pre_f's weight goes to pre_g
+    sc.set_users(torch.arange(4), torch.arange(4))
+    want = (0.5 * torch.sigmoid(t[0] @ t[1].T) + 0.3 * torch.sigmoid(f[0] @ f[1].T)
+            + 0.2 * torch.sigmoid(g[0] @ g[1].T))
+    torch.testing.assert_close(sc.scores(0, 5), want)
 
 
 def test_masked_items_never_ranked_and_memory_scorer():
@@ -143,3 +149,22 @@ def test_peak_memory_within_budget_on_a_million_items():
     assert r["chunks"][1] < r["num_items"]  # several item chunks: the budget binds
     assert r["growth_mb"] <= r["memory_mb"] + 32, r
     assert r["growth_mb"] >= r["memory_mb"] * 0.5, r  # the score buffers really were allocated
+
+
+def test_aux_first_ranks_the_auxiliary_items_first_in_the_models_order():
+    """Unbounded logits included: every auxiliary item above every other, each group in the
+    model's order; over popularity it is the auxiliary memory's ranking."""
+    from mba_dist.eval.scorers import AuxFirst, mf_scorer
+
+    user = torch.tensor([[1.0]])
+    item = torch.tensor([[50.0], [-3.0], [2.0], [-80.0], [1.0]])
+    aux = CSR(pairs([(0, 1), (0, 3)]), 1)
+    sc = AuxFirst(mf_scorer((user, item)), aux)
+    sc.set_users(torch.arange(1), torch.arange(1))
+    assert torch.argsort(sc.scores(0, 5)[0], descending=True).tolist() == [1, 3, 0, 2, 4]
+    pop = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.05])
+    a, b = AuxFirst(MemoryScorer(pop), aux), MemoryScorer(pop, aux)
+    for s in (a, b):
+        s.set_users(torch.arange(1), torch.arange(1))
+    assert (torch.argsort(a.scores(0, 5)[0], descending=True).tolist()
+            == torch.argsort(b.scores(0, 5)[0], descending=True).tolist())

@@ -58,7 +58,9 @@ def test_pos_neg_terms(phase, c):
 @pytest.mark.parametrize("kind", ["B", "A"])
 @pytest.mark.parametrize("phase", ["DN", "DP"])
 @pytest.mark.parametrize("scale,alpha,c1,c2", [(3.0, 10.0, 100.0, 100.0), (30.0, 1.0, 1000.0, 1.0),
-                                               (30.0, 1000.0, 1.0, 1000.0)])
+                                               (30.0, 1000.0, 1.0, 1000.0),
+                                               (3.0, (0.0, 100.0), 10.0, 10.0),
+                                               (30.0, (1000.0, 1.0), 1000.0, 1.0)])
 def test_mba_batch_loss_matches_oracle_with_finite_grads(kind, phase, scale, alpha, c1, c2):
     rng = np.random.default_rng(3)
     P, N = _logits(rng, 256, scale), _logits(rng, 256, scale)
@@ -128,3 +130,18 @@ def test_bpr_and_l2():
 
 def test_phase_schedule_starts_with_dp_and_alternates():
     assert [phase_of_step(s) for s in range(4)] == [Phase.DP, Phase.DN, Phase.DP, Phase.DN]
+
+
+def test_equal_kl_weights_are_the_one_weight_bit_for_bit():
+    """mba.alpha_f / alpha_g left unset (or equal) take the single-weight path unchanged."""
+    from mba_dist import config as C
+
+    assert C.Config().mba.kl_weights() == 10.0
+    assert C.load_config(None, ["mba.alpha_f=3", "mba.alpha_g=3"]).mba.kl_weights() == 3.0
+    assert C.load_config(None, ["mba.alpha_g=1"]).mba.kl_weights() == (10.0, 1.0)
+    rng = np.random.default_rng(5)
+    lg, _ = _torch(_logits(rng, 64, 5.0), _logits(rng, 64, 5.0))
+    one = mba_loss(Kind.B, Phase.DN, lg, 7.0, 10.0, 10.0)
+    assert float(one) == float(mba_loss(Kind.B, Phase.DN, lg, 7.0, 10.0, 10.0))
+    np.testing.assert_allclose(float(mba_loss(Kind.B, Phase.DN, lg, (7.0, 7.0), 10.0, 10.0)),
+                               float(one), rtol=1e-12)

@@ -148,3 +148,23 @@ def test_bpr_stage_learns_and_selects_on_validation(tiny_dataset, tmp_path):
     best = max(h["valid"]["recall@20"] for h in st.history)
     assert st.best_select["recall@20"] == best
     assert "test" not in st.history[0]  # selection never reads the test set
+
+
+def test_t_can_start_as_a_pretrained_model_and_blend_pre_g(tiny_dataset, tmp_path):
+    """mba.t_init copies pre_g into t (with a vanishing learning rate t stays there), and a run
+    with mba.blend_g scores through pre_g too; a blend weight beyond 1 - beta is refused."""
+    from mba_dist.api import fit
+    from mba_dist.run_dir import RunDir
+
+    with pytest.raises(C.ConfigError, match=r"mba.blend_g must be in \[0, 1 - mba.beta\]"):
+        C.load_config(None, ["mba.beta=0.8", "mba.blend_g=0.3"])
+    sets = ["pretrain.epochs=2", "mba.epochs=1", "data.aux=click", "train.merged_baseline=false",
+            "mba.t_init=pre_g", "optim.lr=1e-12", "mba.blend_g=0.2", "mba.alpha_f=0"]
+    run = fit(tiny_dataset, tmp_path / "run", sets=sets, local=True)
+    stages = RunDir(run.path).load()
+    t = stages.stage_weights("mba")[Model.T.value]
+    g = stages.stage_weights("pre_g")[Model.PRE_G.value]
+    for a, b in zip(t, g):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    parts = stages.scorer().parts
+    assert [w for w, _ in parts] == pytest.approx([0.7, 0.1, 0.2])

@@ -8,6 +8,8 @@ Rows (those the run has checkpoints for):
     aux_memory_<aux>     the user's auxiliary-but-not-target items by popularity, then popular items
     mba                  t and pre_f blended (paper Eq. 3)
     mf_<on>              the model of an `method: mf` run
+    <model>+aux_first    (`eval.aux_first`) the same candidates as the auxiliary memory, ordered by
+                         the model instead of popularity
 Splits: `valid` (train items masked), `test` (train and validation items masked), and `truth`
 (planted preferences, synthetic data only).
 """
@@ -19,7 +21,8 @@ import io
 from mba_dist import config as C
 from mba_dist.data.pairs import CSR
 from mba_dist.eval.ranking import evaluate
-from mba_dist.eval.scorers import MemoryScorer, Scorer, mba_scorer, mf_scorer, popularity
+from mba_dist.eval.scorers import (AuxFirst, MemoryScorer, Scorer, mba_scorer, mf_scorer,
+                                   popularity)
 from mba_dist.mba.roles import Model
 from mba_dist.mba.stages import main_model
 
@@ -32,7 +35,9 @@ def model_scorer(cfg: C.Config, stages: StageWeights) -> Scorer:
     if cfg.method == "mf":
         name = main_model(cfg)
         return mf_scorer(stages[name][name])
-    return mba_scorer(stages["mba"][Model.T.value], stages["pre_f"][Model.PRE_F.value], cfg.mba.beta)
+    pre_g = stages["pre_g"][Model.PRE_G.value] if cfg.mba.blend_g > 0 else None
+    return mba_scorer(stages["mba"][Model.T.value], stages["pre_f"][Model.PRE_F.value],
+                      cfg.mba.beta, pre_g, cfg.mba.blend_g)
 
 
 def scorers(cfg: C.Config, data, stages: StageWeights) -> dict[str, Scorer]:
@@ -52,6 +57,10 @@ def scorers(cfg: C.Config, data, stages: StageWeights) -> dict[str, Scorer]:
         out[f"aux_memory_{cfg.data.aux}"] = MemoryScorer(pop, CSR(data.aux, data.num_users))
     if "mba" in stages:
         out["mba"] = model_scorer(cfg, stages)
+    if cfg.eval.aux_first and data.aux is not None:  # the aux memory ordered by each model
+        aux = CSR(data.aux, data.num_users)
+        out.update({f"{n}+aux_first": AuxFirst(out[n], aux) for n in list(out)
+                    if n.startswith("mf_") or n == "mba"})
     return out
 
 

@@ -6,6 +6,7 @@ score chunk: MF logits, MBA's blend of t and pre_f (paper Eq. 3), or popularity 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -98,11 +99,14 @@ class FactorScorer:
         return out
 
 
-def mba_scorer(t, pre_f, beta: float) -> FactorScorer:
-    """score = beta * sigma(t) + (1 - beta) * sigma(pre_f) (paper Eq. 3)."""
+def mba_scorer(t, pre_f, beta: float, pre_g=None, blend_g: float = 0.0) -> FactorScorer:
+    """score = beta * sigma(t) + (1 - beta) * sigma(pre_f) (paper Eq. 3); with `blend_g` > 0,
+    blend_g of pre_f's weight goes to sigma(pre_g) instead (`mba.blend_g`)."""
     parts = [(beta, t)]
-    if beta < 1.0:
-        parts.append((1.0 - beta, pre_f))
+    if 1.0 - beta - blend_g > 0.0:
+        parts.append((1.0 - beta - blend_g, pre_f))
+    if blend_g > 0.0:
+        parts.append((blend_g, pre_g))
     return FactorScorer(parts)
 
 
@@ -127,6 +131,30 @@ class MemoryScorer:
         if self.boost is not None:
             rows, cols = self.boost.cells(self._users, lo, hi)
             s[rows, cols] += 1.0
+        return s
+
+
+@dataclass
+class AuxFirst:
+    """The user's auxiliary items first, in `inner`'s order, then every other item in its
+    order (`eval.aux_first`). Scores are mapped monotonically into (0, 1) by atan, so that
+    +1 on the auxiliary cells puts them above every other item whatever `inner`'s range (MF
+    logits are unbounded); with popularity as `inner` this is the auxiliary memory."""
+
+    inner: Scorer
+    aux: CSR
+
+    def __post_init__(self):
+        self.device = self.inner.device
+
+    def set_users(self, block: torch.Tensor, mine: torch.Tensor) -> None:
+        self.inner.set_users(block, mine)
+        self._users = block[mine].numpy()
+
+    def scores(self, lo: int, hi: int) -> torch.Tensor:
+        s = torch.atan_(self.inner.scores(lo, hi)).div_(math.pi).add_(0.5)
+        rows, cols = self.aux.cells(self._users, lo, hi)
+        s[torch.as_tensor(rows, device=s.device), torch.as_tensor(cols, device=s.device)] += 1.0
         return s
 
 

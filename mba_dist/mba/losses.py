@@ -130,8 +130,10 @@ def _pos_mask(kind: Kind, device: torch.device) -> torch.Tensor:
     return torch.tensor([[f_pos, False], [True, False]], device=device)
 
 
-def mba_loss(kind: Kind, phase: Phase, lg_: Logits, alpha: float, c1: float, c2: float) -> torch.Tensor:
+def mba_loss(kind: Kind, phase: Phase, lg_: Logits, alpha: float | tuple[float, float],
+             c1: float, c2: float) -> torch.Tensor:
     """The kind-B / kind-A batch loss of the module docstring (without the L2 term); scalar.
+    `alpha`: one KL weight, or (alpha_f, alpha_g) weighting the pre_f and pre_g terms apart.
 
     The 4 KL terms and the 4 likelihood terms are computed as one [model, side, batch] block
     each: a few dozen ops on contiguous rows instead of about 140 on strided [B]-vectors
@@ -144,6 +146,8 @@ def mba_loss(kind: Kind, phase: Phase, lg_: Logits, alpha: float, c1: float, c2:
     t_lg, pre, h = (x.permute(1, 2, 0).to(torch.float64, memory_format=torch.contiguous_format)
                     for x in lg_)
     t, t1 = _probs(t_lg)
-    kl = _kl(*_probs(pre), t, t1).sum()
+    kl = _kl(*_probs(pre), t, t1)
+    kl = (alpha * kl.sum() if not isinstance(alpha, tuple)  # one weight: as it always was
+          else (kl.sum(dim=(1, 2)) * kl.new_tensor(alpha)).sum())
     like = _likelihood(phase, t, t1, h, _pos_mask(kind, h.device)[..., None], c1, c2).sum()
-    return (alpha * kl - like) / b
+    return (kl - like) / b

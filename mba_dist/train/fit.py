@@ -270,6 +270,8 @@ def fit_mba(w: Worker, pre_f: tuple[torch.Tensor, torch.Tensor],
     frozen.load(Model.PRE_F.value, *pre_f)
     frozen.load(Model.PRE_G.value, *pre_g)
     t = w.group([Model.T], trained=True)
+    if c.mba.t_init != "random":  # t starts as a copy of a pretrained model
+        t.load(Model.T.value, *(pre_f if c.mba.t_init == "pre_f" else pre_g))
     dn, dp = w.group(DN_MODELS, trained=True), w.group(DP_MODELS, trained=True)
     w.source.check(MBA_INPUT)
     w.global_step = 0  # the alternation starts with DP at the first MBA step (or the resumed one)
@@ -282,7 +284,7 @@ def fit_mba(w: Worker, pre_f: tuple[torch.Tensor, torch.Tensor],
         return loss, "dn_steps" if phase is Phase.DN else "dp_steps"
 
     def scorer(wts: dict) -> Scorer:
-        return mba_scorer(wts[Model.T.value], pre_f, c.mba.beta)
+        return mba_scorer(wts[Model.T.value], pre_f, c.mba.beta, pre_g, c.mba.blend_g)
 
     return fit_stage(w, MBA_INPUT, c.mba.epochs, c.mba.patience, step, scorer, [t, dn, dp],
                      tags=("dn_steps", "dp_steps"))

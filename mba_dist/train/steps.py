@@ -67,7 +67,7 @@ def mba_step(m: C.MBAConfig, reg: L2, kind: Kind, phase: Phase, ids: Sequence[to
         t_rows = t.lookup(*ids)
         # group order: frozen (pre_f, pre_g), h (h_f, h_g) as FROZEN / DN_MODELS / DP_MODELS
         lg = Logits(t_rows.logits(), frozen.lookup(*ids).logits(), h.lookup(*ids).logits())
-        loss = (mba_loss(kind, phase, lg, m.alpha, m.c1, m.c2)
+        loss = (mba_loss(kind, phase, lg, m.kl_weights(), m.c1, m.c2)
                 + m.lambda_t * reg(t, Model.T.value, t_rows.packed))
     backward_and_step(loss, (t, h))
     return float(loss.detach())
