@@ -78,6 +78,9 @@ class MBAConfig:
     # score = beta*sigma(t) + (1-beta-blend_g)*sigma(pre_f) + blend_g*sigma(pre_g)
     blend_g: float = 0.0
     t_init: Literal["random", "pre_f", "pre_g"] = "random"  # t starts as N(0, init_std) or a copy
+    # MBA-PT of paper Table 4: no stage 1; pre_f and pre_g start at random and take BPR steps
+    # on the MBA batches beside t
+    joint_pretrain: bool = False
 
     def kl_weights(self) -> float | tuple[float, float]:
         """alpha, or (alpha_f, alpha_g) where they differ (`mba.losses.mba_loss`)."""
@@ -315,6 +318,9 @@ def validate(cfg: Config) -> None:
     for key in ("alpha_f", "alpha_g"):
         if getattr(cfg.mba, key) is not None and getattr(cfg.mba, key) < 0:
             raise ConfigError(f"mba.{key} must be at least 0, got {getattr(cfg.mba, key)}")
+    if cfg.mba.joint_pretrain and (cfg.pretrain.from_run or cfg.mba.t_init != "random"):
+        raise ConfigError("mba.joint_pretrain trains pre_f and pre_g with MBA: it takes neither "
+                          "pretrain.from_run nor mba.t_init")
     if not 0.0 <= cfg.mba.blend_g <= 1.0 - cfg.mba.beta:
         raise ConfigError(f"mba.blend_g must be in [0, 1 - mba.beta] = [0, "
                           f"{1.0 - cfg.mba.beta:g}], got {cfg.mba.blend_g}")

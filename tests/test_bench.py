@@ -22,7 +22,9 @@ def test_bench_over_worker_counts_writes_tables(tmp_path):
     for r in ours:
         assert r["triples_per_s"] > 0 and r["peak_mb_per_worker"] > 0
         parts = sum(r[f"{p}_frac"] for p in ("data", "forward", "backward", "optimizer"))
-        assert 0.5 < parts <= 1.0 + 1e-6  # the parts cover the step, and no more
+        # the parts cover the step, and no more: the data wait is of the timed steps, the
+        # ranges of the profiled ones after them, so on a busy machine the sum may pass 1 a bit
+        assert 0.5 < parts <= 1.05
     assert ours[0]["scaling_efficiency"] == 1.0
     assert ours[0]["comm_frac"] == 0.0 < ours[1]["comm_frac"]  # collectives only with 2 ranks
     methods = [r["method"] for r in rows]

@@ -168,3 +168,29 @@ def test_t_can_start_as_a_pretrained_model_and_blend_pre_g(tiny_dataset, tmp_pat
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
     parts = stages.scorer().parts
     assert [w for w, _ in parts] == pytest.approx([0.7, 0.1, 0.2])
+
+
+def test_joint_pretraining_trains_the_teachers_inside_the_mba_stage(tiny_dataset, tmp_path):
+    """mba.joint_pretrain (MBA-PT): no stage 1; pre_f and pre_g leave their initialisation
+    through their BPR steps while t trains, and serve as the run's MF rows."""
+    from mba_dist.api import fit
+    from mba_dist.run_dir import RunDir
+    from mba_dist.tables.build import build_group
+
+    with pytest.raises(C.ConfigError, match="mba.joint_pretrain trains pre_f and pre_g"):
+        C.load_config(None, ["mba.joint_pretrain=true", "mba.t_init=pre_f"])
+    sets = ["mba.epochs=2", "data.aux=click", "train.merged_baseline=false",
+            "mba.joint_pretrain=true"]
+    run = fit(tiny_dataset, tmp_path / "run", sets=sets, local=True)
+    finished = RunDir(run.path).load()
+    assert {r["stage"] for r in RunDir(run.path).read_log()} == {"mba"}
+    cfg = finished.cfg
+    for m in (Model.PRE_F, Model.PRE_G):
+        trained = finished.stage_weights(m.value)[m.value]
+        init = build_group([m], finished.ds.num_users, finished.ds.num_items, cfg.model,
+                           cfg.optim, torch.device("cpu"), cfg.train.seed).weights(m.value)
+        assert trained[0].shape == init[0].shape
+        assert not torch.allclose(trained[1], init[1])
+        torch.testing.assert_close(trained[1], finished.stage_weights("mba")[m.value][1])
+    assert "mf_purchase" in run.metrics["baselines"]
+    assert set(run.metrics["stages"]) == {"mba", "pre_f", "pre_g"}

@@ -10,6 +10,7 @@ another one (the sets are built in `data.pair_sets`, for memory and stream alike
     merged     target + aux_only                        (every observed pair)
 
     method mba:  pre_f (BPR on target), pre_g (BPR on aux), [mf_merged (BPR on merged)], mba
+                 (with mba.joint_pretrain: [mf_merged], mba, which also trains pre_f and pre_g)
     method mf:   mf_<on> (BPR on target, aux or merged)
 
 `stage_plan(cfg)` is read by the fit loop (`train.runner`) and by the Ray Data input
@@ -66,7 +67,8 @@ def stage_plan(cfg: C.Config) -> list[StageInput]:
     already finished is skipped by the runner, never reordered)."""
     if cfg.method == "mf":
         return [bpr_input(main_model(cfg), MF_TRAIN_SETS[cfg.mf_train_on])]
-    plan = [bpr_input("pre_f", "target"), bpr_input("pre_g", "aux")]
+    plan = ([] if cfg.mba.joint_pretrain  # pre_f and pre_g are trained in the MBA stage
+            else [bpr_input("pre_f", "target"), bpr_input("pre_g", "aux")])
     if cfg.train.merged_baseline:
         plan.append(bpr_input("mf_merged", "merged"))
     return plan + [MBA_INPUT]

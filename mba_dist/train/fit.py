@@ -16,7 +16,7 @@ import itertools
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterator, NamedTuple, Protocol
 
 import torch
 
@@ -29,7 +29,7 @@ from mba_dist.dist.collective import all_reduce_sum, rank_world
 from mba_dist.errors import DivergedError
 from mba_dist.eval.ranking import evaluate
 from mba_dist.eval.scorers import Scorer, mba_scorer, mf_scorer
-from mba_dist.mba.roles import DN_MODELS, DP_MODELS, FROZEN, Model, Phase, phase_of_step
+from mba_dist.mba.roles import DN_MODELS, DP_MODELS, FROZEN, Kind, Model, Phase, phase_of_step
 from mba_dist.mba.stages import MBA_INPUT, StageInput
 from mba_dist.tables.base import TableGroup
 from mba_dist.tables.build import build_group
@@ -262,16 +262,47 @@ def fit_bpr(w: Worker, stage: StageInput) -> StageResult:
                      lambda wts: mf_scorer(wts[stage.name]), [group])
 
 
-def fit_mba(w: Worker, pre_f: tuple[torch.Tensor, torch.Tensor],
-            pre_g: tuple[torch.Tensor, torch.Tensor]) -> StageResult:
-    """Stage 2: t with the DN/DP alternation, pre_f and pre_g frozen."""
+class _Logits(NamedTuple):
+    """Looked-up logits standing in for a group's `Rows` (`_JointTeachers.lookup`)."""
+
+    value: torch.Tensor
+
+    def logits(self) -> torch.Tensor:
+        return self.value
+
+
+@dataclass
+class _JointTeachers:
+    """pre_f and pre_g trained beside t (`mba.joint_pretrain`, MBA-PT of paper Table 4): each
+    its own trained group, read by the MBA step as the frozen pair, detached (the KL terms
+    teach t; the teachers learn only from their BPR steps)."""
+
+    f: TableGroup
+    g: TableGroup
+
+    def lookup(self, *ids: torch.Tensor) -> _Logits:
+        return _Logits(torch.cat([self.f.lookup(*ids).logits(),
+                                  self.g.lookup(*ids).logits()], 1).detach())
+
+
+def fit_mba(w: Worker, pre_f: tuple[torch.Tensor, torch.Tensor] | None,
+            pre_g: tuple[torch.Tensor, torch.Tensor] | None) -> StageResult:
+    """Stage 2: t with the DN/DP alternation, pre_f and pre_g frozen; with
+    `mba.joint_pretrain` (pre_f, pre_g None) they start at random and each MBA batch also takes
+    a BPR step for them (pre_g on every batch, pre_f on target batches), and the stage's
+    weights include them."""
     c = w.cfg
-    frozen = w.group(FROZEN, trained=False)
-    frozen.load(Model.PRE_F.value, *pre_f)
-    frozen.load(Model.PRE_G.value, *pre_g)
     t = w.group([Model.T], trained=True)
-    if c.mba.t_init != "random":  # t starts as a copy of a pretrained model
-        t.load(Model.T.value, *(pre_f if c.mba.t_init == "pre_f" else pre_g))
+    teachers: list[TableGroup] = []
+    if c.mba.joint_pretrain:
+        teachers = [w.group([Model.PRE_F], trained=True), w.group([Model.PRE_G], trained=True)]
+        frozen = _JointTeachers(*teachers)
+    else:
+        frozen = w.group(FROZEN, trained=False)
+        frozen.load(Model.PRE_F.value, *pre_f)
+        frozen.load(Model.PRE_G.value, *pre_g)
+        if c.mba.t_init != "random":  # t starts as a copy of a pretrained model
+            t.load(Model.T.value, *(pre_f if c.mba.t_init == "pre_f" else pre_g))
     dn, dp = w.group(DN_MODELS, trained=True), w.group(DP_MODELS, trained=True)
     w.source.check(MBA_INPUT)
     w.global_step = 0  # the alternation starts with DP at the first MBA step (or the resumed one)
@@ -279,12 +310,16 @@ def fit_mba(w: Worker, pre_f: tuple[torch.Tensor, torch.Tensor],
 
     def step(b: Batch) -> tuple[float, str]:
         phase = phase_of_step(w.global_step)
-        loss = mba_step(c.mba, reg, b.kind, phase, ids_on(w.device, b.users, b.pos, b.neg),
-                        frozen, t, dn if phase is Phase.DN else dp)
+        ids = ids_on(w.device, b.users, b.pos, b.neg)
+        loss = mba_step(c.mba, reg, b.kind, phase, ids, frozen, t, dn if phase is Phase.DN else dp)
+        if teachers:  # a target pair is positive for both teachers, an auxiliary-only one for g
+            for g in teachers[b.kind is not Kind.B:]:
+                bpr_step(g, c.pretrain.lambda0, reg, ids)
         return loss, "dn_steps" if phase is Phase.DN else "dp_steps"
 
     def scorer(wts: dict) -> Scorer:
-        return mba_scorer(wts[Model.T.value], pre_f, c.mba.beta, pre_g, c.mba.blend_g)
+        return mba_scorer(wts[Model.T.value], wts.get(Model.PRE_F.value, pre_f), c.mba.beta,
+                          wts.get(Model.PRE_G.value, pre_g), c.mba.blend_g)
 
-    return fit_stage(w, MBA_INPUT, c.mba.epochs, c.mba.patience, step, scorer, [t, dn, dp],
-                     tags=("dn_steps", "dp_steps"))
+    return fit_stage(w, MBA_INPUT, c.mba.epochs, c.mba.patience, step, scorer,
+                     [t, dn, dp, *teachers], tags=("dn_steps", "dp_steps"))

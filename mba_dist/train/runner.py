@@ -9,6 +9,7 @@ writes nothing itself: rank 0 hands every record, stage checkpoint and the metri
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Protocol
@@ -138,7 +139,12 @@ def run_training(cfg: C.Config, data_dir: str | Path, out: RunOutputs | None,
         # The merged baseline comes with a trained pre_g, not with one reused from a run.
         if stage.name in stages or (stage.name == "mf_merged" and "pre_g" in from_run):
             continue
-        if stage is MBA_INPUT:
+        if stage is MBA_INPUT and cfg.mba.joint_pretrain:
+            st = fit_mba(w, None, None)
+            keep(st)
+            for m in (Model.PRE_F.value, Model.PRE_G.value):  # the baseline rows of this run
+                keep(dataclasses.replace(st, name=m, weights={m: st.weights[m]}, history=[]))
+        elif stage is MBA_INPUT:
             keep(fit_mba(w, stages["pre_f"].weights[Model.PRE_F.value],
                          stages["pre_g"].weights[Model.PRE_G.value]))
         else:
