@@ -132,9 +132,18 @@ def tune_space(space: Space) -> dict:
 class TrialSetup:
     """What every trial needs, sent to the Ray Tune actors (plain values)."""
 
-    config: dict  # the base config (`config.to_dict`), with pretrain.from_run set
+    config: dict  # the base config (`config.to_dict`)
     data: str
+    pretrained: str  # the run whose stage-1 models a trial reuses (`pretrain.from_run`)
     threads: int
+
+    def trial_config(self, params: dict) -> C.Config:
+        """The base config with a trial's values, on the shared stage-1 models (unless the
+        trial trains its own: `mba.joint_pretrain`)."""
+        cfg = C.override(C.load_config(self.config), params, "search trial")
+        if cfg.mba.joint_pretrain:
+            return cfg
+        return C.override(cfg, {"pretrain.from_run": self.pretrained}, "search trial")
 
 
 def _trial(params: dict, setup: TrialSetup) -> None:
@@ -148,7 +157,7 @@ def _trial(params: dict, setup: TrialSetup) -> None:
     from mba_dist.train.runner import run_training
 
     torch.set_num_threads(setup.threads)
-    cfg = C.override(C.load_config(setup.config), params, "search trial")
+    cfg = setup.trial_config(params)
     best = {"recall@20": -1.0, "ndcg@20": 0.0, "epoch": 0}
 
     def progress(stage: str, epoch: int, total: int, record: dict) -> None:
@@ -164,7 +173,8 @@ def _trial(params: dict, setup: TrialSetup) -> None:
     try:
         with process_group_for(cfg):
             run_training(cfg, setup.data, None, progress, read_test=False,
-                         reused=RunDir(cfg.pretrain.from_run).stages())
+                         reused=RunDir(cfg.pretrain.from_run).stages()
+                         if cfg.pretrain.from_run else None)
     except DivergedError:  # a result, not a failure: the settings train to NaN
         tune.report({METRIC: max(best["recall@20"], 0.0), "best_valid_ndcg@20": best["ndcg@20"],
                      "best_epoch": best["epoch"], "epoch": -1, "valid_recall@20": 0.0,
@@ -344,7 +354,6 @@ def search_run(data: str | Path, out: str | Path, config: str | None, space_file
             say(f"stage-1 models and baselines: a run of the base config in {pre}")
             train_run(data, pre, config, sets, local=True, say=say)
     RunDir(pre).stages().check_reusable(base, ds)
-    trial_cfg = C.override(base, {"pretrain.from_run": pre}, "search")
 
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -358,7 +367,7 @@ def search_run(data: str | Path, out: str | Path, config: str | None, space_file
     try:
         threads = max(1, int(cpus_per_trial))
         trainable = tune.with_resources(
-            tune.with_parameters(_trial, setup=TrialSetup(C.to_dict(trial_cfg), data, threads)),
+            tune.with_parameters(_trial, setup=TrialSetup(C.to_dict(base), data, pre, threads)),
             {"cpu": cpus_per_trial})
         path = root / "tune" / "search"
         if tune.Tuner.can_restore(str(path)):
@@ -411,8 +420,9 @@ def finish_search(root: Path, data: str, base: C.Config, space: Space, results, 
     else:
         say(f"the winner, trial {best['trial']}: a run of {best_yaml} in {run.root} "
             "(its test set is read once)")
-        metrics, _ = train_run(data, run.root, str(best_yaml), [f"pretrain.from_run={pre}"],
-                               local=True, say=say)
+        joint = C.load_config(best_yaml).mba.joint_pretrain  # trains its own stage 1
+        metrics, _ = train_run(data, run.root, str(best_yaml),
+                               [] if joint else [f"pretrain.from_run={pre}"], local=True, say=say)
     report = summary(rows, keys, best, metrics, trials)
     atomic_write_bytes(root / "search.md", report.encode())
     return {"rows": rows, "best": best, "metrics": metrics, "report": report}

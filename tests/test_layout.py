@@ -111,6 +111,7 @@ WRITES = ("open(", ".open(", "write_text(", "write_bytes(", "torch.save(", "writ
           "mkdir(", "rename(", "replace(", "ParquetWriter(")
 ALLOWED = {
     "mba_dist/run_dir.py": "the run directory's one owner",
+    "mba_dist/search.py": "the search directory's one owner (its runs are run directories)",
     "mba_dist/files.py": "the atomic-write primitives",
     "mba_dist/data/format.py": "the dataset writer (called by data_prep)",
     "mba_dist/dist/local.py": "each local rank's result, in a temporary directory of its own",
@@ -170,7 +171,7 @@ def test_every_subpackage_says_what_lives_there_and_what_it_may_import(pkg):
 LAYERS = ["mba_dist.errors", "mba_dist.config", "mba_dist.files",
           "mba_dist.provenance", "mba_dist.tracking", "mba_dist.mba",
           "mba_dist.data", "mba_dist.dist", "mba_dist.eval", "mba_dist.tables", "mba_dist.train",
-          "mba_dist.run_dir", "mba_dist.plots", "mba_dist.jobs", "mba_dist.api", "mba_dist", "mba_dist.bench",
+          "mba_dist.run_dir", "mba_dist.plots", "mba_dist.jobs", "mba_dist.search", "mba_dist.api", "mba_dist", "mba_dist.bench",
           "data_prep", "launch"]
 
 

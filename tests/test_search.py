@@ -76,3 +76,28 @@ def test_a_search_selects_on_validation_and_resumes(tiny_dataset, tmp_path, caps
 
     assert main(argv[:-len(FAST)] + ["--set", "mba.epochs=5"]) == 2
     assert "holds a search with other settings (differs in config" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a tool's test: three runs
+def test_the_ablation_tool_runs_each_variant_on_the_shared_models(tiny_dataset, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    fast = ["--set", "pretrain.epochs=2", "--set", "mba.epochs=2", "--set", "data.aux=click",
+            "--set", "train.merged_baseline=false"]
+    pre = tmp_path / "pre"
+    assert main(["run", "--local", "--data", str(tiny_dataset), "--out", str(pre)] + fast) == 0
+    res = subprocess.run([sys.executable, "tools/ablations.py", "--data", str(tiny_dataset),
+                          "--config", "configs/synthetic.yaml", "--pretrained", str(pre),
+                          "--out", str(tmp_path / "abl"), "--only", "mba_kl,mba_pt"] + fast,
+                         cwd=root, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = list(csv.DictReader((tmp_path / "abl" / "ablations.csv").open()))
+    assert [r["variant"] for r in rows] == ["mba_kl", "mba_pt"]
+    kl = C.load_config(tmp_path / "abl" / "mba_kl" / "config.yaml")
+    assert kl.mba.alpha == 0 and kl.pretrain.from_run == str(pre.resolve())
+    pt = C.load_config(tmp_path / "abl" / "mba_pt" / "config.yaml")
+    assert pt.mba.joint_pretrain and pt.pretrain.from_run is None
+    assert "| mf_purchase (MF-BPR, same split) |" in (tmp_path / "abl" / "ablations.md").read_text()
