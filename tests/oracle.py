@@ -44,6 +44,20 @@ def mba_batch(kind, phase, P, N, alpha, c1, c2):
     return kl_terms - like
 
 
+def mba_batch_k(phase, P, N, positive, alphas, c1, c2):
+    """The loss of k auxiliary behaviors (DESIGN §11) term by term. P, N: {"t": [B], "pre": [1+k
+    arrays], "h": [1+k arrays]} at the observed and the sampled item; positive [1+k, B] bool:
+    for which models each observed item is a positive; alphas: one KL weight per model."""
+    m = np.mean
+    total = 0.0
+    for j, a in enumerate(alphas):
+        total += a * (m(kl(P["pre"][j], P["t"])) + m(kl(N["pre"][j], N["t"])))
+        seen = np.where(positive[j], pos(phase, P["t"], P["h"][j], c1),
+                        neg(phase, P["t"], P["h"][j], c2))
+        total -= m(seen) + m(neg(phase, N["t"], N["h"][j], c2))
+    return total
+
+
 def bpr(pos_logit, neg_logit):
     return np.mean(np.log1p(np.exp(neg_logit - pos_logit)))
 

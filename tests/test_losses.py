@@ -145,3 +145,47 @@ def test_equal_kl_weights_are_the_one_weight_bit_for_bit():
     assert float(one) == float(mba_loss(Kind.B, Phase.DN, lg, 7.0, 10.0, 10.0))
     np.testing.assert_allclose(float(mba_loss(Kind.B, Phase.DN, lg, (7.0, 7.0), 10.0, 10.0)),
                                float(one), rtol=1e-12)
+
+
+def _k_logits(rng, k, n, scale, grad=False):
+    """Logits of t and of 1 + k pre / h models at both sides, as numpy and as the step's
+    `Logits` ([B, 1, 2], [B, 1+k, 2], [B, 1+k, 2])."""
+    P = {"t": rng.uniform(-scale, scale, n), "pre": [rng.uniform(-scale, scale, n) for _ in range(k + 1)],
+         "h": [rng.uniform(-scale, scale, n) for _ in range(k + 1)]}
+    N = {"t": rng.uniform(-scale, scale, n), "pre": [rng.uniform(-scale, scale, n) for _ in range(k + 1)],
+         "h": [rng.uniform(-scale, scale, n) for _ in range(k + 1)]}
+
+    def block(key):
+        if key == "t":
+            return torch.tensor(np.stack([P["t"], N["t"]], -1)[:, None, :], requires_grad=grad)
+        return torch.tensor(np.stack([np.stack([P[key][j], N[key][j]], -1)
+                                      for j in range(k + 1)], 1), requires_grad=grad and key == "h")
+    return P, N, Logits(block("t"), block("pre"), block("h"))
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("phase", ["DN", "DP"])
+@pytest.mark.parametrize("scale,c1,c2", [(3.0, 100.0, 100.0), (30.0, 1000.0, 1.0)])
+def test_the_loss_of_k_auxiliary_behaviors_matches_its_oracle(k, phase, scale, c1, c2):
+    """Per-pair positives over 1 + k models (DESIGN §11), one KL weight per model, at 1e-6,
+    with finite gradients."""
+    rng = np.random.default_rng(10 + k)
+    P, N, lg = _k_logits(rng, k, 300, scale, grad=True)
+    positive = rng.random((k + 1, 300)) < 0.5
+    alphas = tuple(float(a) for a in rng.choice([0.0, 1.0, 10.0, 1000.0], k + 1))
+    loss = mba_loss(Kind.A, Phase(phase), lg, alphas, c1, c2, torch.tensor(positive))
+    want = oracle.mba_batch_k(phase, P, N, positive, alphas, c1, c2)
+    np.testing.assert_allclose(float(loss.detach()), want, rtol=RTOL, atol=ATOL)
+    loss.backward()
+    assert torch.isfinite(lg.t.grad).all() and torch.isfinite(lg.h.grad).all()
+
+
+@pytest.mark.parametrize("kind", [Kind.B, Kind.A])
+def test_k1_masks_per_pair_are_the_kinds_of_today(kind):
+    """k = 1 with the per-pair mask of a kind gives the kind's loss."""
+    rng = np.random.default_rng(20)
+    _, _, lg = _k_logits(rng, 1, 128, 5.0)
+    positive = torch.tensor([[kind is Kind.B] * 128, [True] * 128])
+    for phase in (Phase.DN, Phase.DP):
+        np.testing.assert_allclose(float(mba_loss(kind, phase, lg, 10.0, 100.0, 1.0, positive)),
+                                   float(mba_loss(kind, phase, lg, 10.0, 100.0, 1.0)), rtol=1e-12)

@@ -130,10 +130,15 @@ def _pos_mask(kind: Kind, device: torch.device) -> torch.Tensor:
     return torch.tensor([[f_pos, False], [True, False]], device=device)
 
 
-def mba_loss(kind: Kind, phase: Phase, lg_: Logits, alpha: float | tuple[float, float],
-             c1: float, c2: float) -> torch.Tensor:
+def mba_loss(kind: Kind, phase: Phase, lg_: Logits, alpha: float | tuple[float, ...],
+             c1: float, c2: float, positive: torch.Tensor | None = None) -> torch.Tensor:
     """The kind-B / kind-A batch loss of the module docstring (without the L2 term); scalar.
-    `alpha`: one KL weight, or (alpha_f, alpha_g) weighting the pre_f and pre_g terms apart.
+    `alpha`: one KL weight, or one per model of `lg_.pre` ((alpha_f, alpha_g) for k = 1).
+
+    k auxiliary behaviors (DESIGN §11): `lg_.pre` and `lg_.h` hold 1 + k models (f first), and
+    `positive` [1 + k, B] says for which models each pair's observed item is a positive (a
+    target pair: all; an auxiliary-only pair: the behaviors it was observed in); None: the
+    kind's mask of k = 1, broadcast over the batch (`_pos_mask`).
 
     The 4 KL terms and the 4 likelihood terms are computed as one [model, side, batch] block
     each: a few dozen ops on contiguous rows instead of about 140 on strided [B]-vectors
@@ -149,5 +154,9 @@ def mba_loss(kind: Kind, phase: Phase, lg_: Logits, alpha: float | tuple[float, 
     kl = _kl(*_probs(pre), t, t1)
     kl = (alpha * kl.sum() if not isinstance(alpha, tuple)  # one weight: as it always was
           else (kl.sum(dim=(1, 2)) * kl.new_tensor(alpha)).sum())
-    like = _likelihood(phase, t, t1, h, _pos_mask(kind, h.device)[..., None], c1, c2).sum()
+    if positive is None:
+        mask = _pos_mask(kind, h.device)[..., None]
+    else:  # the observed item is at side 0; the sampled negative (side 1) is never positive
+        mask = torch.stack([positive, torch.zeros_like(positive)], 1)
+    like = _likelihood(phase, t, t1, h, mask, c1, c2).sum()
     return (kl - like) / b
