@@ -105,6 +105,21 @@ class TableGroup(nn.Module):
         """An `eval.scorers.Factors` source over the live tables of one model (no full copy)."""
         raise NotImplementedError
 
+    def finite(self, model: str) -> bool:
+        """Whether every weight of a model is finite (collective on sharded backends)."""
+        raise NotImplementedError
+
+    def snapshot(self, weights: dict | None = None):
+        """This rank's copy of its part of every table of the group (the best epoch, kept by
+        the fit loop without whole tables): of the live tables, or of whole `weights`
+        {model: (user, item)}."""
+        raise NotImplementedError
+
+    def snapshot_weights(self, snap, model: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whole (user, item) CPU tables of one model from `snapshot()` output (collective on
+        sharded backends: it assembles the ranks' parts)."""
+        raise NotImplementedError
+
     def full_tables(self, model: str) -> list[torch.Tensor]:
         """The autograd-visible whole tables of a model (dense optimizer mode only)."""
         raise NotImplementedError(f"{type(self).__name__} has no dense whole-table mode")

@@ -63,6 +63,18 @@ class TorchTableGroup(TableGroup):
             self.tables[f"{model}_user"].weight.copy_(user)
             self.tables[f"{model}_item"].weight.copy_(item)
 
+    def finite(self, model: str) -> bool:
+        return all(bool(torch.isfinite(self.tables[f"{model}_{e}"].weight).all()) for e in ENTITIES)
+
+    def snapshot(self, weights: dict | None = None) -> dict:
+        if weights is not None:
+            return {f"{m}_{e}": w.clone() for m in self.models
+                    for e, w in zip(ENTITIES, weights[m])}
+        return {k: t.weight.detach().cpu().clone() for k, t in self.tables.items()}
+
+    def snapshot_weights(self, snap: dict, model: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(snap[f"{model}_{e}"] for e in ENTITIES)
+
     def factors(self, model: str):
         return LocalFactors(*(self.tables[f"{model}_{e}"].weight.detach() for e in ENTITIES))
 

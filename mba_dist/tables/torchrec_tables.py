@@ -102,6 +102,37 @@ class TorchrecTableGroup(TableGroup):
     def factors(self, model: str) -> "ShardedFactors":
         return ShardedFactors(self, model)
 
+    def finite(self, model: str) -> bool:
+        ok = all(bool(torch.isfinite(s.tensor).all()) for e in ENTITIES
+                 for s in self._sharded(f"{model}_{e}").local_shards())
+        bad = torch.tensor([0 if ok else 1], device=collective_device())
+        if dist.get_world_size() > 1:
+            dist.all_reduce(bad)
+        return int(bad.item()) == 0
+
+    def snapshot(self, weights: dict | None = None) -> dict:
+        """{table: [(shard index, this rank's copy of the shard)]}."""
+        out = {}
+        for key in self.keys:
+            model, entity = key.rsplit("_", 1)
+            whole = None if weights is None else weights[model][ENTITIES.index(entity)]
+            out[key] = [(_shard_index(s), (s.tensor.detach() if whole is None
+                                           else whole[_shard_index(s)]).cpu().clone())
+                        for s in self._sharded(key).local_shards()]
+        return out
+
+    def snapshot_weights(self, snap: dict, model: str) -> tuple[torch.Tensor, torch.Tensor]:
+        dev = collective_device()
+        out = []
+        for e, n in zip(ENTITIES, (self.num_users, self.num_items)):
+            buf = torch.zeros(n, self.dim, device=dev)
+            for index, part in snap[f"{model}_{e}"]:
+                buf[index] = part.to(dev)
+            if dist.get_world_size() > 1:
+                dist.all_reduce(buf)
+            out.append(buf.cpu())
+        return tuple(out)
+
     def weights(self, model: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Whole tables on every rank (checkpoints; the evaluator reads `factors` instead)."""
         f = self.factors(model)

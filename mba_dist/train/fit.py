@@ -76,6 +76,8 @@ class FitState:
     stage_steps: int = 0
     best: dict = field(default_factory=lambda: {"recall@20": -1.0})
     best_epoch: int = -1
+    # the best epoch's whole tables: filled only in a resumable state and at the stage's end
+    # (the loop keeps each rank's part, `TableGroup.snapshot`)
     best_weights: dict | None = None
     history: list = field(default_factory=list)
     seconds: float = 0.0
@@ -179,27 +181,40 @@ def fit_stage(w: Worker, stage: StageInput, max_epochs: int, patience: int, step
     this stage. `tags`: the step tags counted in every epoch record (MBA: its phases)."""
     name = stage.name
     f = FitState()
+    best: list = []  # each group's snapshot of the best epoch (this rank's part only)
     if w.resume is not None and w.resume["stage"] == name:
         for g, gs in zip(groups, w.resume["groups"], strict=True):
             g.load_state(gs)
         w.global_step = w.resume["global_step"]
         f = FitState(**w.resume["fit"])
+        if f.best_weights is not None:
+            best = [g.snapshot(f.best_weights) for g in groups]
+        f.best_weights = None
         w.resume = None
     every, every_steps = w.cfg.train.eval_every, w.cfg.train.eval_every_steps
     sel = w.selection()[2]
     _, world = rank_world()
 
     def validate(epoch: int) -> dict:
-        weights = {m: g.weights(m) for g in groups for m in g.models}
-        for m, tables in weights.items():  # the same whole tables on every rank
-            if not all(bool(torch.isfinite(t).all()) for t in tables):
-                raise DivergedError(_diverged(name, epoch, f"non-finite weights in {m}"))
-        metrics = w.select_metrics(scorer_of(weights))
+        # scored from the live tables (a user block and an item chunk at a time); the best
+        # epoch is kept as each rank's part of its tables, never as whole copies
+        for g in groups:
+            for m in g.models:
+                if not g.finite(m):
+                    raise DivergedError(_diverged(name, epoch, f"non-finite weights in {m}"))
+        metrics = w.select_metrics(scorer_of({m: g.factors(m) for g in groups for m in g.models}))
         if metrics["recall@20"] > f.best["recall@20"]:
-            f.best, f.best_epoch, f.best_weights = metrics, epoch, weights
+            f.best, f.best_epoch = metrics, epoch
+            best[:] = [g.snapshot() for g in groups]
         return {"step": f.stage_steps, **metrics}
 
-    stopped = f.best_weights is not None and f.epoch - f.best_epoch >= patience
+    def best_weights() -> dict | None:
+        """The best epoch's whole tables (collective on sharded backends)."""
+        if not best:
+            return None
+        return {m: g.snapshot_weights(s, m) for g, s in zip(groups, best) for m in g.models}
+
+    stopped = bool(best) and f.epoch - f.best_epoch >= patience
     for epoch in range(f.epoch + 1, max_epochs + 1):
         if stopped:
             break
@@ -234,17 +249,18 @@ def fit_stage(w: Worker, stage: StageInput, max_epochs: int, patience: int, step
             record[sel] = mid_epoch[-1]
             record[f"{sel}_within_epoch"] = list(mid_epoch)
         elif ((not every_steps and (epoch % every == 0 or epoch == max_epochs))
-              or (epoch == max_epochs and f.best_weights is None)):
+              or (epoch == max_epochs and not best)):
             record[sel] = validate(epoch)
         w.log(record)
         f.history.append(record)
         f.epoch = epoch
         w.progress(name, epoch, max_epochs, record)
-        stopped = f.best_weights is not None and epoch - f.best_epoch >= patience
+        stopped = bool(best) and epoch - f.best_epoch >= patience
         w.checkpointer.epoch_end(record, lambda: checkpoint.resume_state(
             w.cfg, {k: st.as_dict() for k, st in w.finished.items()}, name, w.global_step,
-            dataclasses.asdict(f), [g.state() for g in groups]))
-    return StageResult(name, f.best_weights, f.best_epoch, f.best, f.epoch, f.seconds,
+            {**dataclasses.asdict(f), "best_weights": best_weights()},
+            [g.state() for g in groups]))
+    return StageResult(name, best_weights(), f.best_epoch, f.best, f.epoch, f.seconds,
                        f.triples, f.history)
 
 
