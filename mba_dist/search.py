@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import yaml
-from ray import tune
 
 from mba_dist import config as C
 from mba_dist.errors import ConfigError
@@ -116,6 +115,8 @@ def load_space(path: str | Path, cfg: C.Config) -> Space:
 
 def tune_space(space: Space) -> dict:
     """The space as Ray Tune's `param_space`."""
+    from ray import tune
+
     kinds = {"grid": tune.grid_search, "uniform": lambda v: tune.uniform(*v),
              "loguniform": lambda v: tune.loguniform(*v)}
     out = {}
@@ -150,6 +151,7 @@ def _trial(params: dict, setup: TrialSetup) -> None:
     """One trial: MBA's stage 2 with `params` over the shared stage-1 models; a report to Ray
     Tune after every validation. Runs in a Ray Tune actor."""
     import torch
+    from ray import tune
 
     from mba_dist.errors import DivergedError
     from mba_dist.jobs import process_group_for
@@ -181,33 +183,7 @@ def _trial(params: dict, setup: TrialSetup) -> None:
                      "diverged": 1})
 
 
-# Where the trial lines go (`search_run` sets it): a module value, not a callback attribute,
-# because Ray Tune pickles its callbacks with the experiment and restores them from there.
-_say: Callable[[str], None] = lambda line: None
-
-
-class TrialLines(tune.Callback):
-    """One line per ended trial (Ray Tune's own progress tables are switched off)."""
-
-    def __init__(self, total: int):
-        self.total, self.ended = total, 0
-
-    def _line(self, trial, how: str) -> None:
-        self.ended += 1
-        r = trial.last_result or {}
-        values = " ".join(f"{k}={_fmt(v)}" for k, v in trial.config.items())
-        _say(f"trial {self.ended}/{self.total} ({how}): {values}: best valid R@20 "
-             f"{r.get(METRIC, float('nan')):.4f} at epoch {r.get('best_epoch', '-')}, "
-             f"{r.get('training_iteration', 0)} validations")
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self._line(trial, "diverged" if (trial.last_result or {}).get("diverged") else "done")
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self._line(trial, "failed")
-
-
-def _fmt(v: Any) -> str:
+def fmt(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
@@ -263,7 +239,7 @@ def rows_markdown(rows: list[dict], keys: list[str], best: int) -> str:
             "ended", "seconds"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in sorted(rows, key=lambda r: -r["valid_recall@20"]):
-        cells = [f"{r[c]:.4f}" if c.startswith("valid_") else _fmt(r[c]) for c in cols]
+        cells = [f"{r[c]:.4f}" if c.startswith("valid_") else fmt(r[c]) for c in cols]
         if r["trial"] == best:
             cells[0] = f"**{cells[0]}**"
         lines.append("| " + " | ".join(cells) + " |")
@@ -355,15 +331,17 @@ def search_run(data: str | Path, out: str | Path, config: str | None, space_file
             train_run(data, pre, config, sets, local=True, say=say)
     RunDir(pre).stages().check_reusable(base, ds)
 
+    from mba_dist.dist.ray import init_ray
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables from Tune
+    started = init_ray()  # before any import of Ray: it sets the loopback environment
+    from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from mba_dist.dist.ray import init_ray
+    from mba_dist import search_lines
 
-    global _say
-    _say = say
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables from Tune
-    started = init_ray()
+    search_lines.say = say
     try:
         threads = max(1, int(cpus_per_trial))
         trainable = tune.with_resources(
@@ -386,7 +364,7 @@ def search_run(data: str | Path, out: str | Path, config: str | None, space_file
                     scheduler=ASHAScheduler(max_t=per_trial, grace_period=space.grace_period,
                                             reduction_factor=space.reduction_factor)),
                 run_config=tune.RunConfig(name="search", storage_path=str(root / "tune"),
-                                          verbose=0, callbacks=[TrialLines(trials)]))
+                                          verbose=0, callbacks=[search_lines.TrialLines(trials)]))
         results = tuner.fit()
     finally:
         if started:
@@ -445,7 +423,7 @@ def summary(rows: list[dict], keys: list[str], best: dict, metrics: dict, trials
     ended = {e: sum(r["ended"] == e for r in rows) for e in dict.fromkeys(r["ended"] for r in rows)}
     return (f"# Search: {len(rows)} of {trials} trials\n\n"
             f"Winner (validation): trial {best['trial']}, "
-            + ", ".join(f"{k} = {_fmt(best[k])}" for k in keys)
+            + ", ".join(f"{k} = {fmt(best[k])}" for k in keys)
             + f": valid R@20 {best['valid_recall@20']:.4f} in the search, {rerun:.4f} in its run "
             f"(best/); **test R@20 {mba:.4f}**{ratio}.\n\n"
             f"Trials: {', '.join(f'{n} {e}' for e, n in ended.items())}; {wall:.0f} s of trial "

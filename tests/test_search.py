@@ -101,3 +101,14 @@ def test_the_ablation_tool_runs_each_variant_on_the_shared_models(tiny_dataset, 
     pt = C.load_config(tmp_path / "abl" / "mba_pt" / "config.yaml")
     assert pt.mba.joint_pretrain and pt.pretrain.from_run is None
     assert "| mf_purchase (MF-BPR, same split) |" in (tmp_path / "abl" / "ablations.md").read_text()
+
+
+def test_the_search_imports_ray_only_after_the_loopback_environment():
+    """Ray reads its network settings at import: nothing the search module imports at load
+    may import Ray before `dist.ray.init_ray` has set them."""
+    import subprocess
+    import sys
+
+    code = "import sys, launch.cli, mba_dist.search; assert 'ray' not in sys.modules"
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("RAY_")}
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
