@@ -14,8 +14,8 @@
     run_dir.py  RunDir: the one owner of a run directory
     plots.py    the PNGs of a finished run (training curves, baseline bars, paper Fig. 2)
     jobs.py     run / evaluate / recommend / plot as functions
+    search_lines.py  the progress lines of `search` (a Ray Tune callback)
     search.py   `mba-dist search`: Ray Tune over MBA's settings; the search directory's owner
-    search_lines.py  its progress lines (a Ray Tune callback)
     api.py      the Python API: `fit` and `Run` (also as `mba_dist.fit`, `mba_dist.Run`); the
                 CLI in `launch.cli` is built on it and on `jobs`
     bench/      benchmarks (nothing above imports them)

@@ -363,8 +363,9 @@ def search_run(data: str | Path, out: str | Path, config: str | None, space_file
                                                      random_state=base.train.seed),
                     scheduler=ASHAScheduler(max_t=per_trial, grace_period=space.grace_period,
                                             reduction_factor=space.reduction_factor)),
-                run_config=tune.RunConfig(name="search", storage_path=str(root / "tune"),
-                                          verbose=0, callbacks=[search_lines.TrialLines(trials)]))
+                run_config=tune.RunConfig(
+                    name="search", storage_path=str(root / "tune"), verbose=0,
+                    callbacks=[search_lines.TrialLines(trials, METRIC, fmt)]))
         results = tuner.fit()
     finally:
         if started:

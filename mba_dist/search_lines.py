@@ -7,11 +7,9 @@ callback, because Ray Tune pickles its callbacks with the experiment and restore
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from ray import tune
-
-from mba_dist.search import METRIC, fmt
 
 say: Callable[[str], None] = lambda line: None
 
@@ -19,15 +17,15 @@ say: Callable[[str], None] = lambda line: None
 class TrialLines(tune.Callback):
     """One line per ended trial (Ray Tune's own progress tables are switched off)."""
 
-    def __init__(self, total: int):
-        self.total, self.ended = total, 0
+    def __init__(self, total: int, metric: str, fmt: Callable[[Any], str]):
+        self.total, self.metric, self.fmt, self.ended = total, metric, fmt, 0
 
     def _line(self, trial, how: str) -> None:
         self.ended += 1
         r = trial.last_result or {}
-        values = " ".join(f"{k}={fmt(v)}" for k, v in trial.config.items())
+        values = " ".join(f"{k}={self.fmt(v)}" for k, v in trial.config.items())
         say(f"trial {self.ended}/{self.total} ({how}): {values}: best valid R@20 "
-            f"{r.get(METRIC, float('nan')):.4f} at epoch {r.get('best_epoch', '-')}, "
+            f"{r.get(self.metric, float('nan')):.4f} at epoch {r.get('best_epoch', '-')}, "
             f"{r.get('training_iteration', 0)} validations")
 
     def on_trial_complete(self, iteration, trials, trial, **info):

@@ -171,7 +171,7 @@ def test_every_subpackage_says_what_lives_there_and_what_it_may_import(pkg):
 LAYERS = ["mba_dist.errors", "mba_dist.config", "mba_dist.files",
           "mba_dist.provenance", "mba_dist.tracking", "mba_dist.mba",
           "mba_dist.data", "mba_dist.dist", "mba_dist.eval", "mba_dist.tables", "mba_dist.train",
-          "mba_dist.run_dir", "mba_dist.plots", "mba_dist.jobs", "mba_dist.search", "mba_dist.search_lines", "mba_dist.api", "mba_dist", "mba_dist.bench",
+          "mba_dist.run_dir", "mba_dist.plots", "mba_dist.jobs", "mba_dist.search_lines", "mba_dist.search", "mba_dist.api", "mba_dist", "mba_dist.bench",
           "data_prep", "launch"]
 
 
