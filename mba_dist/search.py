@@ -274,6 +274,10 @@ def check_search_dir(root: Path, ident: dict) -> bool:
             raise ConfigError(f"{path}: not a search of mba-dist (not valid JSON)") from None
         if had.get("kind") != "search":
             raise ConfigError(f"{path}: not a search of mba-dist")
+        try:  # config keys added since the search began count with their defaults
+            had = {**had, "config": C.to_dict(C.load_config(had.get("config") or {}))}
+        except ConfigError as e:
+            raise ConfigError(f"{path}: its config does not load here ({e})") from None
         diff = sorted(k for k in ident if k != "config_file" and had.get(k) != ident[k])
         if diff:
             raise ConfigError(f"{root} holds a search with other settings (differs in "
