@@ -1,10 +1,11 @@
-"""`mba-dist` command line: prepare, synth, run, evaluate, recommend, plot, demo.
+"""`mba-dist` command line: prepare, synth, run, search, evaluate, recommend, plot, demo.
 
     mba-dist prepare --out DIR --target purchase --train purchase=F --train cart=F --test purchase=F
     mba-dist synth --out DIR [--size tiny|small|medium|large] [--users N --items N]
     mba-dist run --data DIR --config configs/X.yaml --out RUN_DIR [--model mf] [--set k=v ...]
                  [--workers N] [--gpu] [--max-failures N] [--storage URI] [--local]
-    mba-dist evaluate --run RUN_DIR [--baselines] [--workers N] [--out DIR]
+    mba-dist search --data DIR --config configs/X.yaml --out SEARCH_DIR [--space F] [--trials N]
+    mba-dist evaluate --run RUN_DIR [--baselines] [--aux-first | --denoising] [--workers N]
     mba-dist bench [--workers 1,2] [--data DIR --config F] [--batch B] [--out DIR]   step throughput
     mba-dist bench-eval [--device cuda] [--out DIR]    evaluator speed and memory
     mba-dist recommend --run RUN_DIR --users U1,U2 | --users-file F [--k 20] [--out F.parquet]
@@ -12,7 +13,7 @@
     mba-dist demo [--out DIR]      synthetic data -> pretraining + MBA -> metrics table
 
 Argument parsing and dispatch only: the commands themselves are `mba_dist.api` and
-`mba_dist.jobs` (run, evaluate, recommend, plot), `data_prep` (prepare, synth) and
+`mba_dist.jobs` (run, evaluate, recommend, plot), `mba_dist.search`, `data_prep` (prepare, synth) and
 `mba_dist.bench` (bench, bench-eval). An
 `errors.InputError`, or an OS error about a path (`PATH_ERRNOS`: permission, not a directory,
 disk full, ...), ends the command with its one line and exit 2; anything else is a bug and
