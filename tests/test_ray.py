@@ -142,13 +142,15 @@ def test_ray_job_submit_to_a_local_cluster(tiny_dataset, tmp_path):
            # test's own, not the user's ~/.ray/auth_token)
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
     env.pop("RAY_ADDRESS", None)
-    gcs, dash = free_loopback_port(), free_loopback_port()
+    # the job agent's port too: its default (52365) is taken by any other Ray on the machine
+    gcs, dash, agent = free_loopback_port(), free_loopback_port(), free_loopback_port()
     # --block keeps the head in a process group of its own: stopping it stops this cluster
     # only (`ray stop` would stop every Ray on the machine).
     head = subprocess.Popen(
         [ray_cli, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
          "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dash}", "--disable-usage-stats"],
+         f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}",
+         "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
     try:
