@@ -25,7 +25,7 @@ The space file (`configs/search/paper.yaml` is the paper's grid, §4.5):
       mba.alpha: [1, 10, 100, 1000]      # a list: one value drawn per trial
       mba.lambda_t: {loguniform: [1.0e-6, 1.0]}   # also: uniform
       mba.beta: {grid: [0.7, 0.8, 1.0]}  # every value, --trials times each
-    scheduler: {grace_period: 5, reduction_factor: 3}   # ASHA, in validations
+    scheduler: {grace_period: 20, reduction_factor: 3}   # ASHA, in validations
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ DISTRIBUTIONS = ("grid", "uniform", "loguniform")
 class Space:
     points: list[dict[str, Any]] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)  # key -> list | {kind: values}
-    grace_period: int = 5
+    grace_period: int = 20  # validations (configs/search/paper.yaml says why)
     reduction_factor: int = 3
 
     def keys(self) -> list[str]:
