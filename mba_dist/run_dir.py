@@ -33,7 +33,6 @@ import numpy as np
 
 from mba_dist import config as C
 from mba_dist.data.dataset import Dataset
-from mba_dist.data.pairs import CSR
 from mba_dist.data.train_data import TrainData
 from mba_dist.errors import CheckpointError, RunError
 from mba_dist.eval import baselines
@@ -347,10 +346,10 @@ class FinishedRun(StageFiles):
         """{row: {split: metrics}}: the run's model, and the baselines it has checkpoints for."""
         data = self.data()
         stages = self.all_stage_weights()
-        rows = baselines.scorers(self.cfg, data, stages)
-        if not with_baselines:
-            main = main_model(self.cfg)
-            rows = {n: sc for n, sc in rows.items() if n in (main, f"{main}+aux_first")}
+        rows = (baselines.scorers(self.cfg, data, stages) if with_baselines
+                else baselines.with_aux_first(
+                    self.cfg, {main_model(self.cfg): baselines.model_scorer(self.cfg, stages)},
+                    baselines.aux_cells(data)))
         return baselines.table(self.cfg, data, rows, ("valid", "test", "truth"), group)
 
     def recommendations(self, users: np.ndarray, n: int):
@@ -358,7 +357,7 @@ class FinishedRun(StageFiles):
         `eval.aux_first`, each user's auxiliary items first)."""
         data, scorer = self.data(), self.scorer()
         if self.cfg.eval.aux_first and data.aux is not None:
-            scorer = AuxFirst(scorer, CSR(data.aux, data.num_users))
+            scorer = AuxFirst(scorer, baselines.aux_cells(data))
         return top_n_table(scorer, self.ds, users, data.test_mask, n, self.cfg.eval.memory_mb)
 
     def with_aux_first(self) -> "FinishedRun":

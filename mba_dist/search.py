@@ -195,7 +195,7 @@ def trial_rows(results, keys: list[str], base: C.Config) -> list[dict]:
         trial_id = m.get("trial_id") or Path(r.path).name
         # Ray Tune marks a trial ASHA stopped as done too: a trial finished on its own when its
         # fit loop stopped (patience epochs after the best, or mba.epochs)
-        mba = C.override(base, {k: v for k, v in r.config.items()}, "search trial").mba
+        mba = C.override(base, r.config, "search trial").mba
         epoch, best_epoch = m.get("epoch", 0), m.get("best_epoch", 0)
         if r.error is not None:
             ended = "failed"
@@ -257,10 +257,10 @@ def best_config_yaml(base: C.Config, values: dict[str, Any], header: str) -> str
     return "".join(f"# {ln}\n" for ln in header.splitlines()) + body
 
 
-def _identity(data: str, config: str | None, sets: list[str], space: Space, trials: int,
-              pretrained: str | None) -> dict:
+def _identity(data: str, config: str | None, base: C.Config, sets: list[str], space: Space,
+              trials: int, pretrained: str | None) -> dict:
     return {"tool": "mba-dist", "kind": "search", "data": data,
-            "config": C.to_dict(C.load_config(config, sets)), "config_file": config,
+            "config": C.to_dict(base), "config_file": config,
             "sets": sets, "space": asdict(space), "trials": trials, "pretrained": pretrained}
 
 
@@ -288,12 +288,6 @@ def check_search_dir(root: Path, ident: dict) -> bool:
     return False
 
 
-def cluster_cpus() -> int:
-    import ray
-
-    return int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
-
-
 def search_run(data: str | Path, out: str | Path, config: str | None, space_file: str | Path,
                sets: list[str] = (), trials: int = 20, pretrained: str | None = None,
                cpus_per_trial: float = 1.0, concurrent: int = 0,
@@ -319,7 +313,7 @@ def search_run(data: str | Path, out: str | Path, config: str | None, space_file
     root = Path(out).resolve()
     data = str(Path(data).resolve())
     pre = str(Path(pretrained).resolve()) if pretrained else None
-    ident = _identity(data, config, sets, space, trials, pre)
+    ident = _identity(data, config, base, sets, space, trials, pre)
     resumed = check_search_dir(root, ident)
     ensure_dir(root)
     if not resumed:

@@ -43,25 +43,36 @@ def model_scorer(cfg: C.Config, stages: StageWeights) -> Scorer:
 def scorers(cfg: C.Config, data, stages: StageWeights) -> dict[str, Scorer]:
     """Every row the stages allow, in the table's order; `data` is a `data.train_data.TrainData`."""
     pop = popularity(data.target, data.num_items)
+    aux = aux_cells(data)
     out: dict[str, Scorer] = {"mostpop": MemoryScorer(pop)}
     if cfg.method == "mf":
         out[main_model(cfg)] = model_scorer(cfg, stages)
-        return out
+        return with_aux_first(cfg, out, aux)
     pre_f = stages["pre_f"][Model.PRE_F.value]
     out[f"mf_{cfg.data.target}"] = mf_scorer(pre_f)
     if "pre_g" in stages:
         out[f"mf_{cfg.data.aux}"] = mf_scorer(stages["pre_g"][Model.PRE_G.value])
     if "mf_merged" in stages:
         out["mf_merged"] = mf_scorer(stages["mf_merged"]["mf_merged"])
-    if data.aux is not None:
-        out[f"aux_memory_{cfg.data.aux}"] = MemoryScorer(pop, CSR(data.aux, data.num_users))
+    if aux is not None:
+        out[f"aux_memory_{cfg.data.aux}"] = MemoryScorer(pop, aux)
     if "mba" in stages:
         out["mba"] = model_scorer(cfg, stages)
-    if cfg.eval.aux_first and data.aux is not None:  # the aux memory ordered by each model
-        aux = CSR(data.aux, data.num_users)
-        out.update({f"{n}+aux_first": AuxFirst(out[n], aux) for n in list(out)
-                    if n.startswith("mf_") or n == "mba"})
-    return out
+    return with_aux_first(cfg, out, aux)
+
+
+def aux_cells(data) -> CSR | None:
+    """The auxiliary train pairs by user (the auxiliary memory's candidates), if the run has them."""
+    return CSR(data.aux, data.num_users) if data.aux is not None else None
+
+
+def with_aux_first(cfg: C.Config, rows: dict[str, Scorer], aux: CSR | None) -> dict[str, Scorer]:
+    """`rows` and, with `eval.aux_first`, each MF and MBA row again as "+aux_first": the
+    auxiliary memory's candidates ordered by the model instead of popularity."""
+    if not cfg.eval.aux_first or aux is None:
+        return rows
+    return {**rows, **{f"{n}+aux_first": AuxFirst(sc, aux) for n, sc in rows.items()
+                       if n.startswith("mf_") or n == "mba"}}
 
 
 def table(cfg: C.Config, data, rows: dict[str, Scorer], splits=("test", "truth"),
