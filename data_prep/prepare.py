@@ -87,25 +87,51 @@ def carve_valid(users: np.ndarray, items: np.ndarray, fraction: float, seed: int
     """Boolean masks (train, valid) over target pairs: per user, a `fraction` of the pairs.
 
     A user with n pairs gives floor(n*f) pairs plus one more with probability frac(n*f), so the
-    expected share is f for every user; nobody gives their last pair.
+    expected share is f for every user; nobody gives their last pair. Which pairs: each pair
+    draws a random key, and a user gives the pairs of smallest key (ties by position).
     """
     rng = np.random.default_rng(seed)
-    # Random order within each user: by user, then by a random key. Two stable argsorts give
-    # np.lexsort((key, users))'s order exactly (ties break by position in both), faster.
     key = rng.random(len(users))
-    by_key = np.argsort(key, kind="stable")
-    order = by_key[np.argsort(users[by_key], kind="stable")]
-    u_sorted = users[order]
+    in_order = len(users) == 0 or bool(np.all(users[1:] >= users[:-1]))  # prepare's pairs are
+    order = None if in_order else _by_user_then_key(users, key)
+    u_sorted = users if in_order else users[order]
     starts = np.r_[0, np.flatnonzero(np.diff(u_sorted)) + 1]
     counts = np.diff(np.r_[starts, len(users)])
     want = counts * fraction
     take = np.floor(want).astype(np.int64) + (rng.random(len(counts)) < want % 1)
     take = np.minimum(take, counts - 1)
-    rank = np.arange(len(users)) - np.repeat(starts, counts)
-    valid_sorted = rank < np.repeat(take, counts)
-    valid = np.zeros(len(users), dtype=bool)
-    valid[order] = valid_sorted
+    valid = _smallest_keys(starts, counts, take, key) if in_order and len(users) else None
+    if valid is None:
+        order = _by_user_then_key(users, key) if order is None else order
+        rank = np.arange(len(users)) - np.repeat(starts, counts)
+        valid = np.zeros(len(users), dtype=bool)
+        valid[order] = rank < np.repeat(take, counts)
     return ~valid, valid
+
+
+def _by_user_then_key(users: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """np.lexsort((key, users)) exactly (ties break by position), by two stable argsorts."""
+    by_key = np.argsort(key, kind="stable")
+    return by_key[np.argsort(users[by_key], kind="stable")]
+
+
+def _smallest_keys(starts: np.ndarray, counts: np.ndarray, take: np.ndarray, key: np.ndarray
+                   ) -> np.ndarray | None:
+    """For pairs sorted by user (runs at `starts`), which are among their user's `take` smallest
+    keys, by one sort of values (3x faster than `_by_user_then_key`): a pair's code is its run's
+    index in the top bits over the leading bits of its key, and a pair is carved when its code is
+    at most the take-th smallest code of its run. The order of codes is the order of keys except
+    among equal codes, so the answer is exact unless the take-th and the next code of some run
+    are equal: None then, and the argsorts decide."""
+    kbits = 63 - max(1, (len(starts) - 1).bit_length())
+    run = np.repeat(np.arange(len(starts), dtype=np.int64), counts)
+    code = (run << kbits) | (key * 2.0 ** kbits).astype(np.int64)
+    ordered = np.sort(code)
+    cut = starts + take  # first kept pair of each run (take < count)
+    if np.any(ordered[cut[take > 0] - 1] == ordered[cut[take > 0]]):
+        return None
+    limit = np.where(take > 0, ordered[np.maximum(cut - 1, 0)], -1)
+    return code <= np.repeat(limit, counts)
 
 
 def prepare(spec: PrepareSpec, log=print,
@@ -144,7 +170,8 @@ def prepare(spec: PrepareSpec, log=print,
             continue
         t0 = time.perf_counter()
         u, i = read_pairs(s.path, spec.header,
-                          None if progress is None else partial(progress, str(s.path)))
+                          None if progress is None else partial(progress, str(s.path)),
+                          ints=spec.ids != "str")
         dt = time.perf_counter() - t0
         log(f"read {s.split}/{s.behavior}: {s.path}: {len(u):,} rows in {dt:.1f} s "
             f"({len(u) / max(dt, 1e-9) / 1e6:.2f}M rows/s)")

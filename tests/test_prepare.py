@@ -78,6 +78,40 @@ def test_valid_carved_per_user_seeded_and_keeps_a_train_pair():
     assert set(users[a_tr]) == set(users)  # nobody loses all train pairs
 
 
+def test_carve_of_sorted_pairs_is_the_lexsort_carve(monkeypatch):
+    """prepare's pairs are sorted by user: the carve picks, by one sort of codes, exactly the
+    pairs the lexsort by (user, key) picks; shuffled input and the tie fallback agree too."""
+    import data_prep.prepare as P
+
+    rng = np.random.default_rng(3)
+    users = np.sort(rng.integers(0, 3000, 40_000))
+    items = np.arange(len(users))
+
+    def lexsort_carve(u, fraction, seed):
+        g = np.random.default_rng(seed)
+        key = g.random(len(u))
+        order = np.lexsort((key, u))
+        starts = np.r_[0, np.flatnonzero(np.diff(u[order])) + 1]
+        counts = np.diff(np.r_[starts, len(u)])
+        take = np.minimum(np.floor(counts * fraction).astype(np.int64)
+                          + (g.random(len(counts)) < (counts * fraction) % 1), counts - 1)
+        valid = np.zeros(len(u), bool)
+        valid[order] = (np.arange(len(u)) - np.repeat(starts, counts)) < np.repeat(take, counts)
+        return valid
+
+    for fraction, seed in ((0.1, 0), (0.5, 1), (0.9, 2)):
+        want = lexsort_carve(users, fraction, seed)
+        assert (carve_valid(users, items, fraction, seed)[1] == want).all()
+        shuffled = rng.permutation(len(users))
+        assert (carve_valid(users[shuffled], items, fraction, seed)[1]
+                == lexsort_carve(users[shuffled], fraction, seed)).all()
+    # A run whose cut falls between two equal codes is left to the argsorts.
+    key = np.array([0.5, 0.5, 0.1])
+    assert P._smallest_keys(np.array([0]), np.array([3]), np.array([2]), key) is None
+    monkeypatch.setattr(P, "_smallest_keys", lambda *a: None)
+    assert (carve_valid(users, items, 0.1, 0)[1] == lexsort_carve(users, 0.1, 0)).all()
+
+
 def test_valid_file_used_when_given(tmp_path):
     tr = write(tmp_path / "tr.txt", "1 1\n1 2\n2 1\n")
     va = write(tmp_path / "va.txt", "1 3\n")
@@ -228,3 +262,30 @@ def test_the_fast_parser_and_the_line_loop_read_the_same_pairs(tmp_path):
     seen = []
     readers.read_pairs(tmp_path / "a.tsv", progress=seen.append)
     assert seen and seen[-1] == 4
+
+
+def test_integer_text_parsed_straight_to_int64_as_the_string_path_casts_it(tmp_path):
+    """`ints=True` (prepare unless --ids str) reads integer logs into int64 columns: the values
+    the string path gives once cast; any other token, or an empty id, takes the string path and
+    its messages."""
+    import pyarrow.compute as pc
+
+    from data_prep import readers
+
+    ok = write(tmp_path / "ok.csv", "user,item\n1, 10\n007,11\n-3,12\n")
+    u, i = readers.read_pairs(ok, ints=True)
+    su, si = readers.read_pairs(ok)
+    assert isinstance(u, np.ndarray) and u.dtype == np.int64
+    assert list(u) == pc.cast(su, pa.int64()).to_pylist() == [1, 7, -3]
+    assert list(i) == [10, 11, 12]
+    mixed = write(tmp_path / "mixed.csv", "1,10\nx7,11\n")
+    assert readers.read_pairs(mixed, ints=True)[0].to_pylist() == ["1", "x7"]
+    empty = write(tmp_path / "empty.csv", "1,10\n,11\n")
+    with pytest.raises(RawInputError, match=r"empty\.csv: line 2: empty user id"):
+        readers.read_pairs(empty, ints=True)
+    te = write(tmp_path / "te.csv", "7,10\n")
+    for ids, users in (("auto", 3), ("str", 4)):  # as text, 007 and 7 are two users
+        s = spec(tmp_path / ids, {("train", "purchase"): ok, ("test", "purchase"): te})
+        s.ids = ids
+        meta = prepare(s, log=lambda m: None)
+        assert meta["num_users"] == users and meta["id_types"]["user"] == ids.replace("auto", "int")

@@ -47,7 +47,7 @@ def main(argv=None) -> int:
         pcsv.read_csv(train)
         times["pyarrow.csv.read_csv"].append(time.perf_counter() - t)
         t = time.perf_counter()
-        read_pairs(train)
+        read_pairs(train, ints=True)  # as prepare reads integer ids
         times["read_pairs"].append(time.perf_counter() - t)
         shutil.rmtree(out / "ds", ignore_errors=True)
         t = time.perf_counter()

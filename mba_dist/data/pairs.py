@@ -64,7 +64,8 @@ def dense_index(uniq: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 def dedup_sorted(users: np.ndarray, items: np.ndarray, num_items: int) -> tuple[np.ndarray, np.ndarray]:
     """Unique (user, item) pairs sorted by user then item."""
-    keys = unique_ints(users.astype(np.int64) * num_items + items.astype(np.int64))
+    keys = unique_ints(users.astype(np.int64, copy=False) * num_items
+                       + items.astype(np.int64, copy=False))
     return keys // num_items, keys % num_items
 
 
