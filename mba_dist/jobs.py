@@ -132,7 +132,8 @@ def _train(cfg: C.Config, data, run: RunDir, state: Path | None, local: bool, wo
                 f"{resume['fit']['epoch']}")
         elif run.latest_resume_state(storage) is not None and not overwrite:
             say(f"not resuming the Ray Train checkpoint in {run.ray_storage(storage)}: a --local "
-                "run resumes only its own (run without --local to continue that one)")
+                "run resumes only its own (run without --local, with any --workers, to "
+                "continue that one)")
         with process_group_for(cfg):
             return run_training(cfg, data, run, progress, resume=resume, reused=reused,
                                 checkpointer=FileCheckpoints(cfg.train.checkpoint_every, run))

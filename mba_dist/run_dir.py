@@ -107,7 +107,8 @@ class RunDir:
 
     @property
     def local_state_path(self) -> Path:
-        """A `--local` run's resumable state (one file, replaced every checkpoint)."""
+        """A `--local` run's resumable state: RUN/checkpoint/state.pt, beside its shards (the
+        directory is replaced whole every checkpoint)."""
         return self.root / "checkpoint" / checkpoint.RESUME_STATE_FILE
 
     def ray_storage(self, storage: str | None) -> str:
@@ -208,8 +209,19 @@ class RunDir:
     def rewrite_log(self, records: list[dict]) -> None:
         atomic_write_bytes(self.log_path, "".join(json.dumps(r) + "\n" for r in records).encode())
 
-    def save_resume_state(self, blob: bytes) -> None:
-        atomic_write_bytes(self.local_state_path, blob)
+    @contextmanager
+    def staged_resume_state(self) -> Iterator[Path]:
+        """A new directory beside RUN/checkpoint for the next resumable state (removed unless
+        `commit_resume_state` swapped it in)."""
+        staged = temp_dir_for(self.local_state_path.parent)
+        try:
+            yield staged
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+
+    def commit_resume_state(self, staged: Path) -> None:
+        """Put a complete staged state at RUN/checkpoint (the earlier one goes)."""
+        swap_in(staged, self.local_state_path.parent)
 
     def remove_checkpoints(self) -> None:
         """A finished run keeps its stage files; its resumable state goes (`--local`; Ray
@@ -244,12 +256,12 @@ class RunDir:
         return [out / name for name in pngs]
 
     @contextmanager
-    def staged_resume_state(self, state: dict, filename: str) -> Iterator[str]:
-        """A temporary directory holding `state` as `filename`, for Ray Train to copy into the
-        run's storage (`train.ray_job.RayCheckpoints`)."""
+    def ray_staged_resume_state(self) -> Iterator[str]:
+        """A temporary directory for this rank's part of a resumable state, for Ray Train to
+        copy into the run's storage (`train.ray_job.RayCheckpoints`; the ranks' parts are
+        merged there)."""
         clear_leftovers(Path(tempfile.gettempdir()), "mba-dist-ckpt")
         with tempfile.TemporaryDirectory(prefix=temp_prefix("mba-dist-ckpt")) as d:
-            atomic_write_bytes(Path(d) / filename, checkpoint.resume_bytes(state))
             yield d
 
     # ---- reading -----------------------------------------------------------------------------

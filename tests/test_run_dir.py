@@ -55,7 +55,7 @@ def test_an_unresumable_state_is_refused_before_anything_is_written(tiny_dataset
     run = RunDir(tmp_path / "run")
     old = C.load_config("configs/synthetic.yaml", FAST + ["mba.alpha=3"])
     run.begin(old, {"data": str(tiny_dataset)}, overwrite=False)
-    state = checkpoint.resume_state(old, {}, "pre_f", 5, {"epoch": 1}, [])
+    state = checkpoint.resume_state(old, {}, "pre_f", 5, {"epoch": 1})
     where = run.root / "ray" / "mba-dist" / "checkpoint_0001" / "state.pt"
     where.parent.mkdir(parents=True)
     torch.save(state, where)
@@ -102,7 +102,7 @@ def test_an_unresumable_state_in_a_shared_storage_is_refused_too(tiny_dataset, t
     old = C.load_config("configs/synthetic.yaml", FAST + ["mba.c1=7"])
     where = Path(storage) / run.ray_run_name(storage, fresh=False) / "checkpoint_0001" / "state.pt"
     where.parent.mkdir(parents=True)
-    torch.save(checkpoint.resume_state(old, {}, "pre_f", 5, {"epoch": 1}, []), where)
+    torch.save(checkpoint.resume_state(old, {}, "pre_f", 5, {"epoch": 1}), where)
     rc = main(["run", "--data", str(tiny_dataset), "--config", "configs/synthetic.yaml",
                "--out", str(run.root), "--storage", storage] + _sets(FAST))
     assert rc == 2 and "mba.c1" in capsys.readouterr().err

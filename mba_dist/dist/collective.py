@@ -31,3 +31,12 @@ def all_reduce_sum(t: torch.Tensor, group=None) -> torch.Tensor:
     buf = t.to(dev)
     dist.all_reduce(buf, group=group)
     return buf.to(t.device)
+
+
+def from_rank0(obj):
+    """Rank 0's `obj` on every rank (a no-op on one rank)."""
+    if rank_world()[1] == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

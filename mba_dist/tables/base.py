@@ -109,10 +109,9 @@ class TableGroup(nn.Module):
         """Whether every weight of a model is finite (collective on sharded backends)."""
         raise NotImplementedError
 
-    def snapshot(self, weights: dict | None = None):
+    def snapshot(self):
         """This rank's copy of its part of every table of the group (the best epoch, kept by
-        the fit loop without whole tables): of the live tables, or of whole `weights`
-        {model: (user, item)}."""
+        the fit loop without whole tables)."""
         raise NotImplementedError
 
     def snapshot_weights(self, snap, model: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,12 +129,15 @@ class TableGroup(nn.Module):
     def optimizer_state(self) -> dict:
         return {}
 
-    def state(self) -> dict:
-        """Whole tables and optimizer state as CPU tensors, for a resumable checkpoint.
-        Collective on sharded backends (every rank calls it); serialise it before the next
-        step, as optimizer state may be shared with the live optimizer."""
+    def shard_state(self, best=None) -> tuple[dict, dict]:
+        """This rank's part of the group's resumable state, for `checkpoint.save_resume`: (flat
+        {name: tensor or ShardedTensor}: tables/TABLE, optim/..., and best/TABLE from a
+        `snapshot()` `best`; plain values kept beside the tensors). The tensors are the live
+        ones: save before the next step."""
         raise NotImplementedError
 
-    def load_state(self, state: dict) -> None:
-        """Restore `state()` output (every rank loads the whole state, keeps its shards)."""
+    def restore(self, load, sizes: dict, extra: dict):
+        """Load `shard_state` output back in place: `load(targets)` fills a flat dict of this
+        rank's tensors from the checkpoint (collective), `sizes` {name: DCP tensor metadata} says
+        what it holds, `extra` the plain values saved. Returns the best snapshot, if saved."""
         raise NotImplementedError

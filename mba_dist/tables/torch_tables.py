@@ -66,10 +66,7 @@ class TorchTableGroup(TableGroup):
     def finite(self, model: str) -> bool:
         return all(bool(torch.isfinite(self.tables[f"{model}_{e}"].weight).all()) for e in ENTITIES)
 
-    def snapshot(self, weights: dict | None = None) -> dict:
-        if weights is not None:
-            return {f"{m}_{e}": w.clone() for m in self.models
-                    for e, w in zip(ENTITIES, weights[m])}
+    def snapshot(self) -> dict:
         return {k: t.weight.detach().cpu().clone() for k, t in self.tables.items()}
 
     def snapshot_weights(self, snap: dict, model: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,13 +86,34 @@ class TorchTableGroup(TableGroup):
     def optimizer_state(self) -> dict:
         return self.opt.state_dict() if self.opt is not None else {}
 
-    def state(self) -> dict:
-        return {"tables": {k: t.weight.detach().cpu().clone() for k, t in self.tables.items()},
-                "optim": self.optimizer_state()}
+    def shard_state(self, best: dict | None = None) -> tuple[dict, dict]:
+        # One rank holds whole tables here: its shards are the tables. The optimizer's tensors
+        # go with them; its scalars (steps, param groups) stay beside them in `extra`.
+        out = {f"tables/{k}": t.weight.detach() for k, t in self.tables.items()}
+        out.update({f"best/{k}": w for k, w in (best or {}).items()})
+        sd = self.optimizer_state()
+        skeleton = {"state": {}, "param_groups": sd.get("param_groups", [])}
+        for i, st in sd.get("state", {}).items():
+            skeleton["state"][i] = {}
+            for name, v in st.items():
+                if torch.is_tensor(v):
+                    out[f"optim/{i}/{name}"] = v
+                skeleton["state"][i][name] = None if torch.is_tensor(v) else v
+        return out, ({"optim": skeleton} if sd else {})
 
-    def load_state(self, state: dict) -> None:
+    def restore(self, load, sizes: dict, extra: dict) -> dict | None:
+        targets = {f"tables/{k}": t.weight.data for k, t in self.tables.items()}
+        for name, md in sizes.items():  # the optimizer's tensors and the best epoch, as saved
+            if not name.startswith("tables/"):
+                targets[name] = torch.empty(md.size, dtype=md.properties.dtype)
         with torch.no_grad():
-            for k, w in state["tables"].items():
-                self.tables[k].weight.copy_(w)
-        if self.opt is not None and state["optim"]:
-            self.opt.load_state_dict(state["optim"])
+            load(targets)
+        if self.opt is not None and "optim" in extra:
+            sd = extra["optim"]
+            for i, st in sd["state"].items():
+                for name in st:
+                    if st[name] is None:
+                        st[name] = targets[f"optim/{i}/{name}"]
+            self.opt.load_state_dict(sd)
+        best = {k[len("best/"):]: v for k, v in targets.items() if k.startswith("best/")}
+        return best or None

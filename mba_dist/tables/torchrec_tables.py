@@ -110,16 +110,10 @@ class TorchrecTableGroup(TableGroup):
             dist.all_reduce(bad)
         return int(bad.item()) == 0
 
-    def snapshot(self, weights: dict | None = None) -> dict:
+    def snapshot(self) -> dict:
         """{table: [(shard index, this rank's copy of the shard)]}."""
-        out = {}
-        for key in self.keys:
-            model, entity = key.rsplit("_", 1)
-            whole = None if weights is None else weights[model][ENTITIES.index(entity)]
-            out[key] = [(_shard_index(s), (s.tensor.detach() if whole is None
-                                           else whole[_shard_index(s)]).cpu().clone())
-                        for s in self._sharded(key).local_shards()]
-        return out
+        return {key: [(_shard_index(s), s.tensor.detach().cpu().clone())
+                      for s in self._sharded(key).local_shards()] for key in self.keys}
 
     def snapshot_weights(self, snap: dict, model: str) -> tuple[torch.Tensor, torch.Tensor]:
         dev = collective_device()
@@ -149,61 +143,45 @@ class TorchrecTableGroup(TableGroup):
     def optimizer_state(self) -> dict:
         return {} if self.frozen else self.dmp.fused_optimizer.state_dict()
 
-    def state(self) -> dict:
-        tables = {k: full_tensor(self._sharded(k)) for k in self.keys}
-        return {"tables": tables, "optim": {} if self.frozen else self._optim_state()}
+    def shard_state(self, best: dict | None = None) -> tuple[dict, dict]:
+        out = {f"tables/{k}": self._sharded(k) for k in self.keys}
+        if not self.frozen:  # the fused optimizer's state of the shards this rank holds
+            for param, st in self.optimizer_state()["state"].items():
+                out.update({f"optim/{param}/{n}": t for n, t in st.items()})
+        for key, parts in (best or {}).items():
+            out[f"best/{key}"] = self._as_sharded(key, [t for _, t in parts])
+        return out, {}
 
-    def _optim_state(self) -> dict:
-        # A rank's fused optimizer lists only the state of the shards it holds, so the ranks
-        # first agree on every (parameter, state) with its shape, then gather each in sorted
-        # order (collectives must match), a rank without a shard adding zeros.
-        live = self.optimizer_state()["state"]
-        mine = {(p, n): (tuple(t.size()), t.dtype) for p, st in live.items() for n, t in st.items()}
-        every = [None] * dist.get_world_size()
-        dist.all_gather_object(every, mine)
-        union = {k: v for d in every for k, v in d.items()}
-        out: dict[str, dict] = {}
-        for p, n in sorted(union):
-            shape, dtype = union[(p, n)]
-            out.setdefault(p, {})[n] = full_tensor(live.get(p, {}).get(n), shape, dtype)
-        return out
+    def restore(self, load, sizes: dict, extra: dict) -> dict | None:
+        targets, _ = self.shard_state()
+        has_best = any(k.startswith("best/") for k in sizes)
+        if has_best:
+            targets.update({f"best/{k}": self._as_sharded(k, [
+                torch.zeros_like(s.tensor) for s in self._sharded(k).local_shards()])
+                for k in self.keys})
+        with torch.no_grad():
+            load(targets)
+        if not has_best:
+            return None
+        return {k: [(_shard_index(s), s.tensor.cpu()) for s in targets[f"best/{k}"].local_shards()]
+                for k in self.keys}
 
-    def load_state(self, state: dict) -> None:
-        for k, full in state["tables"].items():
-            load_shards(self._sharded(k), full)
-        live = self.optimizer_state()["state"] if not self.frozen else {}
-        for param, st in state["optim"].items():
-            for name, full in st.items():
-                if name in live.get(param, {}):  # shards held by this rank only
-                    load_shards(live[param][name], full)
+    def _as_sharded(self, key: str, parts: list[torch.Tensor]):
+        """A ShardedTensor over `parts` (this rank's shards of table `key`, in the order of its
+        `local_shards()`), with the live table's plan (parts on the table's device are used as
+        they are, others copied there)."""
+        from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor
+
+        live = self._sharded(key)
+        shards = [Shard(tensor=t.to(s.tensor.device), metadata=s.metadata)
+                  for t, s in zip(parts, live.local_shards(), strict=True)]
+        return ShardedTensor._init_from_local_shards_and_global_metadata(
+            shards, live.metadata(), process_group=live._process_group)
 
 
 def _shard_index(shard) -> tuple[slice, ...]:
     return tuple(slice(o, o + n) for o, n in
                  zip(shard.metadata.shard_offsets, shard.metadata.shard_sizes))
-
-
-def full_tensor(sharded, size=None, dtype=None) -> torch.Tensor:
-    """The whole tensor of a ShardedTensor (weights or optimizer state, any sharding), on CPU:
-    each rank writes its shards into a zeroed buffer and the buffers are summed. Collective;
-    a rank that has no such tensor passes None with its global size and dtype."""
-    shards = sharded.local_shards() if sharded is not None else []
-    size = sharded.size() if sharded is not None else size
-    dtype = shards[0].tensor.dtype if shards else (dtype or torch.float32)
-    dev = collective_device()
-    buf = torch.zeros(size, dtype=dtype, device=dev)
-    for shard in shards:
-        buf[_shard_index(shard)] = shard.tensor.detach().to(dev)
-    if dist.get_world_size() > 1:
-        dist.all_reduce(buf)
-    return buf.cpu()
-
-
-def load_shards(sharded, full: torch.Tensor) -> None:
-    """Copy this rank's shards of `full` into a ShardedTensor (the inverse of `full_tensor`)."""
-    with torch.no_grad():
-        for shard in sharded.local_shards():
-            shard.tensor.copy_(full[_shard_index(shard)])
 
 
 class ShardedFactors:

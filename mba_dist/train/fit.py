@@ -16,6 +16,7 @@ import itertools
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator, NamedTuple, Protocol
 
 import torch
@@ -48,14 +49,15 @@ class Source(Protocol):
 
 
 class Checkpointer(Protocol):
-    """Called by every rank after every epoch; `state()` is collective (all ranks call it the
-    same epochs) and returns the resumable state (`checkpoint.resume_state`)."""
+    """Called by every rank after every epoch; `save(directory)` is collective (all ranks call
+    it the same epochs) and writes the resumable state there (`checkpoint.save_resume`: each
+    rank its shards, so ranks may pass directories of their own that are merged later)."""
 
-    def epoch_end(self, record: dict, state: Callable[[], dict]) -> None: ...
+    def epoch_end(self, record: dict, save: Callable[[Path], None]) -> None: ...
 
 
 class NoCheckpoints:
-    def epoch_end(self, record: dict, state: Callable[[], dict]) -> None:
+    def epoch_end(self, record: dict, save: Callable[[Path], None]) -> None:
         pass
 
 
@@ -75,10 +77,7 @@ class FitState:
     epoch: int = 0  # last finished epoch
     stage_steps: int = 0
     best: dict = field(default_factory=lambda: {"recall@20": -1.0})
-    best_epoch: int = -1
-    # the best epoch's whole tables: filled only in a resumable state and at the stage's end
-    # (the loop keeps each rank's part, `TableGroup.snapshot`)
-    best_weights: dict | None = None
+    best_epoch: int = -1  # its tables: each rank's part (`TableGroup.snapshot`)
     history: list = field(default_factory=list)
     seconds: float = 0.0
     triples: int = 0
@@ -117,7 +116,7 @@ class Worker:
     log: Callable[[dict], None] = lambda record: None  # one epoch record (rank 0 writes it)
     global_step: int = 0
     finished: dict[str, StageResult] = field(default_factory=dict)  # saved in resumable states
-    resume: dict | None = None  # a resumable state to continue from (`fit_stage`)
+    resume: checkpoint.ResumeState | None = None  # a state to continue from (`fit_stage`)
 
     @classmethod
     def of(cls, cfg: C.Config, data: TrainData, source: Source | None = None,
@@ -183,13 +182,9 @@ def fit_stage(w: Worker, stage: StageInput, max_epochs: int, patience: int, step
     f = FitState()
     best: list = []  # each group's snapshot of the best epoch (this rank's part only)
     if w.resume is not None and w.resume["stage"] == name:
-        for g, gs in zip(groups, w.resume["groups"], strict=True):
-            g.load_state(gs)
+        best = w.resume.restore(groups) or []  # this rank's shards, of any earlier world size
         w.global_step = w.resume["global_step"]
         f = FitState(**w.resume["fit"])
-        if f.best_weights is not None:
-            best = [g.snapshot(f.best_weights) for g in groups]
-        f.best_weights = None
         w.resume = None
     every, every_steps = w.cfg.train.eval_every, w.cfg.train.eval_every_steps
     sel = w.selection()[2]
@@ -256,10 +251,10 @@ def fit_stage(w: Worker, stage: StageInput, max_epochs: int, patience: int, step
         f.epoch = epoch
         w.progress(name, epoch, max_epochs, record)
         stopped = bool(best) and epoch - f.best_epoch >= patience
-        w.checkpointer.epoch_end(record, lambda: checkpoint.resume_state(
-            w.cfg, {k: st.as_dict() for k, st in w.finished.items()}, name, w.global_step,
-            {**dataclasses.asdict(f), "best_weights": best_weights()},
-            [g.state() for g in groups]))
+        w.checkpointer.epoch_end(record, lambda directory: checkpoint.save_resume(
+            directory, checkpoint.resume_state(
+                w.cfg, {k: st.as_dict() for k, st in w.finished.items()}, name, w.global_step,
+                dataclasses.asdict(f)), groups, best))
     return StageResult(name, best_weights(), f.best_epoch, f.best, f.epoch, f.seconds,
                        f.triples, f.history)
 

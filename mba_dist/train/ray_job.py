@@ -9,11 +9,12 @@ worker restarts the whole group from the last epoch checkpoint (`RayCheckpoints`
 from __future__ import annotations
 
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from mba_dist import config as C
 from mba_dist.dist.ray import init_ray, input_error, quiet_worker_logs, ray_train_log_level
-from mba_dist.train.checkpoint import RESUME_STATE_FILE, load_resume_state
+from mba_dist.train.checkpoint import RESUME_STATE_FILE, ResumeState, load_resume_state
 from mba_dist.train.fit import no_progress, selected
 from mba_dist.train.runner import run_training
 
@@ -30,15 +31,15 @@ def print_progress(stage: str, epoch: int, total: int, info: dict) -> None:
 
 
 class RayCheckpoints:
-    """Reports every epoch to Ray Train; every `every` epochs with a checkpoint of the whole
-    resumable state (rank 0 stages it through the run directory; Ray copies it into the run's
-    storage and registers it only once complete, so a failure never leaves a half-written
-    checkpoint)."""
+    """Reports every epoch to Ray Train; every `every` epochs with a checkpoint of the resumable
+    state (each rank stages its shards, rank 0 also state.pt, in a directory of its own; Ray
+    merges them in the run's storage and registers the checkpoint only once complete, so a
+    failure never leaves a half-written one)."""
 
     def __init__(self, every: int, rank: int, run):
         self.every, self.rank, self.run = every, rank, run
 
-    def epoch_end(self, record: dict, state) -> None:
+    def epoch_end(self, record: dict, save) -> None:
         import ray.train
 
         sel = selected(record)
@@ -48,18 +49,14 @@ class RayCheckpoints:
         if not (self.every and record["epoch"] % self.every == 0):
             ray.train.report(metrics)
             return
-        st = state()  # collective: every rank gathers
-        if self.rank != 0:
-            ray.train.report(metrics)
-            return
-        with self.run.staged_resume_state(st, RESUME_STATE_FILE) as d:
+        with self.run.ray_staged_resume_state() as d:
+            save(Path(d))  # collective: each rank writes its shards
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
-def resume_state_of(ckpt) -> dict:
-    """The resumable state inside a Ray checkpoint (a clear error when it is not one)."""
-    with ckpt.as_directory() as d:
-        return load_resume_state(Path(d) / RESUME_STATE_FILE)
+def resume_state_of(directory: str) -> ResumeState:
+    """The resumable state in a Ray checkpoint's directory (a clear error when it is not one)."""
+    return load_resume_state(Path(directory) / RESUME_STATE_FILE)
 
 
 def _train_loop_per_worker(loop_config: dict) -> None:
@@ -82,15 +79,17 @@ def _train_loop_per_worker(loop_config: dict) -> None:
     rank = dist.get_rank()
     device = ray.train.torch.get_device() if loop_config["use_gpu"] else None
     ckpt = ray.train.get_checkpoint()
-    resume = resume_state_of(ckpt) if ckpt is not None else None
-    if resume is not None and rank == 0:
-        sys.stdout.write(f"[mba-dist] resuming from {ckpt.path}: stage {resume['stage']} after "
-                         f"epoch {resume['fit']['epoch']}\n")
-    run = loop_config["run"]
-    lines = rank == 0 and loop_config["epoch_lines"]
-    run_training(cfg, loop_config["data"], run, print_progress if lines else no_progress,
-                 source=source, device=device, resume=resume, reused=loop_config["reused"],
-                 checkpointer=RayCheckpoints(cfg.train.checkpoint_every, rank, run))
+    # The checkpoint's directory (a local copy of a remote one) stays while the shards are read.
+    with ckpt.as_directory() if ckpt is not None else nullcontext() as d:
+        resume = resume_state_of(d) if d is not None else None
+        if resume is not None and rank == 0:
+            sys.stdout.write(f"[mba-dist] resuming from {ckpt.path}: stage {resume['stage']} "
+                             f"after epoch {resume['fit']['epoch']}\n")
+        run = loop_config["run"]
+        lines = rank == 0 and loop_config["epoch_lines"]
+        run_training(cfg, loop_config["data"], run, print_progress if lines else no_progress,
+                     source=source, device=device, resume=resume, reused=loop_config["reused"],
+                     checkpointer=RayCheckpoints(cfg.train.checkpoint_every, rank, run))
 
 
 def _worker_resources(use_gpu: bool, cpus: float | None) -> dict | None:

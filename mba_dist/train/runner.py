@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Protocol
+from typing import ContextManager, Protocol
 
 import torch
 
 from mba_dist import config as C
 from mba_dist.data.dataset import Dataset
 from mba_dist.data.train_data import TrainData
-from mba_dist.dist.collective import rank_world
+from mba_dist.dist.collective import from_rank0, rank_world
 from mba_dist.errors import ConfigError
 from mba_dist.eval import baselines
 from mba_dist.mba.roles import Model
@@ -40,23 +41,33 @@ class RunOutputs(Protocol):
 
     def save_stage(self, name: str, blob: bytes) -> None: ...
 
-    def save_resume_state(self, blob: bytes) -> None: ...
+    def staged_resume_state(self) -> "ContextManager[Path]": ...
+
+    def commit_resume_state(self, staged: Path) -> None: ...
 
     def write_metrics(self, metrics: dict) -> None: ...
 
 
 class FileCheckpoints:
     """The `Checkpointer` of a run outside Ray Train (`--local`): every `every` epochs the
-    resumable state replaces the previous one in `out` (`RunOutputs.save_resume_state`)."""
+    resumable state replaces the previous one in `out` (rank 0's; the ranks of one host write
+    their shards into the directory it stages, which it swaps in once all have written)."""
 
     def __init__(self, every: int, out: RunOutputs | None):
         self.every, self.out = every, out
 
-    def epoch_end(self, record: dict, state) -> None:
-        if self.every and record["epoch"] % self.every == 0:
-            st = state()  # collective: every rank gathers
-            if self.out is not None and rank_world()[0] == 0:
-                self.out.save_resume_state(checkpoint.resume_bytes(st))
+    def epoch_end(self, record: dict, save) -> None:
+        if not (self.every and record["epoch"] % self.every == 0):
+            return
+        with (self.out.staged_resume_state() if self.out is not None else nullcontext()) as d:
+            d = from_rank0(d)
+            if d is None:
+                return
+            save(Path(d))  # collective
+            if rank_world()[1] > 1:
+                torch.distributed.barrier()  # every rank's shards are written
+            if self.out is not None:
+                self.out.commit_resume_state(Path(d))
 
 
 class FinishedStages(Protocol):
