@@ -110,6 +110,10 @@ class TrainConfig:
     # a fixed start (a distributed shuffle; ~3 s on 2 cores) that small data does not need.
     input: Literal["auto", "stream", "memory"] = "auto"
     stream_min_rows: int = 2_000_000
+    # How the stream orders an epoch: blocks (each part is shuffled once per run into blocks;
+    # every epoch takes the blocks in a new order through a local shuffle buffer: no
+    # all-to-all per epoch) or full (Ray Data's random_shuffle of every part, every epoch)
+    stream_shuffle: Literal["blocks", "full"] = "blocks"
     checkpoint_every: int = 1  # a resumable checkpoint every N epochs (0 = none; Ray or --local)
 
 

@@ -48,6 +48,44 @@ def test_two_workers_stream_every_stage(tiny_dataset, tmp_path):
     assert (out / "ray").is_dir() and not list((out / "ray").rglob("state.pt"))
 
 
+def test_stream_gives_every_row_once_per_epoch_in_a_new_order(tiny_dataset):
+    """Both epoch orders of the stream (`train.stream_shuffle`): an epoch streams every train
+    row once (less the dropped tail), in an order that is not the file's and changes from
+    epoch to epoch."""
+    import numpy as np
+    import ray
+
+    from mba_dist.data.dataset import Dataset
+    from mba_dist.data.stream import StreamPlan, StreamSource
+    from mba_dist.dist.ray import init_ray
+    from mba_dist.mba.stages import stage_plan
+
+    started = init_ray()
+    try:
+        target = Dataset(tiny_dataset).pairs("train", "purchase")
+        want = set(zip(target.users.tolist(), target.items.tolist()))
+        for mode in ("blocks", "full"):
+            cfg = C.load_config("configs/synthetic.yaml", [
+                "data.aux=click", "train.batch_size=32", f"train.stream_shuffle={mode}"])
+            plan = StreamPlan(cfg, str(tiny_dataset))
+            stage = next(st for st in stage_plan(cfg) if st.name == "pre_f")
+            source = StreamSource({"pre_f": plan.datasets()["pre_f"].iterator()}, cfg.train,
+                                  cfg.mba.batch_order, 1, plan.part_rows())
+            orders = []
+            for epoch in (1, 2):
+                pairs = [(int(u), int(i)) for b in source.epoch(stage, epoch)
+                         for u, i in zip(b.users, b.pos)]
+                assert len(pairs) == len(set(pairs)) > len(want) - 32, mode
+                assert set(pairs) <= want, mode
+                orders.append(pairs)
+            assert orders[0] != orders[1], mode
+            users = np.array([u for u, _ in orders[0]])
+            assert (np.diff(users) < 0).sum() > len(users) // 4, mode  # not in file order
+    finally:
+        if started:
+            ray.shutdown()
+
+
 def test_auto_input_streams_large_data_only(tiny_dataset):
     from mba_dist.train.ray_job import streams
     from mba_dist.data.stream import train_rows

@@ -6,7 +6,11 @@ pair set by `pair_sets.build` (the definition the in-memory source uses too):
     read_parquet(train/<behavior>.parquet)            never whole in one process
       -> drop target pairs (part aux_only only)      map_batches, target keys
       -> [union of parts, BPR stages]
-      -> random_shuffle()                             a fresh order every epoch
+      -> order of the epoch (`train.stream_shuffle`):
+           blocks: random_shuffle into blocks, once per run (materialized in the object
+                   store), then randomize_block_order() every epoch, and a local shuffle
+                   buffer of SHUFFLE_BUFFER_BATCHES batches in each worker
+           full:   random_shuffle() every epoch (an all-to-all before the first batch)
       -> add one negative per row                     map_batches, vectorised sampler
 
 and Ray Train splits each across the workers (`get_dataset_shard`, `streaming_split` with
@@ -17,6 +21,10 @@ steps: the global batch is W local batches, as in `MemorySource`.
 The sorted keys (user * num_items + item) that the filter and the sampler need are built by Ray
 tasks from the Parquet files and put in the object store once; map tasks fetch them once per
 worker process, never per batch (`stream_ops`, which Ray workers import without torch).
+
+`blocks` trades shuffle quality for speed: every block is a uniform sample of the part, fixed for
+the run, and an epoch visits the blocks in a new random order, mixing rows of a few neighbouring
+blocks in the buffer; a full shuffle draws a new permutation of all rows each epoch.
 
 Unlike `MemorySource`, the stream is not bit-reproducible: the shuffle and the negatives draw
 fresh entropy each epoch (Ray Data's block layout decides which task sees which rows).
@@ -36,6 +44,11 @@ from mba_dist.data.stream_ops import (add_negatives, drop_known, keys_of, subtra
                                       union_keys)
 from mba_dist.errors import ConfigError
 from mba_dist.mba.stages import PART_KIND, StageInput, stage_plan
+
+
+ROWS_PER_BLOCK = 16_384  # blocks of the once-per-run shuffle (at least MIN_BLOCKS of them)
+MIN_BLOCKS = 16
+SHUFFLE_BUFFER_BATCHES = 4  # the workers' local shuffle buffer, in local batches
 
 
 def shard_name(stage: StageInput, part: str) -> str:
@@ -87,15 +100,18 @@ class _KeyOps:
 
 
 class StreamPlan:
-    """The driver's lazy Ray datasets for every stage of a config, keyed by shard name."""
+    """The driver's Ray datasets for every stage of a config that the run trains (`skip`: the
+    stages it takes from an earlier run), keyed by shard name."""
 
-    def __init__(self, cfg: C.Config, data_dir: str):
+    def __init__(self, cfg: C.Config, data_dir: str, skip=()):
         self.cfg, self.ds = cfg, Dataset(data_dir)
         pair_sets.check_dataset(cfg, self.ds)
         self.files = {role: [str(self.ds.path(s, b)) for s, b in splits]
                       for role, splits in pair_sets.role_files(cfg, self.ds).items()}
         self.rows = pair_sets.role_rows(cfg, self.ds)
         self._keys: dict[str, object] = {}
+        self._shuffled: dict[str, object] = {}
+        self.skip = set(skip)
 
     def keys(self, name: str):
         """The object-store ref of a pair set's sorted keys, built once (a behavior's by a Ray
@@ -108,15 +124,30 @@ class StreamPlan:
                 self._keys[name] = pair_sets.build(name, _KeyOps(self))
         return self._keys[name]
 
+    def _ordered(self, part: str):
+        """The rows of pair set `part` in an epoch's order (module docstring)."""
+        rows = pair_sets.build(part, _RowOps(self))
+        if self.cfg.train.stream_shuffle == "full":
+            return rows.random_shuffle()
+        if part not in self._shuffled:  # shared by the stages that read the same set
+            rows_of = self.part_rows()  # merged: target + aux_only (upper bounds serve here)
+            n = rows_of.get(part, rows_of.get("target", 0) + rows_of.get("aux_only", 0))
+            blocks = max(MIN_BLOCKS, -(-n // ROWS_PER_BLOCK))
+            self._shuffled[part] = rows.random_shuffle(seed=self.cfg.train.seed).repartition(
+                blocks).materialize()
+        return self._shuffled[part].randomize_block_order()
+
     def _sampled(self, stage: StageInput, part: str):
         keys = self.keys(stage.exclude) if self.cfg.train.negatives == "exclude" else None
-        return pair_sets.build(part, _RowOps(self)).random_shuffle().map_batches(
+        return self._ordered(part).map_batches(
             add_negatives, fn_kwargs={"keys_ref": keys, "num_items": self.ds.num_items},
             batch_format="numpy")
 
     def datasets(self) -> dict:
         out = {}
         for stage in stage_plan(self.cfg):
+            if stage.name in self.skip:
+                continue
             if stage.by_kind:
                 for p in stage.parts:
                     out[shard_name(stage, p)] = self._sampled(stage, p)
@@ -140,6 +171,8 @@ class StreamSource:
                  part_rows: dict[str, int]):
         self.shards, self.local = shards, train.batch_size // world
         self.seed, self.batch_order, self.part_rows = train.seed, batch_order, part_rows
+        self.buffer = (SHUFFLE_BUFFER_BATCHES * self.local
+                       if train.stream_shuffle == "blocks" else None)
 
     def check(self, stage: StageInput) -> None:
         for p in (stage.parts if stage.by_kind else ("",)):
@@ -148,7 +181,8 @@ class StreamSource:
 
     def _iter(self, name: str, kind) -> Iterator[Batch]:
         for b in self.shards[name].iter_batches(batch_size=self.local, drop_last=True,
-                                                batch_format="numpy", prefetch_batches=2):
+                                                batch_format="numpy", prefetch_batches=2,
+                                                local_shuffle_buffer_size=self.buffer):
             yield Batch(kind, b["user"], b["item"], b["neg"])
 
     def epoch(self, stage: StageInput, epoch: int) -> Iterator[Batch]:

@@ -16,7 +16,7 @@ from mba_dist import config as C
 from mba_dist.dist.ray import init_ray, input_error, quiet_worker_logs, ray_train_log_level
 from mba_dist.train.checkpoint import RESUME_STATE_FILE, ResumeState, load_resume_state
 from mba_dist.train.fit import no_progress, selected
-from mba_dist.train.runner import run_training
+from mba_dist.train.runner import reused_stages, run_training
 
 
 def print_progress(stage: str, epoch: int, total: int, info: dict) -> None:
@@ -152,7 +152,8 @@ def run_with_ray(cfg: C.Config, data_dir: str | Path, run, num_workers: int = 1,
     try:
         datasets, part_rows = {}, {}
         if stream:
-            plan = StreamPlan(cfg, data)
+            skip = reused_stages(reused, cfg) if cfg.method == "mba" and reused else ()
+            plan = StreamPlan(cfg, data, skip)
             datasets, part_rows = plan.datasets(), plan.part_rows()
         trainer = TorchTrainer(
             _train_loop_per_worker,

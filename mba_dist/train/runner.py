@@ -82,16 +82,21 @@ class FinishedStages(Protocol):
     def stage_info(self, name: str) -> dict: ...
 
 
-def reuse_pretrained(earlier: FinishedStages, cfg: C.Config) -> dict[str, StageResult]:
-    """Stage-1 results of an earlier run (`pretrain.from_run`).
-
-    pre_f is reused when the earlier run had the same target; pre_g and mf_merged only when it
-    also had the same auxiliary behavior (otherwise the caller trains them)."""
+def reused_stages(earlier: FinishedStages, cfg: C.Config) -> list[str]:
+    """The stages `run_training` takes from an earlier run (`pretrain.from_run`) instead of
+    training them: pre_f when the earlier run had the same target; pre_g only when it also had
+    the same auxiliary behavior, and then mf_merged too (taken from it or not trained at all:
+    the merged baseline comes with a trained pre_g)."""
     names = ["pre_f"]
     if earlier.cfg.data.aux == cfg.data.aux:
-        names.append("pre_g")
-        if cfg.train.merged_baseline and earlier.has_stage("mf_merged"):
-            names.append("mf_merged")
+        names += ["pre_g", "mf_merged"]
+    return names
+
+
+def reuse_pretrained(earlier: FinishedStages, cfg: C.Config) -> dict[str, StageResult]:
+    """Stage-1 results of an earlier run (`pretrain.from_run`, `reused_stages`)."""
+    names = [n for n in reused_stages(earlier, cfg)
+             if n != "mf_merged" or (cfg.train.merged_baseline and earlier.has_stage(n))]
     out = {}
     for n in names:
         info = earlier.stage_info(n)
