@@ -41,6 +41,10 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     a = p.parse_args(argv)
     ray_dir = Path(a.out) / "run" / "ray"
+    if (Path(a.out) / "run" / "metrics.json").exists():  # the demo would reuse it: no training
+        print(f"{a.out} holds a finished demo run, which would be reused without writing a "
+              "checkpoint; choose another --out", file=sys.stderr)
+        return 2
     cmd = [sys.executable, "-m", "launch.cli", "demo", "--out", a.out]
     for kv in a.set:
         cmd += ["--set", kv]
