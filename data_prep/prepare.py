@@ -92,7 +92,8 @@ def carve_valid(users: np.ndarray, items: np.ndarray, fraction: float, seed: int
     """
     rng = np.random.default_rng(seed)
     key = rng.random(len(users))
-    in_order = len(users) == 0 or bool(np.all(users[1:] >= users[:-1]))  # prepare's pairs are
+    # prepare's pairs are sorted by user: one sort of codes then decides (`_smallest_keys`)
+    in_order = len(users) == 0 or bool(np.all(users[1:] >= users[:-1]))
     order = None if in_order else _by_user_then_key(users, key)
     u_sorted = users if in_order else users[order]
     starts = np.r_[0, np.flatnonzero(np.diff(u_sorted)) + 1]

@@ -156,7 +156,12 @@ class RunDir:
         (`local_state_path`), or Ray Train's run of it in RUN/ray or in a `storage` on a local
         path (a remote storage is not looked into; the workers check what they resume)."""
         if local:
-            return self.local_state_path if self.local_state_path.is_file() else None
+            if self.local_state_path.is_file():
+                return self.local_state_path
+            # a kill between the two renames of a swap leaves the last state under its .old name
+            final = self.local_state_path.parent
+            old = list(final.parent.glob(f".{final.name}.old-*/{checkpoint.RESUME_STATE_FILE}"))
+            return max(old, key=lambda p: p.stat().st_mtime) if old else None
         if storage is not None and "://" in storage:
             return None
         ray_dir = Path(self.ray_storage(storage)) / self.ray_run_name(storage, fresh=False)

@@ -107,3 +107,17 @@ def test_an_unresumable_state_in_a_shared_storage_is_refused_too(tiny_dataset, t
                "--out", str(run.root), "--storage", storage] + _sets(FAST))
     assert rc == 2 and "mba.c1" in capsys.readouterr().err
     assert not run.root.exists()
+
+
+def test_a_local_state_moved_aside_by_a_killed_swap_is_still_resumed(tmp_path):
+    """A kill between swap_in's two renames leaves RUN/checkpoint missing and the last state
+    under its .old name: the run resumes that one instead of starting over."""
+    run = RunDir(tmp_path / "run")
+    assert run.latest_resume_state(local=True) is None
+    aside = run.root / ".checkpoint.old-123@host-abc" / "state.pt"
+    aside.parent.mkdir(parents=True)
+    aside.write_bytes(b"x")
+    assert run.latest_resume_state(local=True) == aside
+    run.local_state_path.parent.mkdir()
+    run.local_state_path.write_bytes(b"y")
+    assert run.latest_resume_state(local=True) == run.local_state_path

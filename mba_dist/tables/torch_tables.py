@@ -5,6 +5,7 @@ a GPU no host sync; `optim.torch_sparse`), whole-table Adam for the authors' den
 """
 from __future__ import annotations
 
+import copy
 from typing import Iterable
 
 import torch
@@ -109,7 +110,7 @@ class TorchTableGroup(TableGroup):
         with torch.no_grad():
             load(targets)
         if self.opt is not None and "optim" in extra:
-            sd = extra["optim"]
+            sd = copy.deepcopy(extra["optim"])  # the state's own stays as read
             for i, st in sd["state"].items():
                 for name in st:
                     if st[name] is None:

@@ -121,10 +121,16 @@ class ResumeState(dict):
             prefix = f"g{n}/"
 
             def load(targets: dict, prefix=prefix) -> None:
-                with _one_process_is_meant():
-                    dcp.load({prefix + k: v for k, v in targets.items()},
-                             storage_reader=dcp.FileSystemReader(str(self.shards)),
-                             no_dist=not dist.is_initialized())
+                try:
+                    with _one_process_is_meant():
+                        dcp.load({prefix + k: v for k, v in targets.items()},
+                                 storage_reader=dcp.FileSystemReader(str(self.shards)),
+                                 no_dist=not dist.is_initialized())
+                except (OSError, RuntimeError, ValueError, KeyError) as e:  # a rank's file lost
+                    raise CheckpointError(f"resumable state {self.path.parent}: its shards do "
+                                          f"not load ({type(e).__name__}: "
+                                          f"{str(e).splitlines()[0][:200] if str(e) else ''})"
+                                          ) from None
             sizes = {k[len(prefix):]: m for k, m in saved.items() if k.startswith(prefix)}
             best.append(g.restore(load, sizes, self["groups"][n]))
         return best if all(b is not None for b in best) else None

@@ -59,15 +59,16 @@ class FileCheckpoints:
     def epoch_end(self, record: dict, save) -> None:
         if not (self.every and record["epoch"] % self.every == 0):
             return
-        with (self.out.staged_resume_state() if self.out is not None else nullcontext()) as d:
+        out = self.out if rank_world()[0] == 0 else None  # rank 0 stages and swaps in
+        with (out.staged_resume_state() if out is not None else nullcontext()) as d:
             d = from_rank0(d)
             if d is None:
                 return
             save(Path(d))  # collective
             if rank_world()[1] > 1:
                 torch.distributed.barrier()  # every rank's shards are written
-            if self.out is not None:
-                self.out.commit_resume_state(Path(d))
+            if out is not None:
+                out.commit_resume_state(Path(d))
 
 
 class FinishedStages(Protocol):
@@ -108,11 +109,12 @@ def reuse_pretrained(earlier: FinishedStages, cfg: C.Config) -> dict[str, StageR
 def run_training(cfg: C.Config, data_dir: str | Path, out: RunOutputs | None,
                  progress: Progress = no_progress, source: Source | None = None,
                  device: torch.device | None = None, checkpointer: Checkpointer | None = None,
-                 resume: dict | None = None, reused: FinishedStages | None = None,
+                 resume: checkpoint.ResumeState | None = None,
+                 reused: FinishedStages | None = None,
                  read_test: bool = True) -> dict:
     """The worker function (module docstring). Batches come from `source` (default: the
-    dataset's pairs in memory, split by rank). After every epoch `checkpointer` gets a
-    resumable state; `resume` (such a state) continues a run: its finished stages are kept and
+    dataset's pairs in memory, split by rank). After every epoch `checkpointer` may write a
+    resumable state; `resume` (one, `checkpoint.load_resume_state`) continues a run: its finished stages are kept and
     its current stage goes on after the saved epoch. `reused`: the run of `pretrain.from_run`
     (its stage-1 models are not trained again). `out` may be None (nothing is kept).
     `read_test=False` (a search trial): the test set is not read; the metrics hold the
