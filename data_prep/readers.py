@@ -154,7 +154,7 @@ def _arrow_columns(path: Path, sep: str, skip: int, kind: pa.DataType,
         if kind == pa.string():
             u, i = pc.utf8_trim_whitespace(u), pc.utf8_trim_whitespace(i)
             if pc.any(pc.or_(pc.match_substring_regex(u, _BAD_ID),
-                                       pc.match_substring_regex(i, _BAD_ID))).as_py():
+                             pc.match_substring_regex(i, _BAD_ID))).as_py():
                 return None
         users.append(u)
         items.append(i)

@@ -138,11 +138,11 @@ def run_training(cfg: C.Config, data_dir: str | Path, out: RunOutputs | None,
             writer.save_stage(st.name, checkpoint.stage_bytes(st.name, st.best_epoch, st.weights, cfg))
         stages[st.name] = st
 
-    from_run: set[str] = set()
+    from_run: set[str] = set()  # not trained here (`reused_stages`), whether loaded or not
     if cfg.method == "mba" and reused is not None:
         for st in reuse_pretrained(reused, cfg).values():
             keep(st)
-            from_run.add(st.name)
+        from_run = set(reused_stages(reused, cfg))
     if resume is not None:
         checkpoint.check_resumable(resume, cfg)
         for name, d in resume["finished"].items():
@@ -154,8 +154,7 @@ def run_training(cfg: C.Config, data_dir: str | Path, out: RunOutputs | None,
 
     t0 = time.perf_counter()
     for stage in stage_plan(cfg):
-        # The merged baseline comes with a trained pre_g, not with one reused from a run.
-        if stage.name in stages or (stage.name == "mf_merged" and "pre_g" in from_run):
+        if stage.name in stages or stage.name in from_run:
             continue
         if stage is MBA_INPUT and cfg.mba.joint_pretrain:
             st = fit_mba(w, None, None)
