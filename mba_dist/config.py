@@ -126,6 +126,10 @@ class EvalConfig:
     # "+aux_first" rows of the MF and MBA models in the table, and the run's recommendations
     # ordered so. Model selection stays on the plain ranking.
     aux_first: bool = False
+    # Fraction of the users ranked in every evaluation (validation, test, baselines): 1 ranks
+    # every user; below 1, a fixed sample by a hash of the user id and train.seed, the same in
+    # every evaluation and world size, for catalogs where ranking every user costs too much.
+    user_fraction: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -278,7 +282,7 @@ RANGES = (
     ("train.batch_size", 1, True), ("train.eval_every", 1, True), ("train.eval_every_steps", 0, True),
     ("train.max_steps_per_epoch", 0, True), ("train.data_threads", 0, True),
     ("train.stream_min_rows", 0, True), ("train.checkpoint_every", 0, True),
-    ("eval.memory_mb", 1, True), ("eval.top_n", 1, True),
+    ("eval.memory_mb", 1, True), ("eval.top_n", 1, True), ("eval.user_fraction", 0.0, False),
 )
 ZERO_MEANS = {"train.eval_every_steps": "off", "train.max_steps_per_epoch": "all steps",
               "train.data_threads": "one per four cores", "train.checkpoint_every": "none"}
@@ -319,6 +323,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.aux and data.target are both {cfg.data.target!r}")
     if not 0.0 <= cfg.mba.beta <= 1.0:
         raise ConfigError(f"mba.beta must be in [0, 1], got {cfg.mba.beta}")
+    if cfg.eval.user_fraction > 1.0:
+        raise ConfigError(f"eval.user_fraction must be in (0, 1], got {cfg.eval.user_fraction}")
     for key in ("alpha_f", "alpha_g"):
         if getattr(cfg.mba, key) is not None and getattr(cfg.mba, key) < 0:
             raise ConfigError(f"mba.{key} must be at least 0, got {getattr(cfg.mba, key)}")
@@ -339,6 +345,12 @@ def validate(cfg: Config) -> None:
                 else "is not available with model.backend=torch")
         raise ConfigError(f"optim.mode {cfg.optim.mode} {what}; use {', '.join(modes)} with "
                           f"model.backend={cfg.model.backend}")
+
+
+def evaluate_args(cfg: Config) -> dict[str, Any]:
+    """The keyword arguments of `eval.ranking.evaluate` that the config sets."""
+    return {"ks": cfg.eval.ks, "memory_mb": cfg.eval.memory_mb,
+            "user_fraction": cfg.eval.user_fraction, "seed": cfg.train.seed}
 
 
 def validate_world(cfg: Config, workers: int, stream: bool = False) -> None:

@@ -7,7 +7,7 @@ import pytest
 from mba_dist.config import TrainConfig
 from mba_dist.data.batches import MemorySource, prefetch
 from mba_dist.mba.stages import MBA_INPUT
-from mba_dist.data.pairs import CSR, Pairs, dedup_sorted
+from mba_dist.data.pairs import Pairs, dedup_sorted
 from mba_dist.data.train_data import TrainData
 
 
@@ -61,7 +61,7 @@ def _source(threads: int) -> MemorySource:
     users, items = rng.integers(0, 300, 5000), rng.integers(0, 200, 5000)
     target = Pairs(*dedup_sorted(users[:2000], items[:2000], 200))
     aux = Pairs(*dedup_sorted(users, items, 200))
-    data = TrainData(300, 200, target, aux, target, target, None, CSR(target, 300))
+    data = TrainData(300, 200, target, aux, target, target, None)
     train = TrainConfig(batch_size=128, negatives="exclude", seed=3, data_threads=threads)
     return MemorySource(data, train, batch_order="interleaved")
 

@@ -15,8 +15,8 @@ class DenseScorer:
 
     device = torch.device("cpu")
 
-    def set_users(self, block, mine):
-        self.users = block[mine]
+    def set_users(self, users):
+        self.users = users
 
     def scores(self, lo, hi):
         return self.s[self.users, lo:hi].clone()
@@ -111,14 +111,14 @@ def test_mba_scorer_blends_sigmoids():
     t = (torch.randn(4, 3), torch.randn(5, 3))
     f = (torch.randn(4, 3), torch.randn(5, 3))
     sc = mba_scorer(t, f, 0.7)
-    sc.set_users(torch.arange(4), torch.arange(4))
+    sc.set_users(torch.arange(4))
     s = sc.scores(0, 5)
     want = 0.7 * torch.sigmoid(t[0] @ t[1].T) + 0.3 * torch.sigmoid(f[0] @ f[1].T)
     torch.testing.assert_close(s, want)
     assert rng is not None
     g = (torch.randn(4, 3), torch.randn(5, 3))
     sc = mba_scorer(t, f, 0.5, g, 0.2)  # mba.blend_g: 0.2 of pre_f's weight goes to pre_g
-    sc.set_users(torch.arange(4), torch.arange(4))
+    sc.set_users(torch.arange(4))
     want = (0.5 * torch.sigmoid(t[0] @ t[1].T) + 0.3 * torch.sigmoid(f[0] @ f[1].T)
             + 0.2 * torch.sigmoid(g[0] @ g[1].T))
     torch.testing.assert_close(sc.scores(0, 5), want)
@@ -136,7 +136,7 @@ def test_masked_items_never_ranked_and_memory_scorer():
 def test_factor_scorer_raw_is_logit():
     U, I = torch.randn(2, 4), torch.randn(3, 4)
     sc = FactorScorer([(1.0, (U, I))], raw=True)
-    sc.set_users(torch.tensor([1, 0]), torch.tensor([1]))
+    sc.set_users(torch.tensor([0]))
     torch.testing.assert_close(sc.scores(1, 3), U[:1] @ I[1:3].T)
 
 
@@ -160,11 +160,37 @@ def test_aux_first_ranks_the_auxiliary_items_first_in_the_models_order():
     item = torch.tensor([[50.0], [-3.0], [2.0], [-80.0], [1.0]])
     aux = CSR(pairs([(0, 1), (0, 3)]), 1)
     sc = AuxFirst(mf_scorer((user, item)), aux)
-    sc.set_users(torch.arange(1), torch.arange(1))
+    sc.set_users(torch.arange(1))
     assert torch.argsort(sc.scores(0, 5)[0], descending=True).tolist() == [1, 3, 0, 2, 4]
     pop = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.05])
     a, b = AuxFirst(MemoryScorer(pop), aux), MemoryScorer(pop, aux)
     for s in (a, b):
-        s.set_users(torch.arange(1), torch.arange(1))
+        s.set_users(torch.arange(1))
     assert (torch.argsort(a.scores(0, 5)[0], descending=True).tolist()
             == torch.argsort(b.scores(0, 5)[0], descending=True).tolist())
+
+
+def test_user_fraction_ranks_a_fixed_sample_of_the_users():
+    """eval.user_fraction: the metrics of the sampled users alone, the same sample for every
+    seed-equal call, about the fraction asked for, another sample under another seed."""
+    from mba_dist import config as C
+    from mba_dist.eval.ranking import sampled
+    from mba_dist.eval.scorers import mf_scorer
+
+    rng = np.random.default_rng(5)
+    nu, ni = 400, 60
+    f = (torch.randn(nu, 4), torch.randn(ni, 4))
+    test = pairs(sorted({(int(u), int(i)) for u, i in zip(rng.integers(0, nu, 900),
+                                                           rng.integers(0, ni, 900))}))
+    keep = sampled(test.users, 0.3, seed=2)
+    assert np.array_equal(keep, sampled(test.users, 0.3, seed=2))
+    assert not np.array_equal(keep, sampled(test.users, 0.3, seed=3))
+    chosen = np.unique(test.users[keep])
+    assert 0.2 < len(chosen) / len(np.unique(test.users)) < 0.4
+    got = evaluate(mf_scorer(f), test, None, nu, ni, user_fraction=0.3, seed=2)
+    want = evaluate(mf_scorer(f), Pairs(test.users[keep], test.items[keep]), None, nu, ni)
+    assert got == want and got["users"] == len(chosen)
+    with pytest.raises(C.ConfigError, match="eval.user_fraction"):
+        C.load_config(None, ["eval.user_fraction=1.5"])
+    with pytest.raises(C.ConfigError, match="eval.user_fraction"):
+        C.load_config(None, ["eval.user_fraction=0"])

@@ -59,7 +59,7 @@ def test_one_and_two_ranks_match_brute_force():
     f, train_sets, test_sets, _, _ = case()
     dense = {"mf": f["t"][0] @ f["t"][1].T}
     sc = mba_scorer(f["t"], f["pre_f"], 0.7)
-    sc.set_users(torch.arange(U), torch.arange(U))
+    sc.set_users(torch.arange(U))
     dense["mba"] = sc.scores(0, I).clone()
     want = {k: oracle.ranking_metrics(s.numpy(), train_sets, test_sets, KS) for k, s in dense.items()}
     assert len(set(dense["mf"].flatten().tolist())) < 30  # integer logits: heavy ties
@@ -72,3 +72,57 @@ def test_one_and_two_ranks_match_brute_force():
                 ref = want[variant.split("_")[1]]
                 for k, v in ref.items():
                     assert got[k] == pytest.approx(v, abs=1e-9), (len(results), variant, k)
+
+
+def part_fn(root: str) -> dict:
+    """A rank's part of a dataset (its own users' pairs, read through row-group filters)
+    against the whole: the same pairs of its users, the same item counts, the same metrics."""
+    import pyarrow.parquet as pq
+
+    from mba_dist import config as C
+    from mba_dist.data.dataset import Dataset
+    from mba_dist.data.train_data import TrainData
+    from mba_dist.dist.collective import rank_world, user_range
+
+    cfg = C.load_config(None, ["data.aux=click"])
+    ds = Dataset(root)
+    lo, hi = user_range(ds.num_users, *rank_world())
+    whole, part = TrainData.load(ds, cfg), TrainData.load(ds, cfg, (lo, hi))
+    for name in ("target", "aux", "valid", "test", "truth"):
+        w, p = getattr(whole, name), getattr(part, name)
+        keep = (w.users >= lo) & (w.users < hi)
+        assert np.array_equal(p.users, w.users[keep]) and np.array_equal(p.items, w.items[keep])
+    assert np.array_equal(part.item_counts(), np.bincount(whole.target.items, minlength=ds.num_items))
+    rng = np.random.default_rng(3)
+    f = tuple(torch.from_numpy(rng.standard_normal((n, 8)).astype(np.float32))
+              for n in (ds.num_users, ds.num_items))
+    out = {}
+    for label, d in (("whole", whole), ("part", part)):
+        for split, truth, mask in (("valid", d.valid, d.mask), ("test", d.test, d.test_mask)):
+            out[f"{label}_{split}"] = evaluate(mf_scorer(f), truth, mask, ds.num_users,
+                                               ds.num_items, KS, memory_mb=0)
+    out["row_groups"] = pq.ParquetFile(ds.path("train", "click")).metadata.num_row_groups
+    return out
+
+
+def test_a_ranks_part_of_the_data_ranks_like_the_whole(tiny_dataset, tmp_path):
+    """Two ranks each holding only their users' pairs give the metrics of one rank holding all
+    of them; the files are rewritten in many row groups, so the filters skip some."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "rowgroups"
+    shutil.copytree(tiny_dataset, root)
+    for path in root.glob("*/*.parquet"):
+        pq.write_table(pq.read_table(path), path, row_group_size=97)
+    [one] = run_local_ranks(part_fn, 1, str(root))
+    two = run_local_ranks(part_fn, 2, str(root))
+    assert one["row_groups"] > 4
+    for res in [one, *two]:
+        for key, got in res.items():
+            if key == "row_groups":
+                continue
+            for k, v in one[f"whole_{key.split('_')[1]}"].items():
+                assert got[k] == pytest.approx(v, abs=1e-12), (len(two), key, k)
+    assert one["whole_valid"]["users"] > 50

@@ -41,7 +41,7 @@ from mba_dist import config as C
 from mba_dist.bench.step import _peak_mb, _reset_peak, sync, synthetic_pairs
 from mba_dist.data.batches import MemorySource
 from mba_dist.data.dataset import Dataset
-from mba_dist.data.pairs import CSR, Pairs
+from mba_dist.data.pairs import Pairs
 from mba_dist.data.train_data import TrainData
 from mba_dist.dist.collective import rank_world
 from mba_dist.mba.roles import DN_MODELS, DP_MODELS, FROZEN, Model, Phase, phase_of_step
@@ -88,8 +88,7 @@ def _train_data(spec: BenchSpec, cfg: C.Config):
     aux = synthetic_pairs(spec.users, spec.items, spec.rows, seed=0)
     keep = np.arange(len(aux)) % 3 == 0
     target = Pairs(aux.users[keep], aux.items[keep])
-    return TrainData(spec.users, spec.items, target, aux, target, target, None,
-                     CSR(target, spec.users))
+    return TrainData(spec.users, spec.items, target, aux, target, target, None)
 
 
 def _config(spec: BenchSpec) -> C.Config:

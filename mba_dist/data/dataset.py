@@ -42,7 +42,7 @@ class Dataset:
         self.num_users = int(self.meta["num_users"])
         self.num_items = int(self.meta["num_items"])
         self.target = str(self.meta["target"])
-        self._cache: dict[tuple[str, str], Pairs] = {}
+        self._cache: dict[tuple, Pairs] = {}
         for entity, n in (("user", self.num_users), ("item", self.num_items)):
             path = self.root / f"{entity}_map.parquet"
             if path.is_file() and _num_rows(path) != n:
@@ -78,11 +78,20 @@ class Dataset:
             raise DatasetError(f"{path}: {_num_rows(path)} rows, but meta.json lists {listed}")
         return path
 
-    def pairs(self, split: str, behavior: str) -> Pairs:
-        key = (split, behavior)
+    def pairs(self, split: str, behavior: str, users: tuple[int, int] | None = None) -> Pairs:
+        """The pairs of one split and behavior; with `users` = (lo, hi) only those of users
+        lo..hi-1, read through a filter that skips the row groups of the user-sorted file
+        outside them (the range is left open at 0 and at num_users, so that ids outside
+        [0, num_users) are still found by the ranks reading the ends)."""
+        key = (split, behavior, users)
         if key not in self._cache:
             path = self.pairs_file(split, behavior)
-            t = pq.read_table(path, columns=["user", "item"])
+            filters = None
+            if users is not None:
+                lo, hi = users
+                filters = ([("user", ">=", lo)] if lo > 0 else []) + (
+                    [("user", "<", hi)] if hi < self.num_users else [])
+            t = pq.read_table(path, columns=["user", "item"], filters=filters or None)
             p = Pairs(t.column("user").to_numpy().astype(np.int64),
                       t.column("item").to_numpy().astype(np.int64))
             if len(p) and (p.users.max() >= self.num_users or p.items.max() >= self.num_items

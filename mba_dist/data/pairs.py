@@ -100,23 +100,24 @@ def subtract_pairs(a: Pairs, b: Pairs, num_items: int) -> Pairs:
 
 
 class CSR:
-    """Per-user item lists in CSR form (indptr [num_users+1], indices sorted within a row)."""
+    """Per-user item lists in CSR form (indptr, indices sorted within a row) of the users
+    first..num_users-1 (all users by default; a rank's own range in `TrainData`'s part)."""
 
-    def __init__(self, pairs: Pairs, num_users: int):
+    def __init__(self, pairs: Pairs, num_users: int, first: int = 0):
         order = np.lexsort((pairs.items, pairs.users))
+        self.first = first
         self.indices = pairs.items[order]
-        counts = np.bincount(pairs.users, minlength=num_users)
-        self.indptr = np.zeros(num_users + 1, dtype=np.int64)
+        counts = np.bincount(pairs.users - first, minlength=num_users - first)
+        self.indptr = np.zeros(num_users - first + 1, dtype=np.int64)
         np.cumsum(counts, out=self.indptr[1:])
 
     def row(self, u: int) -> np.ndarray:
+        u -= self.first
         return self.indices[self.indptr[u]:self.indptr[u + 1]]
-
-    def counts(self) -> np.ndarray:
-        return np.diff(self.indptr)
 
     def cells(self, users: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
         """(row in `users`, item - lo) of every entry of `users`' rows with item in [lo, hi)."""
+        users = users - self.first
         starts, ends = self.indptr[users], self.indptr[users + 1]
         counts = ends - starts
         rows = np.repeat(np.arange(len(users)), counts)

@@ -1,13 +1,23 @@
-"""`TrainData`: everything the stages and the evaluator read, built once from a dataset."""
+"""`TrainData`: everything the stages and the evaluator read, built once from a dataset.
+
+Whole (every user's pairs) when the batches come from memory; a rank's part (the pairs of its
+own users, `dist.collective.user_range`) when they are streamed: the evaluator ranks only a
+rank's own users, so the masks, the evaluation pairs and the auxiliary memory's candidates of
+the others are never read there.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
 
+import numpy as np
+import torch
+
 from mba_dist import config as C
 from mba_dist.data.dataset import Dataset
 from mba_dist.data.pair_sets import check_dataset, role_files
 from mba_dist.data.pairs import CSR, Pairs, merge_pairs
+from mba_dist.dist.collective import all_reduce_sum
 
 
 @dataclass
@@ -19,24 +29,45 @@ class TrainData:
     valid: Pairs | None  # None when selecting on test
     test: Pairs
     truth: Pairs | None  # planted preferences (synthetic data only)
-    mask: CSR  # target train items of each user, masked in every ranking
+    users: tuple[int, int] | None = None  # the users [lo, hi) held (a rank's part); None: all
 
     @classmethod
-    def load(cls, ds: Dataset, cfg: C.Config) -> "TrainData":
+    def load(cls, ds: Dataset, cfg: C.Config, users: tuple[int, int] | None = None) -> "TrainData":
+        """Every pair the config reads, or with `users` = (lo, hi) only those of users lo..hi-1
+        (read from the Parquet files through row-group filters, never whole)."""
         check_dataset(cfg, ds)
         tgt = cfg.data.target
-        read = {role: merge_pairs([ds.pairs(s, b) for s, b in splits], ds.num_items)
-                if len(splits) > 1 else ds.pairs(*splits[0])
-                for role, splits in role_files(cfg, ds).items()}
-        # Test rankings mask all known train purchases, validation pairs included (authors'
-        # protocol masks every train purchase); validation rankings mask the train pairs only.
-        valid = ds.pairs("valid", tgt) if cfg.train.select_on == "valid" else None
-        truth = ds.pairs("truth", tgt) if ds.has("truth", tgt) else None
-        return cls(ds.num_users, ds.num_items, read["target"], read.get("aux"), valid,
-                   ds.pairs("test", tgt), truth, CSR(read["target"], ds.num_users))
+
+        def read(split: str, behavior: str) -> Pairs:
+            return ds.pairs(split, behavior, users)
+
+        roles = {role: merge_pairs([read(s, b) for s, b in splits], ds.num_items)
+                 if len(splits) > 1 else read(*splits[0])
+                 for role, splits in role_files(cfg, ds).items()}
+        valid = read("valid", tgt) if cfg.train.select_on == "valid" else None
+        truth = read("truth", tgt) if ds.has("truth", tgt) else None
+        return cls(ds.num_users, ds.num_items, roles["target"], roles.get("aux"), valid,
+                   read("test", tgt), truth, users)
+
+    def csr(self, pairs: Pairs) -> CSR:
+        """`pairs` by user, over the users this data holds."""
+        lo, hi = self.users or (0, self.num_users)
+        return CSR(pairs, hi, lo)
+
+    @cached_property
+    def mask(self) -> CSR:
+        """Target train items of each user: masked in validation rankings."""
+        return self.csr(self.target)
 
     @cached_property
     def test_mask(self) -> CSR:
-        """All known target pairs (train + validation): masked in test rankings."""
+        """All known target pairs (train + validation): masked in test rankings (the authors'
+        protocol masks every train purchase)."""
         known = [self.target] + ([self.valid] if self.valid is not None else [])
-        return CSR(merge_pairs(known, self.num_items), self.num_users)
+        return self.csr(merge_pairs(known, self.num_items))
+
+    def item_counts(self) -> np.ndarray:
+        """Target train pairs per item over all users (summed over the ranks when this data is
+        a rank's part: collective then)."""
+        counts = torch.from_numpy(np.bincount(self.target.items, minlength=self.num_items))
+        return (all_reduce_sum(counts) if self.users is not None else counts).numpy()

@@ -33,6 +33,50 @@ def all_reduce_sum(t: torch.Tensor, group=None) -> torch.Tensor:
     return buf.to(t.device)
 
 
+def all_reduce_max(value: int, group=None) -> int:
+    """The largest of the ranks' `value`s (a no-op on one rank)."""
+    if rank_world(group)[1] == 1:
+        return value
+    buf = torch.tensor([value], dtype=torch.int64, device=collective_device())
+    dist.all_reduce(buf, op=dist.ReduceOp.MAX, group=group)
+    return int(buf.item())
+
+
+def all_gather_rows(t: torch.Tensor, group=None) -> tuple[torch.Tensor, int]:
+    """Every rank's `t` (any number of rows each) concatenated in rank order, and where this
+    rank's rows start in it (a no-op on one rank); on `t`'s own device."""
+    rank, world = rank_world(group)
+    if world == 1:
+        return t, 0
+    dev = collective_device()
+    n = torch.tensor([len(t)], dtype=torch.int64, device=dev)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n, group=group)
+    sizes = [int(s.item()) for s in sizes]
+    padded = torch.zeros((max(sizes), *t.shape[1:]), dtype=t.dtype, device=dev)
+    padded[:len(t)] = t.to(dev)
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded, group=group)
+    out = torch.cat([p[:s] for p, s in zip(parts, sizes)])
+    return out.to(t.device), sum(sizes[:rank])
+
+
+def peak_rss_mb(group=None) -> list[float]:
+    """Every rank's peak resident memory so far (MiB, Linux's ru_maxrss), in rank order."""
+    import resource
+
+    mine = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0],
+                        dtype=torch.float64)
+    return [round(v, 1) for v in all_gather_rows(mine, group)[0].tolist()]
+
+
+def user_range(num_users: int, rank: int, world: int) -> tuple[int, int]:
+    """The users [lo, hi) a rank ranks in every evaluation and, when it streams its batches,
+    the only users whose pairs it reads: W contiguous ranges of the dense ids, so that a rank
+    reads its part of the user-sorted Parquet files by row-group statistics."""
+    return num_users * rank // world, num_users * (rank + 1) // world
+
+
 def from_rank0(obj):
     """Rank 0's `obj` on every rank (a no-op on one rank)."""
     if rank_world()[1] == 1:

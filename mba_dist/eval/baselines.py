@@ -42,7 +42,7 @@ def model_scorer(cfg: C.Config, stages: StageWeights) -> Scorer:
 
 def scorers(cfg: C.Config, data, stages: StageWeights) -> dict[str, Scorer]:
     """Every row the stages allow, in the table's order; `data` is a `data.train_data.TrainData`."""
-    pop = popularity(data.target, data.num_items)
+    pop = popularity(data.item_counts())
     aux = aux_cells(data)
     out: dict[str, Scorer] = {"mostpop": MemoryScorer(pop)}
     if cfg.method == "mf":
@@ -63,7 +63,7 @@ def scorers(cfg: C.Config, data, stages: StageWeights) -> dict[str, Scorer]:
 
 def aux_cells(data) -> CSR | None:
     """The auxiliary train pairs by user (the auxiliary memory's candidates), if the run has them."""
-    return CSR(data.aux, data.num_users) if data.aux is not None else None
+    return data.csr(data.aux) if data.aux is not None else None
 
 
 def with_aux_first(cfg: C.Config, rows: dict[str, Scorer], aux: CSR | None) -> dict[str, Scorer]:
@@ -83,7 +83,7 @@ def table(cfg: C.Config, data, rows: dict[str, Scorer], splits=("test", "truth")
              "truth": (data.truth, data.test_mask)}
     todo = [s for s in splits if pairs[s][0] is not None]
     return {name: {s: evaluate(sc, pairs[s][0], pairs[s][1], data.num_users, data.num_items,
-                               cfg.eval.ks, cfg.eval.memory_mb, group) for s in todo}
+                               group=group, **C.evaluate_args(cfg)) for s in todo}
             for name, sc in rows.items()}
 
 

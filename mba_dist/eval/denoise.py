@@ -41,7 +41,7 @@ def pair_scores(scorer: Scorer, pairs: Pairs, num_items: int, memory_mb: int) ->
     block = max(1, (memory_mb << 20) // (4 * max(num_items, 1)))
     for b in range(0, len(users), block):
         ids = torch.as_tensor(users[b:b + block], dtype=torch.int64)
-        scorer.set_users(ids, torch.arange(len(ids)))
+        scorer.set_users(ids)
         rows = scorer.scores(0, num_items).cpu().numpy()
         for k in range(len(ids)):
             s, e = starts[b + k], ends[b + k]

@@ -1,18 +1,22 @@
 """Full-ranking evaluation and top-N export: exact, distributed over ranks, bounded in memory.
 
-Layout of one evaluation (W ranks, E users with at least one evaluation item, I items):
+Layout of one evaluation (W ranks, I items):
 
-    users, in blocks of W*b:  [ block 0 ........ | block 1 ........ | ... ]   same on every rank
-    rank r scores block[r::W] (b users) against item chunks [lo, hi) of n items:
+    rank r owns the users [lo_r, hi_r) (`dist.collective.user_range`: W contiguous id ranges)
+    and ranks those of them with at least one evaluation item, b at a time:
+    rank r's users, in blocks of b:  [ block 0 ... | block 1 ... | ... ]   B blocks on every rank
+    each block against item chunks [lo, hi) of n items:
         scores  = sum_k w_k * sigma(U_k[users] . I_k[lo:hi]^T)      one [b, n] buffer per part
         scores[user's target train items] = -inf                    CSR cells, no dense mask
         running top-K  <- merge(running top-K, top-K of the chunk)
     Recall/NDCG sums and user counts: all-reduced (float64) at the end.
 
-Item and user factors come from a `Factors` source: local tensors (`LocalFactors`), or the
-torchrec shards (`tables.torchrec_tables.ShardedFactors`), which assemble one item chunk (or one user
-block) at a time from the shards every rank holds; every rank therefore walks the same blocks
-and chunks, in the same order, whether or not it has users left in a block.
+A rank needs the evaluation pairs and the mask of its own users only (`TrainData` reads just
+those when the run streams). Item and user factors come from a `Factors` source: local tensors
+(`LocalFactors`), or the torchrec shards (`tables.torchrec_tables.ShardedFactors`), which
+assemble one item chunk (or the ranks' user blocks) at a time from the shards every rank holds;
+every rank therefore walks the same number of blocks (B, the largest of the ranks' counts) and
+the same chunks in the same order, whether or not it has users left in a block.
 
 Ties are broken by item id (lower first), in every chunking and on every rank, so the metrics do
 not depend on `memory_mb` or the number of ranks; they agree with a brute-force stable argsort
@@ -33,7 +37,7 @@ import numpy as np
 import torch
 
 from mba_dist.data.pairs import CSR, Pairs, contains
-from mba_dist.dist.collective import all_reduce_sum, rank_world
+from mba_dist.dist.collective import all_reduce_max, all_reduce_sum, rank_world, user_range
 from mba_dist.eval.scorers import Scorer
 
 # Per (user, item) cell of a block: two float32 score buffers (t and pre_f) and torch.topk's
@@ -107,18 +111,16 @@ class RunningTopK:
 
 def rank_top_k(scorer: Scorer, users: np.ndarray, k: int, mask: CSR | None, num_items: int,
                memory_mb: int, group=None) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
-    """Yield (this rank's user chunk, top-k scores [b, k], top-k items [b, k]) on the CPU,
-    masked items excluded. `users` is the full list, the same on every rank."""
-    rank, world = rank_world(group)
+    """Yield (a block of `users`, top-k scores [b, k], top-k items [b, k]) on the CPU, masked
+    items excluded. `users`: this rank's users (each rank its own; collective with sharded
+    factors, every rank walking as many blocks as the rank with the most)."""
     k = min(k, num_items)
-    user_chunk, item_chunk = chunk_sizes(-(-len(users) // world), num_items, memory_mb)
-    block = user_chunk * world
+    user_chunk, item_chunk = chunk_sizes(len(users), num_items, memory_mb)
+    blocks = all_reduce_max(-(-len(users) // user_chunk), group)
     dev = scorer.device
-    for a in range(0, len(users), block):
-        bu = users[a:a + block]
-        mine = np.arange(rank, len(bu), world)
-        uc = bu[mine]
-        scorer.set_users(torch.from_numpy(bu), torch.from_numpy(mine))
+    for a in range(0, blocks * user_chunk, user_chunk):
+        uc = users[a:a + user_chunk]
+        scorer.set_users(torch.from_numpy(uc))
         top = RunningTopK(len(uc), k, dev)
         for lo in range(0, num_items, item_chunk):
             hi = min(num_items, lo + item_chunk)
@@ -130,28 +132,55 @@ def rank_top_k(scorer: Scorer, users: np.ndarray, k: int, mask: CSR | None, num_
         yield uc, top.values.cpu(), top.items.cpu()
 
 
+def sampled(users: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Whether each user is in the fixed `fraction` sample of `eval.user_fraction`: a hash of
+    the id and the seed (splitmix64's finaliser), so that every rank decides alone and every
+    world size, evaluation and run of the seed ranks the same users."""
+    z = users.astype(np.uint64) + np.uint64((0x9E3779B97F4A7C15 * (seed + 1)) % 2**64)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) < fraction * 2.0**53
+
+
+def own_users(pairs: Pairs, num_users: int, group=None, fraction: float = 1.0,
+              seed: int = 0) -> tuple[Pairs, np.ndarray, np.ndarray]:
+    """(the pairs of this rank's users, those users, their pair counts): `pairs` may hold every
+    user's or only this rank's; with `fraction` < 1 only the users of the sample (`sampled`)."""
+    lo, hi = user_range(num_users, *rank_world(group))
+    keep = (pairs.users >= lo) & (pairs.users < hi)
+    if fraction < 1.0:
+        keep &= sampled(pairs.users, fraction, seed)
+    if not keep.all():
+        pairs = Pairs(pairs.users[keep], pairs.items[keep])
+    users, counts = np.unique(pairs.users, return_counts=True)
+    return pairs, users.astype(np.int64), counts
+
+
 def evaluate(scorer: Scorer, truth: Pairs, mask: CSR | None, num_users: int, num_items: int,
-             ks: tuple[int, ...] = (10, 20), memory_mb: int = 256, group=None) -> dict[str, float]:
+             ks: tuple[int, ...] = (10, 20), memory_mb: int = 256, group=None,
+             user_fraction: float = 1.0, seed: int = 0) -> dict[str, float]:
     """Recall@K and NDCG@K over users with at least one `truth` pair; with a process group,
-    every rank ranks its share of the users and the sums are all-reduced."""
-    n_truth = np.bincount(truth.users, minlength=num_users)
-    users = np.flatnonzero(n_truth).astype(np.int64)
+    every rank ranks its own users (`truth` and `mask` need hold only theirs) and the sums are
+    all-reduced. `user_fraction` < 1: only the users of a fixed sample (`sampled`, by `seed`)."""
+    truth, users, n_truth = own_users(truth, num_users, group, user_fraction, seed)
     keys = truth.keys(num_items)
     kmax = max(ks)
     discount = 1.0 / np.log2(np.arange(2, kmax + 2))
     cum_discount = np.r_[0.0, np.cumsum(discount)]
     names = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg")]
     sums = dict.fromkeys(names, 0.0)
+    at = 0
     for uc, _, top in rank_top_k(scorer, users, kmax, mask, num_items, memory_mb, group):
         hits = contains(keys, (uc[:, None] * num_items + top.numpy()).ravel()).reshape(top.shape)
-        n = n_truth[uc]
+        n, at = n_truth[at:at + len(uc)], at + len(uc)
         for k in ks:
             h = hits[:, :k]
             sums[f"recall@{k}"] += float((h.sum(1) / n).sum())
             idcg = cum_discount[np.minimum(n, k)]
             sums[f"ndcg@{k}"] += float(((h * discount[:h.shape[1]]).sum(1) / idcg).sum())
-    total = torch.tensor([sums[n] for n in names], dtype=torch.float64)
-    total = all_reduce_sum(total, group)
-    out = {n: float(v) / max(len(users), 1) for n, v in zip(names, total)}
-    out["users"] = int(len(users))
+    total = torch.tensor([sums[n] for n in names] + [len(users)], dtype=torch.float64)
+    *total, n_users = all_reduce_sum(total, group).tolist()
+    out = {n: float(v) / max(n_users, 1) for n, v in zip(names, total)}
+    out["users"] = int(n_users)
     return out

@@ -13,7 +13,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from mba_dist.data.pairs import CSR, Pairs
+from mba_dist.data.pairs import CSR
 
 
 class Factors(Protocol):
@@ -23,7 +23,7 @@ class Factors(Protocol):
     device: torch.device
 
     def users(self, ids: torch.Tensor) -> torch.Tensor:
-        """Rows of `ids` [b] -> [b, d]."""
+        """Rows of `ids` [b] -> [b, d] (each rank its own ids)."""
 
     def items(self, lo: int, hi: int) -> torch.Tensor:
         """Rows lo..hi-1 -> [hi-lo, d]."""
@@ -55,8 +55,9 @@ def as_factors(f) -> Factors:
 class Scorer(Protocol):
     device: torch.device
 
-    def set_users(self, block: torch.Tensor, mine: torch.Tensor) -> None:
-        """Start a user block (same on every rank); this rank scores `block[mine]`."""
+    def set_users(self, users: torch.Tensor) -> None:
+        """Start a block of this rank's users (each rank its own; collective with sharded
+        factors: every rank calls it once per block)."""
 
     def scores(self, lo: int, hi: int) -> torch.Tensor:
         """Scores of this rank's users against items lo..hi-1; float32 [b, hi-lo], writable."""
@@ -75,8 +76,8 @@ class FactorScorer:
         self.parts = [(w, as_factors(f)) for w, f in self.parts]
         self.device = self.parts[0][1].device
 
-    def set_users(self, block: torch.Tensor, mine: torch.Tensor) -> None:
-        self._users = [f.users(block)[mine.to(self.device)] for _, f in self.parts]
+    def set_users(self, users: torch.Tensor) -> None:
+        self._users = [f.users(users) for _, f in self.parts]
 
     def _buffers(self, b: int, n: int) -> list[torch.Tensor]:
         # Score chunks are written into reused flat buffers (a smaller chunk takes a contiguous
@@ -123,8 +124,8 @@ class MemoryScorer:
     boost: CSR | None = None
     device: torch.device = torch.device("cpu")
 
-    def set_users(self, block: torch.Tensor, mine: torch.Tensor) -> None:
-        self._users = block[mine].numpy()
+    def set_users(self, users: torch.Tensor) -> None:
+        self._users = users.numpy()
 
     def scores(self, lo: int, hi: int) -> torch.Tensor:
         s = self.popularity[lo:hi].expand(len(self._users), hi - lo).clone()
@@ -147,9 +148,9 @@ class AuxFirst:
     def __post_init__(self):
         self.device = self.inner.device
 
-    def set_users(self, block: torch.Tensor, mine: torch.Tensor) -> None:
-        self.inner.set_users(block, mine)
-        self._users = block[mine].numpy()
+    def set_users(self, users: torch.Tensor) -> None:
+        self.inner.set_users(users)
+        self._users = users.numpy()
 
     def scores(self, lo: int, hi: int) -> torch.Tensor:
         s = torch.atan_(self.inner.scores(lo, hi)).div_(math.pi).add_(0.5)
@@ -158,6 +159,7 @@ class AuxFirst:
         return s
 
 
-def popularity(pairs: Pairs, num_items: int) -> torch.Tensor:
-    counts = np.bincount(pairs.items, minlength=num_items).astype(np.float64)
-    return torch.from_numpy(counts / (counts.max() + 1.0)).float()
+def popularity(counts: np.ndarray) -> torch.Tensor:
+    """Items' pair counts mapped into [0, 1), in their order."""
+    counts = counts.astype(np.float64)
+    return torch.from_numpy(counts / (counts.max(initial=0.0) + 1.0)).float()

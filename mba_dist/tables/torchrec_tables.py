@@ -31,7 +31,7 @@ from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
 from mba_dist.config import OptimConfig
-from mba_dist.dist.collective import collective_device
+from mba_dist.dist.collective import all_gather_rows, collective_device
 from mba_dist.mba.roles import ENTITIES, Model, model_name
 from mba_dist.tables.base import Rows, TableGroup
 from mba_dist.tables.plan import sharding_plan
@@ -215,9 +215,12 @@ class ShardedFactors:
         return self.rows(f"{self.model}_item", lo, hi)
 
     def users(self, ids: torch.Tensor) -> torch.Tensor:
-        ids = ids.to(self.device)
+        """Each rank's own `ids`: the ranks' lists are gathered, every rank places the rows it
+        holds of all of them, and each keeps its own part of the sum."""
+        mine = ids.to(self.device)
+        ids, at = all_gather_rows(mine)
 
         def place(buf, t, r, h, cols):
             sel = ((ids >= r) & (ids < r + h)).nonzero().squeeze(1)
             buf[sel, cols] = t[ids[sel] - r]
-        return self._gather(f"{self.model}_user", len(ids), place)
+        return self._gather(f"{self.model}_user", len(ids), place)[at:at + len(mine)]

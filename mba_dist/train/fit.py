@@ -142,7 +142,7 @@ class Worker:
     def select_metrics(self, scorer: Scorer) -> dict[str, float]:
         truth, mask, _ = self.selection()
         return evaluate(scorer, truth, mask, self.data.num_users, self.data.num_items,
-                        self.cfg.eval.ks, self.cfg.eval.memory_mb)
+                        **C.evaluate_args(self.cfg))
 
     def batches(self, stage: StageInput, epoch: int) -> Iterator[Batch]:
         """The source's batches, capped at `train.max_steps_per_epoch` (the same cap on every

@@ -20,7 +20,7 @@ import torch
 from mba_dist import config as C
 from mba_dist.data.dataset import Dataset
 from mba_dist.data.train_data import TrainData
-from mba_dist.dist.collective import from_rank0, rank_world
+from mba_dist.dist.collective import from_rank0, peak_rss_mb, rank_world, user_range
 from mba_dist.errors import ConfigError
 from mba_dist.eval import baselines
 from mba_dist.mba.roles import Model
@@ -113,7 +113,8 @@ def run_training(cfg: C.Config, data_dir: str | Path, out: RunOutputs | None,
                  reused: FinishedStages | None = None,
                  read_test: bool = True) -> dict:
     """The worker function (module docstring). Batches come from `source` (default: the
-    dataset's pairs in memory, split by rank). After every epoch `checkpointer` may write a
+    dataset's pairs in memory, split by rank; with a source, this rank reads only its own
+    users' pairs, for its evaluations). After every epoch `checkpointer` may write a
     resumable state; `resume` (one, `checkpoint.load_resume_state`) continues a run: its finished stages are kept and
     its current stage goes on after the saved epoch. `reused`: the run of `pretrain.from_run`
     (its stage-1 models are not trained again). `out` may be None (nothing is kept).
@@ -124,7 +125,11 @@ def run_training(cfg: C.Config, data_dir: str | Path, out: RunOutputs | None,
                           "stages as `reused` (run_dir.RunDir(path).stages())")
     rank, _ = rank_world()
     writer = out if rank == 0 else None  # rank 0 writes
-    data = TrainData.load(Dataset(data_dir), cfg)
+    # With a source (the stream) no rank needs the train pairs of other ranks' users: each
+    # reads its own users' part, which is all its evaluations look at.
+    ds = Dataset(data_dir)
+    data = TrainData.load(ds, cfg, user_range(ds.num_users, *rank_world())
+                          if source is not None else None)
     w = Worker.of(cfg, data, source, device, progress=progress,
                   log=writer.append_log if writer is not None else (lambda r: None))
     if checkpointer is not None:
@@ -188,6 +193,7 @@ def run_training(cfg: C.Config, data_dir: str | Path, out: RunOutputs | None,
                        "triples_per_s": round(s.triples_per_s), "selection": s.best_select}
                    for n, s in stages.items()},
         "baselines": table, "wall_seconds": round(wall, 2),
+        "peak_rss_mb": peak_rss_mb(),  # per rank (collective)
     }
     if data.truth is not None:
         metrics["truth"] = table[main_name]["truth"]
