@@ -121,14 +121,17 @@ class TrainConfig:
 class EvalConfig:
     ks: tuple[int, ...] = (10, 20)
     memory_mb: int = 256  # budget for one score chunk (users x items x 4 bytes, plus top-K)
-    top_n: int = 20  # length of the exported recommendation lists
+    # Length of the exported recommendation lists (RUN/recommendations.parquet, every test
+    # user, ranked in the driver process); 0: no export (`mba-dist recommend` makes lists later)
+    top_n: int = 20
     # Also rank with the user's auxiliary items first (in the model's order), then the rest:
     # "+aux_first" rows of the MF and MBA models in the table, and the run's recommendations
     # ordered so. Model selection stays on the plain ranking.
     aux_first: bool = False
     # Fraction of the users ranked in every evaluation (validation, test, baselines): 1 ranks
     # every user; below 1, a fixed sample by a hash of the user id and train.seed, the same in
-    # every evaluation and world size, for catalogs where ranking every user costs too much.
+    # every evaluation and world size, for catalogs where ranking every user costs too much
+    # (runs of different seeds rank different samples).
     user_fraction: float = 1.0
 
 
@@ -282,10 +285,11 @@ RANGES = (
     ("train.batch_size", 1, True), ("train.eval_every", 1, True), ("train.eval_every_steps", 0, True),
     ("train.max_steps_per_epoch", 0, True), ("train.data_threads", 0, True),
     ("train.stream_min_rows", 0, True), ("train.checkpoint_every", 0, True),
-    ("eval.memory_mb", 1, True), ("eval.top_n", 1, True), ("eval.user_fraction", 0.0, False),
+    ("eval.memory_mb", 1, True), ("eval.top_n", 0, True), ("eval.user_fraction", 0.0, False),
 )
 ZERO_MEANS = {"train.eval_every_steps": "off", "train.max_steps_per_epoch": "all steps",
-              "train.data_threads": "one per four cores", "train.checkpoint_every": "none"}
+              "train.data_threads": "one per four cores", "train.checkpoint_every": "none",
+              "eval.top_n": "no recommendations exported"}
 # optim.mode by model.backend: torchrec fuses SGD / Adagrad / row-wise Adagrad into its TBE
 # kernels; the plain-torch tables have no row-wise Adagrad
 BACKEND_MODES = {"torch": ("dense_adam", "sparse_adam", "adagrad", "sgd"),

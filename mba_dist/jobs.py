@@ -102,8 +102,10 @@ def train_run(data: str | Path, out: str | Path, config: str | None = None,
         finish_mlflow(tracking, None, [])
         raise
     # Recommendations for every test user, raw ids, known purchases excluded.
-    users = unique_ints(ds.pairs("test", ds.target).users)
-    table = run.load().recommendations(users, cfg.eval.top_n)
+    table = None
+    if cfg.eval.top_n:
+        users = unique_ints(ds.pairs("test", ds.target).users)
+        table = run.load().recommendations(users, cfg.eval.top_n)
     report = results_table(metrics)
     run.write_results(report, table)
     run.remove_checkpoints()  # the stage files are the finished run

@@ -6,7 +6,7 @@
     RUN/checkpoints/<stage>.pt       each finished stage's best weights (`train.checkpoint`)
     RUN/metrics.json                 test metrics and the baseline table: the run finished
     RUN/results.md                   the table as printed
-    RUN/recommendations.parquet      top-N lists of every test user, raw ids
+    RUN/recommendations.parquet      top-N lists of every test user, raw ids (not with eval.top_n 0)
     RUN/ray/                         Ray Train's storage: resumable states (unless --storage)
     RUN/{baselines,evaluation}.{md,csv}   written by `mba-dist evaluate`
 
@@ -243,7 +243,9 @@ class RunDir:
             self._trackers = None
 
     def write_results(self, report: str, recommendations) -> None:
-        atomic_write_parquet(self.root / "recommendations.parquet", recommendations)
+        """results.md and, unless None (`eval.top_n: 0`), recommendations.parquet."""
+        if recommendations is not None:
+            atomic_write_parquet(self.root / "recommendations.parquet", recommendations)
         atomic_write_bytes(self.root / "results.md", (report + "\n").encode())
 
     def write_report(self, stem: str, markdown: str, csv: str, dest: Path | None = None) -> Path:

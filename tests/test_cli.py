@@ -277,3 +277,20 @@ def test_cpus_per_worker_sets_what_ray_reserves_and_the_threads():
         assert share_cores(1, cpus=0.5) == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_run_without_export_and_on_a_sample_of_users(tiny_dataset, tmp_path, capsys):
+    """eval.top_n: 0 writes no recommendations; eval.user_fraction ranks a fixed sample of the
+    users in every evaluation, fewer users than the full ranking; every worker's peak RSS is in
+    metrics.json."""
+    runs = {}
+    for frac in ("1.0", "0.5"):
+        out = tmp_path / f"run{frac}"
+        assert main(["run", "--local", "--model", "mf", "--data", str(tiny_dataset), "--out",
+                     str(out), "-q"] + _sets("eval.top_n=0", f"eval.user_fraction={frac}")) == 0
+        assert not (out / "recommendations.parquet").exists() and (out / "results.md").is_file()
+        runs[frac] = json.loads((out / "metrics.json").read_text())
+    full, half = runs["1.0"]["test"]["users"], runs["0.5"]["test"]["users"]
+    assert 0.3 * full < half < 0.7 * full
+    assert len(runs["1.0"]["peak_rss_mb"]) == 1 and runs["1.0"]["peak_rss_mb"][0] > 50
+    capsys.readouterr()

@@ -194,3 +194,18 @@ def test_user_fraction_ranks_a_fixed_sample_of_the_users():
         C.load_config(None, ["eval.user_fraction=1.5"])
     with pytest.raises(C.ConfigError, match="eval.user_fraction"):
         C.load_config(None, ["eval.user_fraction=0"])
+
+
+def test_csr_of_sorted_and_shuffled_pairs_and_of_a_users_range():
+    rng = np.random.default_rng(0)
+    keys = np.unique(rng.integers(0, 50 * 30, 400))
+    p = Pairs(keys // 30, keys % 30)
+    o = rng.permutation(len(keys))
+    a, b = CSR(p, 50), CSR(Pairs(p.users[o], p.items[o]), 50)
+    assert a.indices is p.items  # sorted pairs are used as they are
+    for u in range(50):
+        assert np.array_equal(a.row(u), b.row(u)) and np.array_equal(a.row(u), p.items[p.users == u])
+    part = (p.users >= 20) & (p.users < 35)
+    c = CSR(Pairs(p.users[part], p.items[part]), 35, first=20)
+    users = np.array([34, 20, 27])
+    assert [x.tolist() for x in c.cells(users, 5, 25)] == [x.tolist() for x in a.cells(users, 5, 25)]

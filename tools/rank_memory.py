@@ -9,7 +9,8 @@ Then, `--repeat` times:
   masks and auxiliary candidates, whole (what every streaming worker read before it held its
   own users' part only) and as rank 0's part of `--workers`;
 - `run`: one `mba-dist run --workers W --set train.input=stream` of every stage (one epoch of
-  `--steps` steps each, evaluations on a `--user-fraction` sample of the users), with each
+  `--steps` steps each, evaluations on a `--user-fraction` sample of the users, no export of
+  recommendations), with each
   worker's peak RSS from its metrics.json and the driver's peak RSS (VmHWM, polled).
 Prints every figure and the medians.
 """
@@ -41,7 +42,7 @@ cfg = C.load_config(config)
 ds = Dataset(root)
 before = hwm()
 d = TrainData.load(ds, cfg, user_range(ds.num_users, 0, world) if world else None)
-held = [d.mask, d.test_mask, d.csr(d.aux)]
+held = [d.mask, d.test_mask] + ([d.csr(d.aux)] if d.aux is not None else [])
 print(json.dumps({"growth_mb": hwm() - before,
                   "pairs": sum(len(p) for p in (d.target, d.aux, d.valid, d.test) if p is not None)}))
 """
@@ -68,7 +69,8 @@ def run_once(data: str, config: str, out: Path, workers: int, steps: int,
     shutil.rmtree(out, ignore_errors=True)
     sets = ["train.input=stream", f"train.max_steps_per_epoch={steps}", "pretrain.epochs=1",
             "mba.epochs=1", f"eval.user_fraction={fraction}", "train.merged_baseline=false",
-            "train.checkpoint_every=0"]
+            "train.checkpoint_every=0", "model.backend=torchrec", "optim.mode=adagrad",
+            "optim.lr=0.05", "eval.top_n=0"]
     cmd = [sys.executable, "-m", "launch.cli", "run", "--data", data, "--config", config,
            "--out", str(out), "--workers", str(workers), "-q"]
     cmd += [a for s in sets for a in ("--set", s)]

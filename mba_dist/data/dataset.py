@@ -92,8 +92,8 @@ class Dataset:
                 filters = ([("user", ">=", lo)] if lo > 0 else []) + (
                     [("user", "<", hi)] if hi < self.num_users else [])
             t = pq.read_table(path, columns=["user", "item"], filters=filters or None)
-            p = Pairs(t.column("user").to_numpy().astype(np.int64),
-                      t.column("item").to_numpy().astype(np.int64))
+            p = Pairs(t.column("user").to_numpy().astype(np.int64, copy=False),
+                      t.column("item").to_numpy().astype(np.int64, copy=False))
             if len(p) and (p.users.max() >= self.num_users or p.items.max() >= self.num_items
                            or p.users.min() < 0 or p.items.min() < 0):
                 raise DatasetError(f"{path}: ids outside [0, num_users) x [0, num_items)")

@@ -101,12 +101,16 @@ def subtract_pairs(a: Pairs, b: Pairs, num_items: int) -> Pairs:
 
 class CSR:
     """Per-user item lists in CSR form (indptr, indices sorted within a row) of the users
-    first..num_users-1 (all users by default; a rank's own range in `TrainData`'s part)."""
+    first..num_users-1 (all users by default; a rank's own range in `TrainData`'s part; rows of
+    users outside it are not there and must not be asked for)."""
 
     def __init__(self, pairs: Pairs, num_users: int, first: int = 0):
-        order = np.lexsort((pairs.items, pairs.users))
         self.first = first
-        self.indices = pairs.items[order]
+        u, i = pairs.users, pairs.items
+        if len(u) > 1 and ((u[1:] < u[:-1]) | ((u[1:] == u[:-1]) & (i[1:] <= i[:-1]))).any():
+            self.indices = i[np.lexsort((i, u))]
+        else:  # sorted already (what `Pairs` holds from a dataset): the items are the rows
+            self.indices = i
         counts = np.bincount(pairs.users - first, minlength=num_users - first)
         self.indptr = np.zeros(num_users - first + 1, dtype=np.int64)
         np.cumsum(counts, out=self.indptr[1:])

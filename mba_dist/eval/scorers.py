@@ -18,7 +18,7 @@ from mba_dist.data.pairs import CSR
 
 class Factors(Protocol):
     """User and item factors of one MF model. With sharded tables both calls are collective:
-    every rank makes them with the same arguments."""
+    every rank makes them together, `items` with the same arguments, `users` with its own ids."""
 
     device: torch.device
 

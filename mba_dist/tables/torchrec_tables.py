@@ -188,7 +188,7 @@ class ShardedFactors:
     """`eval.scorers.Factors` read from the shards: every rank places the rows it holds into a
     zeroed buffer and the buffers are summed, so a call materialises only the rows asked for
     (one item chunk, one user block) beyond the plan's own shards. Collective: every rank calls
-    with the same arguments. Works for any sharding (table-, row- or column-wise)."""
+    together (`items` with the same arguments, `users` with its own ids). Works for any sharding (table-, row- or column-wise)."""
 
     def __init__(self, group: TorchrecTableGroup, model: str):
         self.group, self.model = group, model
@@ -223,4 +223,4 @@ class ShardedFactors:
         def place(buf, t, r, h, cols):
             sel = ((ids >= r) & (ids < r + h)).nonzero().squeeze(1)
             buf[sel, cols] = t[ids[sel] - r]
-        return self._gather(f"{self.model}_user", len(ids), place)[at:at + len(mine)]
+        return self._gather(f"{self.model}_user", len(ids), place)[at:at + len(mine)].clone()
