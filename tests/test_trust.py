@@ -21,7 +21,7 @@ from launch.cli import main
     ("pretrain.epochs=0", "pretrain.epochs must be at least 1, got 0"),
     ("mba.epochs=-3", "mba.epochs must be at least 1, got -3"),
     ("mba.patience=0", "mba.patience must be at least 1, got 0"),
-    ("eval.top_n=0", "eval.top_n must be at least 1, got 0"),
+    ("eval.top_n=-1", "eval.top_n must be 0 (no recommendations exported) or positive, got -1"),
     ("eval.memory_mb=0", "eval.memory_mb must be at least 1, got 0"),
     ("eval.ks=[20]", "eval.ks must contain 10 and 20"),
     ("eval.ks=[10,20,0]", "eval.ks must be at least 1, got [10, 20, 0]"),

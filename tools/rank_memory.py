@@ -30,7 +30,7 @@ import json, sys
 from mba_dist import config as C
 from mba_dist.data.dataset import Dataset
 from mba_dist.data.train_data import TrainData
-from mba_dist.dist.collective import user_range
+from mba_dist.data.pairs import user_range
 
 def hwm():
     for line in open("/proc/self/status"):

@@ -69,6 +69,13 @@ def dedup_sorted(users: np.ndarray, items: np.ndarray, num_items: int) -> tuple[
     return keys // num_items, keys % num_items
 
 
+def user_range(num_users: int, rank: int, world: int) -> tuple[int, int]:
+    """The users [lo, hi) a rank ranks in every evaluation and, when it streams its batches,
+    the only users whose pairs it reads: W contiguous ranges of the dense ids, so that a rank
+    reads its part of the user-sorted Parquet files by row-group statistics."""
+    return num_users * rank // world, num_users * (rank + 1) // world
+
+
 @dataclass
 class Pairs:
     """Positive (user, item) pairs of one behavior in one split, sorted, unique."""

@@ -1,7 +1,7 @@
 """`TrainData`: everything the stages and the evaluator read, built once from a dataset.
 
 Whole (every user's pairs) when the batches come from memory; a rank's part (the pairs of its
-own users, `dist.collective.user_range`) when they are streamed: the evaluator ranks only a
+own users, `data.pairs.user_range`) when they are streamed: the evaluator ranks only a
 rank's own users, so the masks, the evaluation pairs and the auxiliary memory's candidates of
 the others are never read there.
 """
@@ -11,13 +11,11 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-import torch
 
 from mba_dist import config as C
 from mba_dist.data.dataset import Dataset
 from mba_dist.data.pair_sets import check_dataset, role_files
 from mba_dist.data.pairs import CSR, Pairs, merge_pairs
-from mba_dist.dist.collective import all_reduce_sum
 
 
 @dataclass
@@ -67,7 +65,6 @@ class TrainData:
         return self.csr(merge_pairs(known, self.num_items))
 
     def item_counts(self) -> np.ndarray:
-        """Target train pairs per item over all users (summed over the ranks when this data is
-        a rank's part: collective then)."""
-        counts = torch.from_numpy(np.bincount(self.target.items, minlength=self.num_items))
-        return (all_reduce_sum(counts) if self.users is not None else counts).numpy()
+        """Target train pairs per item of the users held (a rank's part: the ranks' counts sum
+        to the whole, `eval.baselines.item_popularity`)."""
+        return np.bincount(self.target.items, minlength=self.num_items)

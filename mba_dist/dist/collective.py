@@ -70,13 +70,6 @@ def peak_rss_mb(group=None) -> list[float]:
     return [round(v, 1) for v in all_gather_rows(mine, group)[0].tolist()]
 
 
-def user_range(num_users: int, rank: int, world: int) -> tuple[int, int]:
-    """The users [lo, hi) a rank ranks in every evaluation and, when it streams its batches,
-    the only users whose pairs it reads: W contiguous ranges of the dense ids, so that a rank
-    reads its part of the user-sorted Parquet files by row-group statistics."""
-    return num_users * rank // world, num_users * (rank + 1) // world
-
-
 def from_rank0(obj):
     """Rank 0's `obj` on every rank (a no-op on one rank)."""
     if rank_world()[1] == 1:

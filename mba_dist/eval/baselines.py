@@ -18,8 +18,11 @@ from __future__ import annotations
 import csv
 import io
 
+import torch
+
 from mba_dist import config as C
 from mba_dist.data.pairs import CSR
+from mba_dist.dist.collective import all_reduce_sum
 from mba_dist.eval.ranking import evaluate
 from mba_dist.eval.scorers import (AuxFirst, MemoryScorer, Scorer, mba_scorer, mf_scorer,
                                    popularity)
@@ -42,7 +45,7 @@ def model_scorer(cfg: C.Config, stages: StageWeights) -> Scorer:
 
 def scorers(cfg: C.Config, data, stages: StageWeights) -> dict[str, Scorer]:
     """Every row the stages allow, in the table's order; `data` is a `data.train_data.TrainData`."""
-    pop = popularity(data.item_counts())
+    pop = item_popularity(data)
     aux = aux_cells(data)
     out: dict[str, Scorer] = {"mostpop": MemoryScorer(pop)}
     if cfg.method == "mf":
@@ -59,6 +62,15 @@ def scorers(cfg: C.Config, data, stages: StageWeights) -> dict[str, Scorer]:
     if "mba" in stages:
         out["mba"] = model_scorer(cfg, stages)
     return with_aux_first(cfg, out, aux)
+
+
+def item_popularity(data):
+    """Popularity of the items over every user's target train pairs: the ranks' counts summed
+    when `data` holds a rank's part (collective then)."""
+    counts = data.item_counts()
+    if data.users is not None:
+        counts = all_reduce_sum(torch.from_numpy(counts)).numpy()
+    return popularity(counts)
 
 
 def aux_cells(data) -> CSR | None:

@@ -2,7 +2,7 @@
 
 Layout of one evaluation (W ranks, I items):
 
-    rank r owns the users [lo_r, hi_r) (`dist.collective.user_range`: W contiguous id ranges)
+    rank r owns the users [lo_r, hi_r) (`data.pairs.user_range`: W contiguous id ranges)
     and ranks those of them with at least one evaluation item, b at a time:
     rank r's users, in blocks of b:  [ block 0 ... | block 1 ... | ... ]   B blocks on every rank
     each block against item chunks [lo, hi) of n items:
@@ -36,8 +36,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from mba_dist.data.pairs import CSR, Pairs, contains
-from mba_dist.dist.collective import all_reduce_max, all_reduce_sum, rank_world, user_range
+from mba_dist.data.pairs import CSR, Pairs, contains, user_range
+from mba_dist.dist.collective import all_reduce_max, all_reduce_sum, rank_world
 from mba_dist.eval.scorers import Scorer
 
 # Per (user, item) cell of a block: two float32 score buffers (t and pre_f) and torch.topk's

@@ -19,8 +19,9 @@ import torch
 
 from mba_dist import config as C
 from mba_dist.data.dataset import Dataset
+from mba_dist.data.pairs import user_range
 from mba_dist.data.train_data import TrainData
-from mba_dist.dist.collective import from_rank0, peak_rss_mb, rank_world, user_range
+from mba_dist.dist.collective import from_rank0, peak_rss_mb, rank_world
 from mba_dist.errors import ConfigError
 from mba_dist.eval import baselines
 from mba_dist.mba.roles import Model
