@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mba_dist.data.pairs import CSR
+from mba_dist.data.pairs import CSR, Pairs
 from mba_dist.dist.local import run_local_ranks
 from mba_dist.eval.ranking import evaluate
 from mba_dist.eval.scorers import mba_scorer, mf_scorer
@@ -52,6 +52,10 @@ def rank_fn() -> dict:
     frozen.load("pre_g", *f["t"])
     out["sharded_mf"] = run(mf_scorer(t.factors("t")))
     out["sharded_mba"] = run(mba_scorer(t.factors("t"), frozen.factors("pre_f"), 0.7))
+    # every evaluated user in the first rank's range: the other rank walks the blocks empty
+    low = test.users < U // 2
+    out["sharded_mf_low"] = evaluate(mf_scorer(t.factors("t")), Pairs(test.users[low], test.items[low]),
+                                     mask, U, I, KS, memory_mb=0)
     return out
 
 
@@ -62,6 +66,8 @@ def test_one_and_two_ranks_match_brute_force():
     sc.set_users(torch.arange(U))
     dense["mba"] = sc.scores(0, I).clone()
     want = {k: oracle.ranking_metrics(s.numpy(), train_sets, test_sets, KS) for k, s in dense.items()}
+    want["low"] = oracle.ranking_metrics(dense["mf"].numpy(), train_sets,
+                                         [t if u < U // 2 else set() for u, t in enumerate(test_sets)], KS)
     assert len(set(dense["mf"].flatten().tolist())) < 30  # integer logits: heavy ties
 
     one = run_local_ranks(rank_fn, 1)
@@ -69,7 +75,7 @@ def test_one_and_two_ranks_match_brute_force():
     for results in (one, two):
         for res in results:
             for variant, got in res.items():
-                ref = want[variant.split("_")[1]]
+                ref = want[variant.split("_")[-1]]
                 for k, v in ref.items():
                     assert got[k] == pytest.approx(v, abs=1e-9), (len(results), variant, k)
 
