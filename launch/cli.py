@@ -175,7 +175,8 @@ def cmd_run(a) -> int:
         close()
     print(run.results)
     if verbose:
-        rec = " recommendations.parquet" if (Path(a.out) / "recommendations.parquet").is_file() else ""
+        written = (Path(a.out) / "recommendations.parquet").is_file()
+        rec = " recommendations.parquet" if written else ""
         print(f"\noutputs in {a.out}/: metrics.json results.md{rec} "
               "log.jsonl config.yaml run.json checkpoints/ tensorboard/", file=sys.stderr)
     return 0

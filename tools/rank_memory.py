@@ -25,17 +25,18 @@ import sys
 import time
 from pathlib import Path
 
+from mba_dist.bench.eval import _rss_kib
+
 PAIRS_CODE = """
 import json, sys
 from mba_dist import config as C
+from mba_dist.bench.eval import _rss_kib
 from mba_dist.data.dataset import Dataset
 from mba_dist.data.train_data import TrainData
 from mba_dist.data.pairs import user_range
 
 def hwm():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024.0
+    return _rss_kib("VmHWM") / 1024.0
 
 root, config, world = sys.argv[1], sys.argv[2], int(sys.argv[3])
 cfg = C.load_config(config)
@@ -49,13 +50,11 @@ print(json.dumps({"growth_mb": hwm() - before,
 
 
 def _hwm_of(pid: int) -> float | None:
+    """The peak RSS (MiB) of process `pid` so far, or None once it is gone."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
+        return _rss_kib("VmHWM", pid) / 1024.0
     except OSError:
         return None
-    return None
 
 
 def pairs_growth(data: str, config: str, world: int) -> dict:

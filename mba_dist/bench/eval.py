@@ -100,12 +100,13 @@ def eval_speed(num_users: int = TAOBAO_SHAPE[0], num_items: int = TAOBAO_SHAPE[1
     return out
 
 
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
+def _rss_kib(field: str, pid: int | str = "self") -> int:
+    """A memory field of /proc/PID/status (VmRSS, VmHWM) in KiB; OSError once PID is gone."""
+    with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
+    raise RuntimeError(f"/proc/{pid}/status has no {field}")
 
 
 def _memory_worker(num_items: int, num_users: int, memory_mb: int, dim: int) -> dict:

@@ -19,6 +19,7 @@ from torch import nn
 
 from mba_dist import config as C
 from mba_dist.data.pairs import Pairs, dedup_sorted
+from mba_dist.dist.collective import own_peak_rss_mb
 from mba_dist.mba.losses import Logits, l2, mba_loss
 from mba_dist.mba.roles import DN_MODELS, DP_MODELS, FROZEN, Kind, Model, Phase, phase_of_step
 from mba_dist.data.sampler import Observed
@@ -52,8 +53,7 @@ def _reset_peak(dev: torch.device) -> None:
 def _peak_mb(dev: torch.device) -> float:
     if dev.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return own_peak_rss_mb()
 
 
 class _AuthorsTriples(torch.utils.data.Dataset):

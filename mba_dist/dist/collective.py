@@ -61,12 +61,16 @@ def all_gather_rows(t: torch.Tensor, group=None) -> tuple[torch.Tensor, int]:
     return out.to(t.device), sum(sizes[:rank])
 
 
-def peak_rss_mb(group=None) -> list[float]:
-    """Every rank's peak resident memory so far (MiB, Linux's ru_maxrss), in rank order."""
+def own_peak_rss_mb() -> float:
+    """This process's peak resident memory so far (MiB, Linux's ru_maxrss)."""
     import resource
 
-    mine = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0],
-                        dtype=torch.float64)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def peak_rss_mb(group=None) -> list[float]:
+    """Every rank's `own_peak_rss_mb`, in rank order."""
+    mine = torch.tensor([own_peak_rss_mb()], dtype=torch.float64)
     return [round(v, 1) for v in all_gather_rows(mine, group)[0].tolist()]
 
 

@@ -83,8 +83,7 @@ class FactorScorer:
         # Score chunks are written into reused flat buffers (a smaller chunk takes a contiguous
         # prefix): a fresh [users, items] tensor per chunk costs as much in page faults as the
         # matrix product itself (d = 32 is write-bound).
-        # (a rank's first block may be empty: b * n == 0 still allocates the buffers' list)
-        if "flat" not in self._bufs or self._bufs["cells"] < b * n:
+        if self._bufs.get("cells", -1) < b * n:  # -1: a first, empty block allocates too
             self._bufs = {}  # release before allocating: the peak stays one set of buffers
             self._bufs = {"cells": b * n,
                           "flat": [torch.empty(b * n, device=self.device) for _ in self.parts[:2]]}

@@ -188,7 +188,8 @@ class ShardedFactors:
     """`eval.scorers.Factors` read from the shards: every rank places the rows it holds into a
     zeroed buffer and the buffers are summed, so a call materialises only the rows asked for
     (one item chunk, one user block) beyond the plan's own shards. Collective: every rank calls
-    together (`items` with the same arguments, `users` with its own ids). Works for any sharding (table-, row- or column-wise)."""
+    together (`items` with the same arguments, `users` with its own ids). Works for any
+    sharding (table-, row- or column-wise)."""
 
     def __init__(self, group: TorchrecTableGroup, model: str):
         self.group, self.model = group, model

@@ -116,9 +116,10 @@ def run_training(cfg: C.Config, data_dir: str | Path, out: RunOutputs | None,
     """The worker function (module docstring). Batches come from `source` (default: the
     dataset's pairs in memory, split by rank; with a source, this rank reads only its own
     users' pairs, for its evaluations). After every epoch `checkpointer` may write a
-    resumable state; `resume` (one, `checkpoint.load_resume_state`) continues a run: its finished stages are kept and
-    its current stage goes on after the saved epoch. `reused`: the run of `pretrain.from_run`
-    (its stage-1 models are not trained again). `out` may be None (nothing is kept).
+    resumable state; `resume` (one, `checkpoint.load_resume_state`) continues a run: its
+    finished stages are kept and its current stage goes on after the saved epoch. `reused`:
+    the run of `pretrain.from_run` (its stage-1 models are not trained again). `out` may be
+    None (nothing is kept).
     `read_test=False` (a search trial): the test set is not read; the metrics hold the
     validation-selected epoch only."""
     if cfg.method == "mba" and cfg.pretrain.from_run and reused is None:
