@@ -175,7 +175,7 @@ def cmd_run(a) -> int:
         close()
     print(run.results)
     if verbose:
-        written = (Path(a.out) / "recommendations.parquet").is_file()
+        written = (Path(a.out) / "recommendations.parquet").exists()
         rec = " recommendations.parquet" if written else ""
         print(f"\noutputs in {a.out}/: metrics.json results.md{rec} "
               "log.jsonl config.yaml run.json checkpoints/ tensorboard/", file=sys.stderr)

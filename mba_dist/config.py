@@ -54,8 +54,8 @@ class PretrainConfig:
     lambda0: float = 1e-4  # L2 weight of BPR pretraining: lambda0 * 0.5 * ||W||^2 / num_users
     epochs: int = 300  # upper bound; early stopping usually ends sooner
     patience: int = 20  # epochs without a better validation Recall@20 (paper: 20)
-    # Reuse the stage-1 models of an earlier run directory (its checkpoints/pre_f.pt, pre_g.pt
-    # and, when present, mf_merged.pt) instead of pretraining again, as the authors' code does
+    # Reuse the stage-1 models of an earlier run directory (its checkpoints/pre_f, pre_g and,
+    # when present, mf_merged) instead of pretraining again, as the authors' code does
     # between MBA runs. The earlier run must have used the same dataset.
     from_run: str | None = None
 

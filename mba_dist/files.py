@@ -15,7 +15,7 @@ import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from mba_dist.errors import OutputExistsError
 
@@ -36,6 +36,22 @@ def atomic_write_parquet(path: Path, table) -> None:
     buf = io.BytesIO()
     pq.write_table(table, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def write_parquet_parts(path: Path, tables: Iterable) -> None:
+    """pyarrow tables of one schema as one Parquet file, each written as it comes (one in
+    memory at a time); into a directory the caller staged (`path` is not atomic)."""
+    import pyarrow.parquet as pq
+
+    writer = None
+    try:
+        for t in tables:
+            if writer is None:
+                writer = pq.ParquetWriter(str(path), t.schema)
+            writer.write_table(t)
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 def _host() -> str:

@@ -17,7 +17,7 @@ from mba_dist import config as C
 from mba_dist import provenance
 from mba_dist.data.dataset import Dataset
 from mba_dist.data.pair_sets import check_dataset
-from mba_dist.data.pairs import subtract_pairs, unique_ints
+from mba_dist.data.pairs import subtract_pairs
 from mba_dist.errors import ConfigError
 from mba_dist.eval import baselines
 from mba_dist.eval.baselines import csv_text, markdown
@@ -101,13 +101,9 @@ def train_run(data: str | Path, out: str | Path, config: str | None = None,
     except BaseException:
         finish_mlflow(tracking, None, [])
         raise
-    # Recommendations for every test user, raw ids, known purchases excluded.
-    table = None
-    if cfg.eval.top_n:
-        users = unique_ints(ds.pairs("test", ds.target).users)
-        table = run.load().recommendations(users, cfg.eval.top_n)
+    # the workers wrote every test user's recommendations (`train.runner.export_top_n`)
     report = results_table(metrics)
-    run.write_results(report, table)
+    run.write_results(report)
     run.remove_checkpoints()  # the stage files are the finished run
     run.add_info({"finished": provenance.now()})
     artifacts = [run.root / n for n in ("results.md", "metrics.json", "config.yaml", "run.json",

@@ -3,10 +3,12 @@
     RUN/config.yaml                  the resolved config
     RUN/run.json                     dataset path, config file, overrides, start time
     RUN/log.jsonl                    one record per epoch (rank 0)
-    RUN/checkpoints/<stage>.pt       each finished stage's best weights (`train.checkpoint`)
+    RUN/checkpoints/<stage>/         each finished stage's best weights, every rank's shards
+                                     (`train.checkpoint`; `<stage>.pt` in runs of format 1)
     RUN/metrics.json                 test metrics and the baseline table: the run finished
     RUN/results.md                   the table as printed
-    RUN/recommendations.parquet      top-N lists of every test user, raw ids (not with eval.top_n 0)
+    RUN/recommendations.parquet/     top-N lists of every test user, raw ids, one part-RANK.parquet
+                                     per rank (not with eval.top_n 0; a file in earlier runs)
     RUN/ray/                         Ray Train's storage: resumable states (unless --storage)
     RUN/{baselines,evaluation}.{md,csv}   written by `mba-dist evaluate`
 
@@ -38,7 +40,7 @@ from mba_dist.errors import CheckpointError, RunError
 from mba_dist.eval import baselines
 from mba_dist.eval.export import top_n_table
 from mba_dist.eval.scorers import AuxFirst, Scorer
-from mba_dist.files import (atomic_write_bytes, atomic_write_parquet, clear_leftovers, ensure_dir,
+from mba_dist.files import (atomic_write_bytes, clear_leftovers, ensure_dir,
                             swap_in, temp_dir_for, temp_prefix)
 from mba_dist.mba.stages import main_model
 from mba_dist.tracking import Trackers, Tracking
@@ -59,7 +61,10 @@ def is_run(path: Path) -> bool:
 
 
 def stage_path(root: Path, name: str) -> Path:
-    return Path(root) / "checkpoints" / f"{name}.pt"
+    """A stage's checkpoint: its directory, or the file of a run written in format 1."""
+    d = Path(root) / "checkpoints" / name
+    legacy = d.with_name(f"{name}.pt")
+    return legacy if legacy.is_file() and not d.is_dir() else d
 
 
 def _read_json(path: Path) -> dict:
@@ -233,8 +238,19 @@ class RunDir:
         Train's are removed by `train.ray_job`)."""
         shutil.rmtree(self.local_state_path.parent, ignore_errors=True)
 
-    def save_stage(self, name: str, blob: bytes) -> None:
-        atomic_write_bytes(self.stage_path(name), blob)
+    @contextmanager
+    def staged_stage(self, name: str) -> Iterator[Path]:
+        """A new directory beside RUN/checkpoints/<name> for the stage's checkpoint (removed
+        unless `commit_stage` swapped it in)."""
+        staged = temp_dir_for(self.root / "checkpoints" / name)
+        try:
+            yield staged
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+
+    def commit_stage(self, name: str, staged: Path) -> None:
+        """Put a complete stage checkpoint at RUN/checkpoints/<name> (an earlier one goes)."""
+        swap_in(staged, self.root / "checkpoints" / name)
 
     def write_metrics(self, metrics: dict) -> None:
         atomic_write_bytes(self.metrics_path, json.dumps(metrics, indent=2).encode())
@@ -242,10 +258,25 @@ class RunDir:
             self._trackers.close()
             self._trackers = None
 
-    def write_results(self, report: str, recommendations) -> None:
-        """results.md and, unless None (`eval.top_n: 0`), recommendations.parquet."""
-        if recommendations is not None:
-            atomic_write_parquet(self.root / "recommendations.parquet", recommendations)
+    @property
+    def recommendations_path(self) -> Path:
+        return self.root / "recommendations.parquet"
+
+    @contextmanager
+    def staged_recommendations(self) -> Iterator[Path]:
+        """A new directory beside RUN/recommendations.parquet for the ranks' parts (removed
+        unless `commit_recommendations` swapped it in)."""
+        staged = temp_dir_for(self.recommendations_path)
+        try:
+            yield staged
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+
+    def commit_recommendations(self, staged: Path) -> None:
+        swap_in(staged, self.recommendations_path)
+
+    def write_results(self, report: str) -> None:
+        """results.md."""
         atomic_write_bytes(self.root / "results.md", (report + "\n").encode())
 
     def write_report(self, stem: str, markdown: str, csv: str, dest: Path | None = None) -> Path:
@@ -316,9 +347,13 @@ class StageFiles:
     cfg: C.Config
 
     def has_stage(self, name: str) -> bool:
-        return stage_path(self.root, name).is_file()
+        return stage_path(self.root, name).exists()
+
+    def stage_checkpoint(self, name: str) -> Path:
+        return stage_path(self.root, name)
 
     def stage_weights(self, name: str) -> checkpoint.Weights:
+        """A stage's whole tables (`evaluate`, `recommend`, the plots)."""
         return checkpoint.load_stage_weights(stage_path(self.root, name))
 
     def stage_info(self, name: str) -> dict:
@@ -347,10 +382,13 @@ class FinishedRun(StageFiles):
     ds: Dataset
 
     def all_stage_weights(self) -> dict[str, checkpoint.Weights]:
-        found = sorted((self.root / "checkpoints").glob("*.pt"))
+        where = self.root / "checkpoints"
+        found = sorted({p.parent.name for p in where.glob(f"*/{checkpoint.STAGE_FILE}")
+                        if not p.parent.name.startswith(".")}
+                       | {p.stem for p in where.glob("*.pt")})
         if not found:
-            raise RunError(f"{self.root / 'checkpoints'} holds no checkpoint")
-        return {p.stem: checkpoint.load_stage_weights(p) for p in found}
+            raise RunError(f"{where} holds no checkpoint")
+        return {n: self.stage_weights(n) for n in found}
 
     def scorer(self) -> Scorer:
         """The scorer of the run's own model (the MF model of an mf run, or MBA's blend)."""

@@ -96,8 +96,8 @@ def _save_sharded(root):
         best = g.snapshot()
         _steps(g, [2])
         meta = {"format": checkpoint.RESUME_FORMAT, "kind": "resume"}
-        checkpoint.save_resume(Path(root) / mode, meta, [g], [best])
-        out[mode] = {"best": {m: g.snapshot_weights(best, m) for m in g.models},
+        checkpoint.save_resume(Path(root) / mode, meta, [g], [best], {})
+        out[mode] = {"best": {m: g.stage_tables(best).whole(m) for m in g.models},
                      "saved": _whole(g)}
         _steps(g, [3, 4, 5])
         out[mode]["end"] = _whole(g)
@@ -114,7 +114,7 @@ def _resume_sharded(root):
         state = checkpoint.load_resume_state(Path(root) / mode / checkpoint.RESUME_STATE_FILE)
         g = _group(mode)
         [best] = state.restore([g])
-        out[mode] = {"best": {m: g.snapshot_weights(best, m) for m in g.models},
+        out[mode] = {"best": {m: g.stage_tables(best).whole(m) for m in g.models},
                      "saved": _whole(g)}
         fresh = _group(mode)
         for m, (u, i) in out[mode]["saved"].items():

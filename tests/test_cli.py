@@ -1,5 +1,6 @@
 """End to end through the CLI on tiny synthetic data, and config handling."""
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ def test_run_mba_end_to_end(tiny_dataset, tmp_path, capsys):
     assert set(m["baselines"]) == {"mba", "mf_purchase", "mf_click", "mf_merged", "mostpop",
                                    "aux_memory_click"}
     for name in ("pre_f", "pre_g", "mf_merged", "mba"):
-        assert (out / "checkpoints" / f"{name}.pt").is_file()
+        assert (out / "checkpoints" / name / "stage.pt").is_file()
     stages = [json.loads(line)["stage"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert stages.count("mba") == 3 and stages.count("pre_f") == 3
     # resolved config round-trips, with the overrides applied
@@ -171,9 +172,9 @@ def test_missing_checkpoint_is_a_clear_error(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["run", "--local", "--data", str(tiny_dataset), "--model", "mf", "--out", str(out)]
                 + _sets("data.aux=click")) == 0
-    (out / "checkpoints" / "mf_target.pt").unlink()
+    shutil.rmtree(out / "checkpoints" / "mf_target")
     assert main(["recommend", "--run", str(out)]) == 2
-    assert "mf_target.pt does not exist" in capsys.readouterr().err
+    assert "checkpoints/mf_target does not exist" in capsys.readouterr().err
 
 
 def test_pretrained_models_reused_from_an_earlier_run(tiny_dataset, tmp_path):

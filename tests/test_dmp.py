@@ -3,9 +3,12 @@ the same hand-written weights, the same global batches split across ranks, K = 6
 MBA steps (DP, DN, ...; kinds B and A). Losses and every table agree (explicit tolerance), and
 the frozen and off-phase tables are bit-for-bit unchanged at every step."""
 import numpy as np
+import pyarrow.parquet as pq
+import pytest
 import torch
 
 from mba_dist import config as C
+from mba_dist.data.dataset import Dataset
 from mba_dist.dist.local import run_local_ranks
 from mba_dist.mba.roles import Kind, Phase, phase_of_step
 from mba_dist.mba.roles import DN_MODELS, DP_MODELS, FROZEN, Model
@@ -95,6 +98,7 @@ def test_two_rank_training_runs_in_lockstep(tiny_dataset, tmp_path):
     cfg = C.load_config("configs/synthetic.yaml", [
         "data.aux=click", "model.backend=torchrec", "optim.mode=rowwise_adagrad", "optim.lr=0.05",
         "pretrain.epochs=2", "mba.epochs=2", "train.batch_size=256", "train.merged_baseline=false"])
+    RunDir(tmp_path / "two").begin(cfg, {"data": str(tiny_dataset)}, overwrite=False)
     two = run_local_ranks(run_training, 2, cfg, str(tiny_dataset), RunDir(tmp_path / "two"))
     one = run_local_ranks(run_training, 1, cfg, str(tiny_dataset), RunDir(tmp_path / "one"))[0]
     assert two[0]["baselines"] == two[1]["baselines"]  # the evaluator's sums are all-reduced
@@ -102,7 +106,26 @@ def test_two_rank_training_runs_in_lockstep(tiny_dataset, tmp_path):
         # the same global batches; a tail smaller than the world size is dropped
         assert abs(two[0]["stages"][stage]["triples"] - info["triples"]) <= 2 * info["epochs_run"]
     saved = sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir())
-    assert saved == ["mba.pt", "pre_f.pt", "pre_g.pt"]
+    assert saved == ["mba", "pre_f", "pre_g"]  # directories: every rank wrote its shards
+    # the stage directories assemble (in this process, whole) into the tables the ranks
+    # evaluated from their shards, and the ranks' recommendation parts are its top-N lists
+    from mba_dist.jobs import evaluate_table, recommend
+
+    whole = evaluate_table(tmp_path / "two", with_baselines=True)
+    for row, splits in two[0]["baselines"].items():
+        for metric, v in splits["test"].items():
+            assert whole[row]["test"][metric] == pytest.approx(v, rel=1e-6, abs=1e-9), (row, metric)
+    rec = tmp_path / "two" / "recommendations.parquet"
+    parts = [pq.read_table(p) for p in sorted(rec.iterdir())]
+    assert [p.name for p in sorted(rec.iterdir())] == ["part-00000.parquet", "part-00001.parquet"]
+    assert all(p.num_rows for p in parts)
+    assert not set(parts[0].column("user").to_pylist()) & set(parts[1].column("user").to_pylist())
+    exported = pq.read_table(rec).to_pandas().sort_values(["user", "rank"]).reset_index(drop=True)
+    redone = recommend(tmp_path / "two", None, cfg.eval.top_n).to_pandas()
+    redone = redone[redone.user.isin(set(exported.user))].sort_values(["user", "rank"])
+    assert set(exported.user) == set(Dataset(tiny_dataset).pairs("test", "purchase").users.tolist())
+    assert (exported[["user", "item", "rank"]].values == redone[["user", "item", "rank"]].values).all()
+    np.testing.assert_allclose(exported.score, redone.score, rtol=1e-6)
     logged = (tmp_path / "two" / "log.jsonl").read_text().splitlines()
     assert len(logged) == sum(s["epochs_run"] for s in two[0]["stages"].values())  # rank 0 only
 

@@ -113,8 +113,9 @@ ALLOWED = {
     "mba_dist/run_dir.py": "the run directory's one owner",
     "mba_dist/search.py": "the search directory's one owner (its runs are run directories)",
     "mba_dist/files.py": "the atomic-write primitives",
-    "mba_dist/train/checkpoint.py": "a resumable state's shards and state.pt (DCP), into a "
-                                    "directory its caller staged (the run directory, Ray's)",
+    "mba_dist/train/checkpoint.py": "a stage's or a resumable state's shards (DCP) and its "
+                                    "own file, into a directory its caller staged (the run "
+                                    "directory, Ray's)",
     "mba_dist/data/format.py": "the dataset writer (called by data_prep)",
     "mba_dist/dist/local.py": "each local rank's result, in a temporary directory of its own",
     "mba_dist/bench/eval.py": "the bench's own --out directory",

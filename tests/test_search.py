@@ -62,9 +62,9 @@ def test_a_search_selects_on_validation_and_resumes(tiny_dataset, tmp_path, caps
     chosen = C.load_config(out / "best.yaml")
     assert chosen.mba.alpha == float(best["mba.alpha"])
     assert chosen.mba.c1 == pytest.approx(float(best["mba.c1"]))
-    assert (out / "base" / "checkpoints" / "pre_f.pt").is_file()
-    assert not (out / "best" / "checkpoints" / "pre_f.pt").samefile(
-        out / "base" / "checkpoints" / "pre_f.pt")
+    assert (out / "base" / "checkpoints" / "pre_f" / "stage.pt").is_file()
+    assert not (out / "best" / "checkpoints" / "pre_f").samefile(
+        out / "base" / "checkpoints" / "pre_f")
     assert (out / "search.png").read_bytes()[:4] == b"\x89PNG"
     report = capsys.readouterr().out
     assert f"test R@20 {metrics['baselines']['mba']['test']['recall@20']:.4f}" in report

@@ -441,14 +441,18 @@ def _damage(kind, run, data):
         (run / "run.json").write_text('{"tool": "mba-dist", ')
         return run / "run.json", "not valid JSON"
     if kind == "stage":
-        path = run / "checkpoints" / "mba.pt"
-        path.write_bytes(path.read_bytes()[:1000])
+        path = run / "checkpoints" / "mba" / "stage.pt"
+        path.write_bytes(path.read_bytes()[:100])
         return path, "is not readable"
+    if kind == "stage shards":
+        [shard] = (run / "checkpoints" / "mba" / "shards").glob("*.distcp")
+        shard.write_bytes(shard.read_bytes()[:1000])
+        return run / "checkpoints" / "mba", "its shards do not load"
     if kind == "foreign stage":
         import torch
-        path = run / "checkpoints" / "mba.pt"
-        torch.save({"format": 1, "kind": "resume", "config": {}}, path)
-        return path, "is not a stage checkpoint of mba-dist"
+        path = run / "checkpoints" / "mba" / "stage.pt"
+        torch.save({"format": 2, "kind": "resume", "config": {}}, path)
+        return run / "checkpoints" / "mba", "is not a stage checkpoint of mba-dist"
     if kind == "dataset parquet":
         path = data / "test" / "purchase.parquet"
         path.write_bytes(b"PAR1" + b"\0" * 64)
@@ -456,7 +460,8 @@ def _damage(kind, run, data):
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["run.json", "stage", "foreign stage", "dataset parquet"])
+@pytest.mark.parametrize("kind", ["run.json", "stage", "stage shards", "foreign stage",
+                                  "dataset parquet"])
 def test_evaluate_on_damaged_files_is_one_line_naming_the_file(tiny_dataset, tmp_path, capsys,
                                                                kind):
     import shutil

@@ -43,6 +43,7 @@ class Dataset:
         self.num_items = int(self.meta["num_items"])
         self.target = str(self.meta["target"])
         self._cache: dict[tuple, Pairs] = {}
+        self._raw: dict[str, pa.Array | None] = {}
         for entity, n in (("user", self.num_users), ("item", self.num_items)):
             path = self.root / f"{entity}_map.parquet"
             if path.is_file() and _num_rows(path) != n:
@@ -100,13 +101,26 @@ class Dataset:
             self._cache[key] = p
         return self._cache[key]
 
+    def _raw_map(self, entity: str) -> pa.Array | None:
+        """The raw ids of `entity` by dense id (read once), None when ids are the identity."""
+        if entity not in self._raw:
+            path = self.root / f"{entity}_map.parquet"
+            self._raw[entity] = (pq.read_table(path).column("raw").combine_chunks()
+                                 if path.is_file() else None)
+        return self._raw[entity]
+
+    def raw_id_array(self, entity: str, ids: np.ndarray) -> pa.Array:
+        """Dense ids -> the raw ids of the input files, as an Arrow array of the map's type
+        (int64 when no map is stored)."""
+        ids = pa.array(np.asarray(ids, dtype=np.int64))
+        raw = self._raw_map(entity)
+        return ids if raw is None else raw.take(ids)
+
     def raw_ids(self, entity: str, ids: np.ndarray) -> np.ndarray:
         """Dense ids -> the raw ids of the input files (identity when no map is stored)."""
-        path = self.root / f"{entity}_map.parquet"
-        if not path.is_file():
+        if self._raw_map(entity) is None:
             return ids
-        raw = pq.read_table(path).column("raw").to_numpy(zero_copy_only=False)
-        return raw[ids]
+        return self.raw_id_array(entity, ids).to_numpy(zero_copy_only=False)
 
     def dense_ids(self, entity: str, raw: list[str]) -> np.ndarray:
         """Raw ids (as typed on a command line) -> dense ids; unknown ones raise, naming them."""

@@ -13,7 +13,7 @@ Layout of one evaluation (W ranks, I items):
 
 A rank needs the evaluation pairs and the mask of its own users only (`TrainData` reads just
 those when the run streams). Item and user factors come from a `Factors` source: local tensors
-(`LocalFactors`), or the torchrec shards (`tables.torchrec_tables.ShardedFactors`), which
+(`LocalFactors`), or the torchrec shards (`tables.stage_tables.ShardedFactors`), which
 assemble one item chunk (or the ranks' user blocks) at a time from the shards every rank holds;
 every rank therefore walks the same number of blocks (B, the largest of the ranks' counts) and
 the same chunks in the same order, whether or not it has users left in a block.

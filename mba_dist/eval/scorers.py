@@ -1,7 +1,7 @@
 """Scorers: what the evaluator ranks by, one user block and item chunk at a time.
 
 `Factors` sources give the user and item rows of one MF model (local tensors, or the torchrec
-shards: `tables.torchrec_tables.ShardedFactors`); a `Scorer` turns them into a [users, items]
+shards: `tables.stage_tables.ShardedFactors`); a `Scorer` turns them into a [users, items]
 score chunk: MF logits, MBA's blend of t and pre_f (paper Eq. 3), or popularity memories.
 """
 from __future__ import annotations

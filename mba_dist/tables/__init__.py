@@ -3,8 +3,9 @@
     base.py             TableGroup (the interface a step and the evaluator use), Rows, logits
     torch_tables.py     plain `nn.Embedding` tables (one process; dense or sparse optimizers)
     row_optim.py        sparse-row Adagrad / lazy Adam for the torch tables
-    torchrec_tables.py  EmbeddingBagCollection per group, sharded by DMP, fused optimizers;
-                        ShardedFactors (the evaluator's view of the shards)
+    torchrec_tables.py  EmbeddingBagCollection per group, sharded by DMP, fused optimizers
+    stage_tables.py     StageTables (a finished stage's best epoch, each rank its part) and
+                        ShardedFactors (the evaluator's view of shards, a chunk at a time)
     plan.py             the torchrec sharding plan, and `describe(plan)` to print it
     build.py            build_group: the backend `model.backend` names, tables initialised
 

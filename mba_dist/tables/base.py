@@ -19,6 +19,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from mba_dist.mba.roles import ENTITIES
+from mba_dist.tables.stage_tables import StageTables
+
 
 class Rows(NamedTuple):
     """One group's rows for a batch of B (user, positive, negative) triples, in one tensor
@@ -94,12 +97,28 @@ class TableGroup(nn.Module):
         """The group's rows for the triples (users[b], pos[b], neg[b]); ids int64 [B]."""
         raise NotImplementedError
 
+    num_users: int
+    num_items: int
+    dim: int
+
+    def live_tables(self) -> dict:
+        """{MODEL_user|MODEL_item: this rank's part of the live table} (a whole tensor, or a
+        `ShardedTensor` of the rank's shards); the tensors are the live ones."""
+        raise NotImplementedError
+
     def weights(self, model: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Full (user, item) weight matrices of one model, as CPU float32 copies."""
+        """Full (user, item) weight matrices of one model, as CPU float32 copies (collective on
+        sharded backends; tests and benchmarks: training reads `factors`)."""
+        raise NotImplementedError
+
+    def write_rows(self, key: str, lo: int, rows: torch.Tensor) -> None:
+        """Set rows lo .. lo + len(rows) - 1 of table `key` (each rank the part it holds)."""
         raise NotImplementedError
 
     def load(self, model: str, user: torch.Tensor, item: torch.Tensor) -> None:
-        raise NotImplementedError
+        """Set one model's whole tables (each rank the part it holds)."""
+        for e, full in zip(ENTITIES, (user, item)):
+            self.write_rows(f"{model}_{e}", 0, full)
 
     def factors(self, model: str):
         """An `eval.scorers.Factors` source over the live tables of one model (no full copy)."""
@@ -114,9 +133,9 @@ class TableGroup(nn.Module):
         the fit loop without whole tables)."""
         raise NotImplementedError
 
-    def snapshot_weights(self, snap, model: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Whole (user, item) CPU tables of one model from `snapshot()` output (collective on
-        sharded backends: it assembles the ranks' parts)."""
+    def stage_tables(self, snap=None) -> StageTables:
+        """A `snapshot()` (default: the live tables, of a frozen group) as `StageTables`: each
+        rank keeps its own part, with the live tables' layout."""
         raise NotImplementedError
 
     def full_tables(self, model: str) -> list[torch.Tensor]:

@@ -21,16 +21,17 @@ def init_weights(num: int, dim: int, std: float, seed: int, model: str, entity: 
 
 def build_group(models: Iterable[Model | str], num_users: int, num_items: int,
                 model: ModelConfig, optim: OptimConfig | None, device: torch.device,
-                seed: int) -> TableGroup:
-    """The tables of `models` on `model.backend`, initialised N(0, model.init_std) from `seed`;
-    `optim=None` builds a frozen group (no optimizer, no gradients)."""
+                seed: int, init: bool = True) -> TableGroup:
+    """The tables of `models` on `model.backend`, initialised N(0, model.init_std) from `seed`
+    (unless not `init`: a group about to be loaded from a checkpoint skips building the whole
+    initial tables); `optim=None` builds a frozen group (no optimizer, no gradients)."""
     if model.backend == "torch":
         from mba_dist.tables.torch_tables import TorchTableGroup
         g: TableGroup = TorchTableGroup(models, num_users, num_items, model.dim, optim, device)
     else:
         from mba_dist.tables.torchrec_tables import TorchrecTableGroup
         g = TorchrecTableGroup(models, num_users, num_items, model.dim, optim, device)
-    for m in map(model_name, models):
+    for m in map(model_name, models) if init else ():
         g.load(m, init_weights(num_users, model.dim, model.init_std, seed, m, "user"),
                init_weights(num_items, model.dim, model.init_std, seed, m, "item"))
     return g

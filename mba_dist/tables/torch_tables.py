@@ -16,6 +16,7 @@ from mba_dist.eval.scorers import LocalFactors
 from mba_dist.mba.roles import ENTITIES, Model, model_name
 from mba_dist.tables.base import Rows, TableGroup
 from mba_dist.tables.row_optim import RowAdagrad, RowAdam
+from mba_dist.tables.stage_tables import StageTables
 
 
 class TorchTableGroup(TableGroup):
@@ -25,6 +26,7 @@ class TorchTableGroup(TableGroup):
                  optim: OptimConfig | None, device: torch.device):
         super().__init__()
         self.models = tuple(model_name(m) for m in models)
+        self.num_users, self.num_items, self.dim = num_users, num_items, dim
         optim_mode = optim.mode if optim is not None else None
         sparse = optim_mode not in (None, "dense_adam")
         self.tables = nn.ModuleDict({
@@ -59,10 +61,13 @@ class TorchTableGroup(TableGroup):
     def weights(self, model: str) -> tuple[torch.Tensor, torch.Tensor]:
         return tuple(self.tables[f"{model}_{e}"].weight.detach().cpu().clone() for e in ENTITIES)
 
-    def load(self, model: str, user: torch.Tensor, item: torch.Tensor) -> None:
+    def live_tables(self) -> dict:
+        return {k: t.weight.detach() for k, t in self.tables.items()}
+
+    def write_rows(self, key: str, lo: int, rows: torch.Tensor) -> None:
         with torch.no_grad():
-            self.tables[f"{model}_user"].weight.copy_(user)
-            self.tables[f"{model}_item"].weight.copy_(item)
+            w = self.tables[key].weight
+            w[lo:lo + len(rows)] = rows.to(w.device)
 
     def finite(self, model: str) -> bool:
         return all(bool(torch.isfinite(self.tables[f"{model}_{e}"].weight).all()) for e in ENTITIES)
@@ -70,8 +75,9 @@ class TorchTableGroup(TableGroup):
     def snapshot(self) -> dict:
         return {k: t.weight.detach().cpu().clone() for k, t in self.tables.items()}
 
-    def snapshot_weights(self, snap: dict, model: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return tuple(snap[f"{model}_{e}"] for e in ENTITIES)
+    def stage_tables(self, snap: dict | None = None) -> StageTables:
+        return StageTables(snap if snap is not None else self.live_tables(), self.num_users,
+                           self.num_items, self.dim)
 
     def factors(self, model: str):
         return LocalFactors(*(self.tables[f"{model}_{e}"].weight.detach() for e in ENTITIES))
@@ -90,7 +96,7 @@ class TorchTableGroup(TableGroup):
     def shard_state(self, best: dict | None = None) -> tuple[dict, dict]:
         # One rank holds whole tables here: its shards are the tables. The optimizer's tensors
         # go with them; its scalars (steps, param groups) stay beside them in `extra`.
-        out = {f"tables/{k}": t.weight.detach() for k, t in self.tables.items()}
+        out = {f"tables/{k}": t for k, t in self.live_tables().items()}
         out.update({f"best/{k}": w for k, w in (best or {}).items()})
         sd = self.optimizer_state()
         skeleton = {"state": {}, "param_groups": sd.get("param_groups", [])}

@@ -31,10 +31,11 @@ from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
 from mba_dist.config import OptimConfig
-from mba_dist.dist.collective import all_gather_rows, collective_device
+from mba_dist.dist.collective import collective_device
 from mba_dist.mba.roles import ENTITIES, Model, model_name
 from mba_dist.tables.base import Rows, TableGroup
 from mba_dist.tables.plan import sharding_plan
+from mba_dist.tables.stage_tables import ShardedFactors, StageTables
 
 # optim.mode -> the optimizer FBGEMM fuses into the TBE backward
 FUSED_OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad,
@@ -99,8 +100,11 @@ class TorchrecTableGroup(TableGroup):
     def _sharded(self, key: str):
         return self.dmp.state_dict()[f"embedding_bags.{key}.weight"]
 
-    def factors(self, model: str) -> "ShardedFactors":
-        return ShardedFactors(self, model)
+    def live_tables(self) -> dict:
+        return {k: self._sharded(k) for k in self.keys}
+
+    def factors(self, model: str) -> ShardedFactors:
+        return ShardedFactors(self.live_tables(), self.dim, model)
 
     def finite(self, model: str) -> bool:
         ok = all(bool(torch.isfinite(s.tensor).all()) for e in ENTITIES
@@ -115,36 +119,29 @@ class TorchrecTableGroup(TableGroup):
         return {key: [(_shard_index(s), s.tensor.detach().cpu().clone())
                       for s in self._sharded(key).local_shards()] for key in self.keys}
 
-    def snapshot_weights(self, snap: dict, model: str) -> tuple[torch.Tensor, torch.Tensor]:
-        dev = collective_device()
-        out = []
-        for e, n in zip(ENTITIES, (self.num_users, self.num_items)):
-            buf = torch.zeros(n, self.dim, device=dev)
-            for index, part in snap[f"{model}_{e}"]:
-                buf[index] = part.to(dev)
-            if dist.get_world_size() > 1:
-                dist.all_reduce(buf)
-            out.append(buf.cpu())
-        return tuple(out)
+    def stage_tables(self, snap: dict | None = None) -> StageTables:
+        tables = self.live_tables() if snap is None else {
+            key: self._as_sharded(key, [t for _, t in parts]) for key, parts in snap.items()}
+        return StageTables(tables, self.num_users, self.num_items, self.dim)
 
     def weights(self, model: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Whole tables on every rank (checkpoints; the evaluator reads `factors` instead)."""
-        f = self.factors(model)
-        return f.rows(f"{model}_user", 0, self.num_users).cpu(), f.items(0, self.num_items).cpu()
+        return self.stage_tables().whole(model)
 
-    def load(self, model: str, user: torch.Tensor, item: torch.Tensor) -> None:
+    def write_rows(self, key: str, lo: int, rows: torch.Tensor) -> None:
+        hi = lo + len(rows)
         with torch.no_grad():
-            for e, full in zip(ENTITIES, (user, item)):
-                for shard in self._sharded(f"{model}_{e}").local_shards():
-                    r, c = shard.metadata.shard_offsets
-                    h, w = shard.metadata.shard_sizes
-                    shard.tensor.copy_(full[r:r + h, c:c + w])
+            for shard in self._sharded(key).local_shards():
+                r, c = shard.metadata.shard_offsets
+                h, w = shard.metadata.shard_sizes
+                a, b = max(lo, r), min(hi, r + h)
+                if a < b:
+                    shard.tensor[a - r:b - r] = rows[a - lo:b - lo, c:c + w].to(shard.tensor.device)
 
     def optimizer_state(self) -> dict:
         return {} if self.frozen else self.dmp.fused_optimizer.state_dict()
 
     def shard_state(self, best: dict | None = None) -> tuple[dict, dict]:
-        out = {f"tables/{k}": self._sharded(k) for k in self.keys}
+        out = {f"tables/{k}": t for k, t in self.live_tables().items()}
         if not self.frozen:  # the fused optimizer's state of the shards this rank holds
             for param, st in self.optimizer_state()["state"].items():
                 out.update({f"optim/{param}/{n}": t for n, t in st.items()})
@@ -182,46 +179,3 @@ class TorchrecTableGroup(TableGroup):
 def _shard_index(shard) -> tuple[slice, ...]:
     return tuple(slice(o, o + n) for o, n in
                  zip(shard.metadata.shard_offsets, shard.metadata.shard_sizes))
-
-
-class ShardedFactors:
-    """`eval.scorers.Factors` read from the shards: every rank places the rows it holds into a
-    zeroed buffer and the buffers are summed, so a call materialises only the rows asked for
-    (one item chunk, one user block) beyond the plan's own shards. Collective: every rank calls
-    together (`items` with the same arguments, `users` with its own ids). Works for any
-    sharding (table-, row- or column-wise)."""
-
-    def __init__(self, group: TorchrecTableGroup, model: str):
-        self.group, self.model = group, model
-        self.device = collective_device()
-
-    def _gather(self, key: str, n: int, place) -> torch.Tensor:
-        buf = torch.zeros(n, self.group.dim, device=self.device)
-        for shard in self.group._sharded(key).local_shards():
-            r, c = shard.metadata.shard_offsets
-            h, w = shard.metadata.shard_sizes
-            place(buf, shard.tensor.detach().to(self.device), r, h, slice(c, c + w))
-        if dist.get_world_size() > 1:
-            dist.all_reduce(buf)
-        return buf
-
-    def rows(self, key: str, lo: int, hi: int) -> torch.Tensor:
-        def place(buf, t, r, h, cols):
-            a, b = max(lo, r), min(hi, r + h)
-            if a < b:
-                buf[a - lo:b - lo, cols] = t[a - r:b - r]
-        return self._gather(key, hi - lo, place)
-
-    def items(self, lo: int, hi: int) -> torch.Tensor:
-        return self.rows(f"{self.model}_item", lo, hi)
-
-    def users(self, ids: torch.Tensor) -> torch.Tensor:
-        """Each rank's own `ids`: the ranks' lists are gathered, every rank places the rows it
-        holds of all of them, and each keeps its own part of the sum."""
-        mine = ids.to(self.device)
-        ids, at = all_gather_rows(mine)
-
-        def place(buf, t, r, h, cols):
-            sel = ((ids >= r) & (ids < r + h)).nonzero().squeeze(1)
-            buf[sel, cols] = t[ids[sel] - r]
-        return self._gather(f"{self.model}_user", len(ids), place)[at:at + len(mine)].clone()

@@ -34,6 +34,7 @@ from mba_dist.mba.roles import DN_MODELS, DP_MODELS, FROZEN, Kind, Model, Phase,
 from mba_dist.mba.stages import MBA_INPUT, StageInput
 from mba_dist.tables.base import TableGroup
 from mba_dist.tables.build import build_group
+from mba_dist.tables.stage_tables import StageTables, merge
 from mba_dist.train import checkpoint
 from mba_dist.train.steps import L2, bpr_step, ids_on, mba_step
 
@@ -86,20 +87,28 @@ class FitState:
 @dataclass
 class StageResult:
     name: str
-    weights: dict[str, tuple[torch.Tensor, torch.Tensor]]  # best epoch, per model
     best_epoch: int
     best_select: dict[str, float]
     epochs_run: int
     seconds: float
     triples: int
     history: list[dict] = field(default_factory=list)
+    models: tuple[str, ...] = ()
+    tables: StageTables | None = None  # the best epoch's, this rank's part (never whole)
 
     @property
     def triples_per_s(self) -> float:
         return self.triples / max(self.seconds, 1e-9)
 
-    def as_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    def info(self) -> dict:
+        """Every field but the tables (what a resumable state keeps in state.pt)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name != "tables"}
+
+    def only(self, model: str) -> "StageResult":
+        """One model's part of this stage, as a stage of its own (named after the model)."""
+        return dataclasses.replace(self, name=model, models=(model,), history=[],
+                                   tables=self.tables.only([model]))
 
 
 @dataclass
@@ -129,10 +138,10 @@ class Worker:
             source = MemorySource(data, cfg.train, cfg.mba.batch_order, rank, world)
         return cls(cfg, data, source, device or torch.device("cpu"), **kw)
 
-    def group(self, models, trained: bool) -> TableGroup:
+    def group(self, models, trained: bool, init: bool = True) -> TableGroup:
         c, d = self.cfg, self.data
         return build_group(models, d.num_users, d.num_items, c.model,
-                           c.optim if trained else None, self.device, c.train.seed)
+                           c.optim if trained else None, self.device, c.train.seed, init)
 
     def selection(self) -> tuple[Pairs, CSR, str]:
         if self.cfg.train.select_on == "test":
@@ -203,12 +212,6 @@ def fit_stage(w: Worker, stage: StageInput, max_epochs: int, patience: int, step
             best[:] = [g.snapshot() for g in groups]
         return {"step": f.stage_steps, **metrics}
 
-    def best_weights() -> dict | None:
-        """The best epoch's whole tables (collective on sharded backends)."""
-        if not best:
-            return None
-        return {m: g.snapshot_weights(s, m) for g, s in zip(groups, best) for m in g.models}
-
     stopped = bool(best) and f.epoch - f.best_epoch >= patience
     for epoch in range(f.epoch + 1, max_epochs + 1):
         if stopped:
@@ -253,10 +256,13 @@ def fit_stage(w: Worker, stage: StageInput, max_epochs: int, patience: int, step
         stopped = bool(best) and epoch - f.best_epoch >= patience
         w.checkpointer.epoch_end(record, lambda directory: checkpoint.save_resume(
             directory, checkpoint.resume_state(
-                w.cfg, {k: st.as_dict() for k, st in w.finished.items()}, name, w.global_step,
-                dataclasses.asdict(f)), groups, best))
-    return StageResult(name, best_weights(), f.best_epoch, f.best, f.epoch, f.seconds,
-                       f.triples, f.history)
+                w.cfg, {k: st.info() for k, st in w.finished.items()}, name, w.global_step,
+                dataclasses.asdict(f)), groups, best,
+            {k: st.tables for k, st in w.finished.items()}))
+    # each rank keeps its own part of the best epoch's tables (`snapshot`), never whole copies
+    tables = merge([g.stage_tables(s) for g, s in zip(groups, best)]) if best else None
+    return StageResult(name, f.best_epoch, f.best, f.epoch, f.seconds, f.triples, f.history,
+                       tuple(m for g in groups for m in g.models), tables)
 
 
 def fit_bpr(w: Worker, stage: StageInput) -> StageResult:
@@ -296,8 +302,7 @@ class _JointTeachers:
                                   self.g.lookup(*ids).logits()], 1).detach())
 
 
-def fit_mba(w: Worker, pre_f: tuple[torch.Tensor, torch.Tensor] | None,
-            pre_g: tuple[torch.Tensor, torch.Tensor] | None) -> StageResult:
+def fit_mba(w: Worker, pre_f: StageTables | None, pre_g: StageTables | None) -> StageResult:
     """Stage 2: t with the DN/DP alternation, pre_f and pre_g frozen; with
     `mba.joint_pretrain` (pre_f, pre_g None) they start at random and each MBA batch also takes
     a BPR step for them (pre_g on every batch, pre_f on target batches), and the stage's
@@ -309,11 +314,12 @@ def fit_mba(w: Worker, pre_f: tuple[torch.Tensor, torch.Tensor] | None,
         teachers = [w.group([Model.PRE_F], trained=True), w.group([Model.PRE_G], trained=True)]
         frozen = _JointTeachers(*teachers)
     else:
-        frozen = w.group(FROZEN, trained=False)
-        frozen.load(Model.PRE_F.value, *pre_f)
-        frozen.load(Model.PRE_G.value, *pre_g)
+        # the stage-1 tables are copied over a chunk at a time (the groups' plans may differ)
+        frozen = w.group(FROZEN, trained=False, init=False)
+        pre_f.copy_into(frozen, Model.PRE_F.value)
+        pre_g.copy_into(frozen, Model.PRE_G.value)
         if c.mba.t_init != "random":  # t starts as a copy of a pretrained model
-            t.load(Model.T.value, *(pre_f if c.mba.t_init == "pre_f" else pre_g))
+            (pre_f if c.mba.t_init == "pre_f" else pre_g).copy_into(t, c.mba.t_init, Model.T.value)
     dn, dp = w.group(DN_MODELS, trained=True), w.group(DP_MODELS, trained=True)
     w.source.check(MBA_INPUT)
     w.global_step = 0  # the alternation starts with DP at the first MBA step (or the resumed one)
@@ -329,8 +335,10 @@ def fit_mba(w: Worker, pre_f: tuple[torch.Tensor, torch.Tensor] | None,
         return loss, "dn_steps" if phase is Phase.DN else "dp_steps"
 
     def scorer(wts: dict) -> Scorer:
-        return mba_scorer(wts[Model.T.value], wts.get(Model.PRE_F.value, pre_f), c.mba.beta,
-                          wts.get(Model.PRE_G.value, pre_g), c.mba.blend_g)
+        if pre_f is not None:  # the frozen pair, read from the stage-1 tables
+            wts = {**pre_f.factor_map(), **pre_g.factor_map(), **wts}
+        return mba_scorer(wts[Model.T.value], wts[Model.PRE_F.value], c.mba.beta,
+                          wts.get(Model.PRE_G.value), c.mba.blend_g)
 
     return fit_stage(w, MBA_INPUT, c.mba.epochs, c.mba.patience, step, scorer,
                      [t, dn, dp, *teachers], tags=("dn_steps", "dp_steps"))

@@ -9,7 +9,6 @@ writes nothing itself: rank 0 hands every record, stage checkpoint and the metri
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -23,7 +22,10 @@ from mba_dist.data.pairs import user_range
 from mba_dist.data.train_data import TrainData
 from mba_dist.dist.collective import from_rank0, peak_rss_mb, rank_world
 from mba_dist.errors import ConfigError
+from mba_dist.files import write_parquet_parts
 from mba_dist.eval import baselines
+from mba_dist.eval.export import top_n_blocks
+from mba_dist.eval.ranking import own_users
 from mba_dist.mba.roles import Model
 from mba_dist.mba.stages import MBA_INPUT, main_model, stage_plan
 from mba_dist.train import checkpoint
@@ -40,11 +42,17 @@ class RunOutputs(Protocol):
 
     def rewrite_log(self, records: list[dict]) -> None: ...
 
-    def save_stage(self, name: str, blob: bytes) -> None: ...
+    def staged_stage(self, name: str) -> "ContextManager[Path]": ...
+
+    def commit_stage(self, name: str, staged: Path) -> None: ...
 
     def staged_resume_state(self) -> "ContextManager[Path]": ...
 
     def commit_resume_state(self, staged: Path) -> None: ...
+
+    def staged_recommendations(self) -> "ContextManager[Path]": ...
+
+    def commit_recommendations(self, staged: Path) -> None: ...
 
     def write_metrics(self, metrics: dict) -> None: ...
 
@@ -58,18 +66,26 @@ class FileCheckpoints:
         self.every, self.out = every, out
 
     def epoch_end(self, record: dict, save) -> None:
-        if not (self.every and record["epoch"] % self.every == 0):
+        if self.every and record["epoch"] % self.every == 0:
+            write_together(self.out, lambda out: out.staged_resume_state(), save,
+                           lambda out, d: out.commit_resume_state(d))
+
+
+def write_together(out: RunOutputs | None, staged, write, commit) -> None:
+    """A directory that every rank writes its part of: rank 0 stages it (`staged(out)`, a
+    context giving a new directory), every rank calls `write(directory)` (collective), and
+    once all have written rank 0 puts it in place (`commit(out, directory)`). `out` is rank
+    0's (None elsewhere; None on rank 0 writes nothing)."""
+    out = out if rank_world()[0] == 0 else None
+    with (staged(out) if out is not None else nullcontext()) as d:
+        d = from_rank0(d)
+        if d is None:
             return
-        out = self.out if rank_world()[0] == 0 else None  # rank 0 stages and swaps in
-        with (out.staged_resume_state() if out is not None else nullcontext()) as d:
-            d = from_rank0(d)
-            if d is None:
-                return
-            save(Path(d))  # collective
-            if rank_world()[1] > 1:
-                torch.distributed.barrier()  # every rank's shards are written
-            if out is not None:
-                out.commit_resume_state(Path(d))
+        write(Path(d))  # collective
+        if rank_world()[1] > 1:
+            torch.distributed.barrier()  # every rank's part is written
+        if out is not None:
+            commit(out, Path(d))
 
 
 class FinishedStages(Protocol):
@@ -77,7 +93,7 @@ class FinishedStages(Protocol):
 
     cfg: C.Config
 
-    def stage_weights(self, name: str) -> checkpoint.Weights: ...
+    def stage_checkpoint(self, name: str) -> Path: ...
 
     def has_stage(self, name: str) -> bool: ...
 
@@ -95,15 +111,19 @@ def reused_stages(earlier: FinishedStages, cfg: C.Config) -> list[str]:
     return names
 
 
-def reuse_pretrained(earlier: FinishedStages, cfg: C.Config) -> dict[str, StageResult]:
-    """Stage-1 results of an earlier run (`pretrain.from_run`, `reused_stages`)."""
+def reuse_pretrained(earlier: FinishedStages, w: Worker) -> dict[str, StageResult]:
+    """Stage-1 results of an earlier run (`pretrain.from_run`, `reused_stages`), each rank
+    reading its part of their tables (a stage-1 model is named after its stage)."""
+    cfg = w.cfg
     names = [n for n in reused_stages(earlier, cfg)
              if n != "mf_merged" or (cfg.train.merged_baseline and earlier.has_stage(n))]
     out = {}
     for n in names:
         info = earlier.stage_info(n)
-        out[n] = StageResult(n, earlier.stage_weights(n), info.get("best_epoch", -1),
-                             info.get("selection", {}), 0, 0.0, 0)
+        tables = checkpoint.load_stage_into(earlier.stage_checkpoint(n),
+                                            w.group([n], trained=False, init=False))
+        out[n] = StageResult(n, info.get("best_epoch", -1), info.get("selection", {}), 0, 0.0,
+                             0, models=(n,), tables=tables)
     return out
 
 
@@ -140,20 +160,22 @@ def run_training(cfg: C.Config, data_dir: str | Path, out: RunOutputs | None,
 
     def keep(st: StageResult) -> None:
         # Checkpointed as soon as it exists: a later failure never loses a finished stage, and
-        # `pretrain.from_run` can use a run still in progress.
-        if writer is not None:
-            writer.save_stage(st.name, checkpoint.stage_bytes(st.name, st.best_epoch, st.weights, cfg))
+        # `pretrain.from_run` can use a run still in progress. Every rank writes its part.
+        write_together(writer, lambda out: out.staged_stage(st.name),
+                       lambda d: checkpoint.save_stage(d, st.name, st.best_epoch, st.tables, cfg),
+                       lambda out, d: out.commit_stage(st.name, d))
         stages[st.name] = st
 
     from_run: set[str] = set()  # not trained here (`reused_stages`), whether loaded or not
     if cfg.method == "mba" and reused is not None:
-        for st in reuse_pretrained(reused, cfg).values():
+        for st in reuse_pretrained(reused, w).values():
             keep(st)
         from_run = set(reused_stages(reused, cfg))
     if resume is not None:
         checkpoint.check_resumable(resume, cfg)
         for name, d in resume["finished"].items():
-            stages[name] = StageResult(**d)
+            frozen = w.group(d["models"], trained=False, init=False)
+            stages[name] = StageResult(**d, tables=resume.restore_stage(name, frozen))
         w.resume = resume
         if writer is not None:  # the log restarts from the saved epoch
             writer.rewrite_log([r for st in stages.values() for r in st.history]
@@ -167,10 +189,9 @@ def run_training(cfg: C.Config, data_dir: str | Path, out: RunOutputs | None,
             st = fit_mba(w, None, None)
             keep(st)
             for m in (Model.PRE_F.value, Model.PRE_G.value):  # the baseline rows of this run
-                keep(dataclasses.replace(st, name=m, weights={m: st.weights[m]}, history=[]))
+                keep(st.only(m))
         elif stage is MBA_INPUT:
-            keep(fit_mba(w, stages["pre_f"].weights[Model.PRE_F.value],
-                         stages["pre_g"].weights[Model.PRE_G.value]))
+            keep(fit_mba(w, stages["pre_f"].tables, stages["pre_g"].tables))
         else:
             keep(fit_bpr(w, stage))
     wall = time.perf_counter() - t0
@@ -182,7 +203,7 @@ def run_training(cfg: C.Config, data_dir: str | Path, out: RunOutputs | None,
                 "epochs_run": main.epochs_run, "wall_seconds": round(wall, 2)}
 
     # The test set is read here, once, for the selected epochs.
-    rows = baselines.scorers(cfg, data, {n: st.weights for n, st in stages.items()})
+    rows = baselines.scorers(cfg, data, {n: st.tables.factor_map() for n, st in stages.items()})
     table = baselines.table(cfg, data, rows)
     metrics = {
         "method": cfg.method, "model": main_name,
@@ -199,6 +220,22 @@ def run_training(cfg: C.Config, data_dir: str | Path, out: RunOutputs | None,
     }
     if data.truth is not None:
         metrics["truth"] = table[main_name]["truth"]
+    if cfg.eval.top_n:
+        export_top_n(writer, cfg, ds, data, rows[f"{main_name}+aux_first"]
+                     if f"{main_name}+aux_first" in rows else rows[main_name])
     if writer is not None:
         writer.write_metrics(metrics)
     return metrics
+
+
+def export_top_n(writer: RunOutputs | None, cfg: C.Config, ds: Dataset, data: TrainData,
+                 scorer) -> None:
+    """Every test user's top `eval.top_n` items by `scorer`, raw ids, known purchases excluded:
+    each rank ranks its own users from the sharded tables and writes their lists as it goes,
+    RUN/recommendations.parquet/part-RANK.parquet (collective)."""
+    _, users, _ = own_users(data.test, data.num_users)
+    rank = rank_world()[0]
+    write_together(writer, lambda out: out.staged_recommendations(),
+                   lambda d: write_parquet_parts(d / f"part-{rank:05d}.parquet", top_n_blocks(
+                       scorer, ds, users, data.test_mask, cfg.eval.top_n, cfg.eval.memory_mb)),
+                   lambda out, d: out.commit_recommendations(d))
