@@ -2,7 +2,8 @@
 
 `train_run` is `mba-dist run`: every check before anything is written (config, world size,
 dataset, the run of `pretrain.from_run`, what the directory holds), then training in this
-process or through Ray Train, then the test-user recommendations and the results table.
+process or through Ray Train (whose workers also export the test users' recommendations), then
+the results table.
 `evaluate_run` and `recommend` read a finished run back.
 """
 from __future__ import annotations
