@@ -11,7 +11,11 @@ of rows stream to Parquet with bounded memory):
 4. Auxiliary behavior (click, dense and noisy): every purchased item, each other true item with
    probability `p_click_true` (the rest are missed), plus Poisson(false_click_ratio * L_u)
    false clicks drawn from a Zipf popularity over all items (popularity bias).
-5. Purchases split 80/20 at random into train/test; a validation split is carved per user from
+5. A second auxiliary behavior (cart, with `carts`: sparser and cleaner than the clicks):
+   every purchased item, each other true item with probability `p_cart_true`, plus
+   Poisson(false_cart_ratio * L_u) popularity-biased false carts; drawn from a generator of its
+   own, so the other behaviors' files are the same with and without it.
+6. Purchases split 80/20 at random into train/test; a validation split is carved per user from
    the train purchases (as `prepare` does).
 
 The planted preferences make the right answer known: a method that denoises the clicks should
@@ -52,6 +56,9 @@ class SynthSpec:
     valid_fraction: float = 0.1
     seed: int = 0
     chunk_users: int = 100_000  # users generated per streaming chunk
+    carts: bool = False  # also a second auxiliary behavior, cart (step 5 of the docstring)
+    p_cart_true: float = 0.2  # a true, not bought item is carted with this probability
+    false_cart_ratio: float = 0.1  # false carts per true item (popularity-biased)
 
 
 SIZES = {  # name -> (users, items)
@@ -62,8 +69,18 @@ SIZES = {  # name -> (users, items)
 }
 
 
+def _noisy(users: np.ndarray, keys: np.ndarray, kept: np.ndarray, n_false: np.ndarray,
+           rng: np.random.Generator, pop_cdf: np.ndarray, n_items: int) -> np.ndarray:
+    """An auxiliary behavior's pair keys: the `kept` true pairs of `keys`, and n_false[k]
+    popularity-drawn false items for users[k]."""
+    u_false = np.repeat(users, n_false)
+    i_false = np.minimum(np.searchsorted(pop_cdf, rng.random(len(u_false))), n_items - 1)
+    return unique_ints(np.concatenate([keys[kept], u_false * n_items + i_false]))
+
+
 def _chunk(spec: SynthSpec, lo: int, hi: int, rng: np.random.Generator, topic_items: np.ndarray,
-           topic_cdf: np.ndarray, pop_cdf: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+           topic_cdf: np.ndarray, pop_cdf: np.ndarray, cart_rng: np.random.Generator | None = None
+           ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     n = hi - lo
     n_items = spec.items
     topic_pair = np.stack([rng.integers(0, spec.topics, n), rng.integers(0, spec.topics, n)], 1)
@@ -77,10 +94,9 @@ def _chunk(spec: SynthSpec, lo: int, hi: int, rng: np.random.Generator, topic_it
 
     bought = rng.random(len(keys)) < spec.p_buy
     clicked_true = bought | (rng.random(len(keys)) < spec.p_click_true)
-    n_false = rng.poisson(spec.false_click_ratio * L)
-    u_false = np.repeat(np.arange(lo, hi), n_false)
-    i_false = np.minimum(np.searchsorted(pop_cdf, rng.random(len(u_false))), n_items - 1)
-    click = unique_ints(np.concatenate([keys[clicked_true], u_false * n_items + i_false]))
+    users = np.arange(lo, hi)
+    click = _noisy(users, keys, clicked_true, rng.poisson(spec.false_click_ratio * L), rng,
+                   pop_cdf, n_items)
 
     buy = keys[bought]
     is_test = rng.random(len(buy)) < spec.test_fraction
@@ -89,6 +105,11 @@ def _chunk(spec: SynthSpec, lo: int, hi: int, rng: np.random.Generator, topic_it
     truth = keys[~contains(train[keep], keys)]  # train[keep] is sorted
     out = {"train/purchase": train[keep], "valid/purchase": train[val], "test/purchase": test,
            "train/click": click, "truth/purchase": truth}
+    if cart_rng is not None:
+        carted = bought | (cart_rng.random(len(keys)) < spec.p_cart_true)
+        out["train/cart"] = _noisy(users, keys, carted,
+                                   cart_rng.poisson(spec.false_cart_ratio * L), cart_rng,
+                                   pop_cdf, n_items)
     return {k: (v // n_items, v % n_items) for k, v in out.items()}
 
 
@@ -109,6 +130,7 @@ def generate(spec: SynthSpec, out: str | Path, overwrite: bool = False,
     in_topic = 1.0 / np.arange(1, per_topic + 1) ** spec.topic_zipf
     topic_cdf = np.cumsum(in_topic / in_topic.sum())
     topic_cdf[-1] = 1.0
+    cart_rng = np.random.default_rng([spec.seed, 1]) if spec.carts else None
     schema = pa.schema([("user", pa.int64()), ("item", pa.int64())])
     counts: dict[str, dict] = {}
     with atomic_dir(Path(out), overwrite=overwrite, check=check_output) as tmp:
@@ -116,7 +138,8 @@ def generate(spec: SynthSpec, out: str | Path, overwrite: bool = False,
         try:
             for lo in range(0, spec.users, spec.chunk_users):
                 hi = min(spec.users, lo + spec.chunk_users)
-                for name, (u, i) in _chunk(spec, lo, hi, rng, topic_items, topic_cdf, pop_cdf).items():
+                for name, (u, i) in _chunk(spec, lo, hi, rng, topic_items, topic_cdf, pop_cdf,
+                                               cart_rng).items():
                     if name not in writers:
                         (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                         writers[name] = pq.ParquetWriter(tmp / f"{name}.parquet", schema)

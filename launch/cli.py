@@ -1,7 +1,7 @@
 """`mba-dist` command line: prepare, synth, run, search, evaluate, recommend, plot, demo.
 
     mba-dist prepare --out DIR --target purchase --train purchase=F --train cart=F --test purchase=F
-    mba-dist synth --out DIR [--size tiny|small|medium|large] [--users N --items N]
+    mba-dist synth --out DIR [--size tiny|small|medium|large] [--users N --items N] [--carts]
     mba-dist run --data DIR --config configs/X.yaml --out RUN_DIR [--model mf] [--set k=v ...]
                  [--workers N] [--gpu] [--max-failures N] [--storage URI] [--local]
     mba-dist search --data DIR --config configs/X.yaml --out SEARCH_DIR [--space F] [--trials N]
@@ -143,7 +143,8 @@ def cmd_synth(a) -> int:
 
     users, items = SIZES[a.size]
     spec = SynthSpec(users=a.users or users, items=a.items or items, seed=a.seed,
-                     false_click_ratio=a.false_click_ratio)
+                     false_click_ratio=a.false_click_ratio, carts=a.carts,
+                     false_cart_ratio=a.false_cart_ratio)
     bar = tqdm(total=spec.users, unit="user", desc="synth", file=sys.stderr, mininterval=1.0)
 
     def progress(done: int, total: int) -> None:
@@ -350,6 +351,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--items", type=at_least(0), default=0, help="items (0: the size's)")
     s.add_argument("--false-click-ratio", type=finite, default=1.0,
                    help="false clicks per true click")
+    s.add_argument("--carts", action="store_true",
+                   help="also a second auxiliary behavior, cart: sparser and cleaner than clicks")
+    s.add_argument("--false-cart-ratio", type=finite, default=0.1,
+                   help="false carts per true item (with --carts)")
     s.add_argument("--seed", type=int, default=0, help="seed of the generator")
     s.add_argument("--overwrite", action="store_true",
                    help="replace an existing dataset (only one mba-dist wrote)")

@@ -25,6 +25,29 @@ def test_planted_structure(tmp_path):
     assert len(buy_tr) < len(click) / 3  # the target behavior is the sparse one
 
 
+def test_a_second_auxiliary_behavior_is_sparser_cleaner_and_changes_nothing_else(tmp_path):
+    import pyarrow.parquet as pq
+
+    generate(SynthSpec(users=400, items=300, topics=10, seed=3), tmp_path / "one")
+    generate(SynthSpec(users=400, items=300, topics=10, seed=3, carts=True), tmp_path / "two")
+    one, two = Dataset(tmp_path / "one"), Dataset(tmp_path / "two")
+    assert one.behaviors("train") == ["click", "purchase"]
+    assert two.behaviors("train") == ["cart", "click", "purchase"]
+    for split, b in [("train", "purchase"), ("train", "click"), ("valid", "purchase"),
+                     ("test", "purchase"), ("truth", "purchase")]:
+        assert pq.read_table(tmp_path / "one" / split / f"{b}.parquet").equals(
+            pq.read_table(tmp_path / "two" / split / f"{b}.parquet")), (split, b)
+    n = two.num_items
+    bought = set().union(*(_keys(two.pairs(s, "purchase"), n) for s in ("train", "valid", "test")))
+    cart, click = _keys(two.pairs("train", "cart"), n), _keys(two.pairs("train", "click"), n)
+    truth = _keys(two.pairs("truth", "purchase"), n)
+    assert bought <= cart and len(cart) < len(click)  # every purchase carted; fewer carts
+    precision = {name: len((keys - bought) & truth) / len(keys - bought)
+                 for name, keys in (("cart", cart), ("click", click))}
+    assert precision["cart"] > precision["click"] + 0.1, precision  # cleaner than the clicks
+    assert precision["cart"] < 1.0  # but not noise-free
+
+
 def test_streaming_chunks_do_not_change_the_rows(tmp_path):
     a = generate(SynthSpec(users=500, items=200, chunk_users=500), tmp_path / "a")
     b = generate(SynthSpec(users=500, items=200, chunk_users=128), tmp_path / "b")
