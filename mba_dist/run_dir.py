@@ -29,7 +29,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import ContextManager, Iterator
 
 import numpy as np
 
@@ -40,7 +40,7 @@ from mba_dist.errors import CheckpointError, RunError
 from mba_dist.eval import baselines
 from mba_dist.eval.export import top_n_table
 from mba_dist.eval.scorers import AuxFirst, Scorer
-from mba_dist.files import (atomic_write_bytes, clear_leftovers, ensure_dir,
+from mba_dist.files import (atomic_dir, atomic_write_bytes, clear_leftovers, ensure_dir,
                             swap_in, temp_dir_for, temp_prefix)
 from mba_dist.mba.stages import main_model
 from mba_dist.tracking import Trackers, Tracking
@@ -219,38 +219,20 @@ class RunDir:
     def rewrite_log(self, records: list[dict]) -> None:
         atomic_write_bytes(self.log_path, "".join(json.dumps(r) + "\n" for r in records).encode())
 
-    @contextmanager
-    def staged_resume_state(self) -> Iterator[Path]:
-        """A new directory beside RUN/checkpoint for the next resumable state (removed unless
-        `commit_resume_state` swapped it in)."""
-        staged = temp_dir_for(self.local_state_path.parent)
-        try:
-            yield staged
-        finally:
-            shutil.rmtree(staged, ignore_errors=True)
-
-    def commit_resume_state(self, staged: Path) -> None:
-        """Put a complete staged state at RUN/checkpoint (the earlier one goes)."""
-        swap_in(staged, self.local_state_path.parent)
+    def new_resume_state(self) -> ContextManager[Path]:
+        """A directory for the next resumable state that replaces RUN/checkpoint once the block
+        ends (`files.atomic_dir`: built beside it, the earlier state kept until then)."""
+        return atomic_dir(self.local_state_path.parent, overwrite=True)
 
     def remove_checkpoints(self) -> None:
         """A finished run keeps its stage files; its resumable state goes (`--local`; Ray
         Train's are removed by `train.ray_job`)."""
         shutil.rmtree(self.local_state_path.parent, ignore_errors=True)
 
-    @contextmanager
-    def staged_stage(self, name: str) -> Iterator[Path]:
-        """A new directory beside RUN/checkpoints/<name> for the stage's checkpoint (removed
-        unless `commit_stage` swapped it in)."""
-        staged = temp_dir_for(self.root / "checkpoints" / name)
-        try:
-            yield staged
-        finally:
-            shutil.rmtree(staged, ignore_errors=True)
-
-    def commit_stage(self, name: str, staged: Path) -> None:
-        """Put a complete stage checkpoint at RUN/checkpoints/<name> (an earlier one goes)."""
-        swap_in(staged, self.root / "checkpoints" / name)
+    def new_stage(self, name: str) -> ContextManager[Path]:
+        """A directory for a stage's checkpoint that becomes RUN/checkpoints/<name> once the
+        block ends (`files.atomic_dir`)."""
+        return atomic_dir(self.root / "checkpoints" / name, overwrite=True)
 
     def write_metrics(self, metrics: dict) -> None:
         atomic_write_bytes(self.metrics_path, json.dumps(metrics, indent=2).encode())
@@ -262,18 +244,10 @@ class RunDir:
     def recommendations_path(self) -> Path:
         return self.root / "recommendations.parquet"
 
-    @contextmanager
-    def staged_recommendations(self) -> Iterator[Path]:
-        """A new directory beside RUN/recommendations.parquet for the ranks' parts (removed
-        unless `commit_recommendations` swapped it in)."""
-        staged = temp_dir_for(self.recommendations_path)
-        try:
-            yield staged
-        finally:
-            shutil.rmtree(staged, ignore_errors=True)
-
-    def commit_recommendations(self, staged: Path) -> None:
-        swap_in(staged, self.recommendations_path)
+    def new_recommendations(self) -> ContextManager[Path]:
+        """A directory for the ranks' parts that becomes RUN/recommendations.parquet once the
+        block ends (`files.atomic_dir`)."""
+        return atomic_dir(self.recommendations_path, overwrite=True)
 
     def write_results(self, report: str) -> None:
         """results.md."""

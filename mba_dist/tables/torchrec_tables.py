@@ -35,7 +35,7 @@ from mba_dist.dist.collective import collective_device
 from mba_dist.mba.roles import ENTITIES, Model, model_name
 from mba_dist.tables.base import Rows, TableGroup
 from mba_dist.tables.plan import sharding_plan
-from mba_dist.tables.stage_tables import ShardedFactors, StageTables
+from mba_dist.tables.stage_tables import ShardedFactors, StageTables, local_parts
 
 # optim.mode -> the optimizer FBGEMM fuses into the TBE backward
 FUSED_OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad,
@@ -130,12 +130,11 @@ class TorchrecTableGroup(TableGroup):
     def write_rows(self, key: str, lo: int, rows: torch.Tensor) -> None:
         hi = lo + len(rows)
         with torch.no_grad():
-            for shard in self._sharded(key).local_shards():
-                r, c = shard.metadata.shard_offsets
-                h, w = shard.metadata.shard_sizes
+            for r, c, t in local_parts(self._sharded(key)):
+                h, w = t.shape
                 a, b = max(lo, r), min(hi, r + h)
                 if a < b:
-                    shard.tensor[a - r:b - r] = rows[a - lo:b - lo, c:c + w].to(shard.tensor.device)
+                    t[a - r:b - r] = rows[a - lo:b - lo, c:c + w].to(t.device)
 
     def optimizer_state(self) -> dict:
         return {} if self.frozen else self.dmp.fused_optimizer.state_dict()

@@ -37,6 +37,7 @@ from typing import Iterator
 import torch
 
 from mba_dist import config as C
+from mba_dist.dist.collective import rank_world
 from mba_dist.errors import CheckpointError, ConfigError
 from mba_dist.files import atomic_write_bytes
 from mba_dist.tables.stage_tables import StageTables
@@ -61,7 +62,7 @@ def save_stage(directory: Path, name: str, best_epoch: int, tables: StageTables,
     tables, rank 0 stage.pt. Collective."""
     directory = Path(directory)
     _dcp_save(dict(tables.tables), directory / SHARDS)
-    if _rank() == 0:
+    if rank_world()[0] == 0:
         atomic_write_bytes(directory / STAGE_FILE, _bytes({
             "format": CHECKPOINT_FORMAT, "kind": "stage", "stage": name,
             "best_epoch": best_epoch, "config": C.to_dict(cfg), "models": list(tables.models),
@@ -90,14 +91,8 @@ def save_resume(directory: Path, meta: dict, groups: list, best: list | None,
     for name, st in finished.items():
         tensors.update({f"s/{name}/{k}": v for k, v in st.tables.items()})
     _dcp_save(tensors, directory / SHARDS)
-    if _rank() == 0:
+    if rank_world()[0] == 0:
         atomic_write_bytes(directory / RESUME_STATE_FILE, _bytes({**meta, "groups": extras}))
-
-
-def _rank() -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank() if dist.is_initialized() else 0
 
 
 def _dcp_save(tensors: dict, where: Path) -> None:
@@ -236,24 +231,25 @@ def load_stage_into(path: Path, group) -> StageTables:
     """A stage checkpoint's tables of `group`'s models, loaded into `group` (a frozen group:
     each rank its part; format 1 files are read whole first). Collective."""
     path = Path(path)
-    if not path.is_dir():
-        weights = load_stage_weights(path)
-        for m in group.models:
-            if m not in weights:
-                raise CheckpointError(f"checkpoint {path} has no tables of model {m}")
-            group.load(m, *weights[m])
-        return group.stage_tables()
-    meta = _stage_meta(path)
-    if (meta["num_users"], meta["num_items"], meta["dim"]) != (
-            group.num_users, group.num_items, group.dim):
-        raise CheckpointError(
-            f"checkpoint {path} holds tables of {meta['num_users']} users x "
-            f"{meta['num_items']} items, dim {meta['dim']}; this run has {group.num_users} x "
-            f"{group.num_items}, dim {group.dim}")
-    missing = [m for m in group.models if m not in meta["models"]]
+    if path.is_dir():
+        meta = _stage_meta(path)
+        if (meta["num_users"], meta["num_items"], meta["dim"]) != (
+                group.num_users, group.num_items, group.dim):
+            raise CheckpointError(
+                f"checkpoint {path} holds tables of {meta['num_users']} users x "
+                f"{meta['num_items']} items, dim {meta['dim']}; this run has {group.num_users} "
+                f"x {group.num_items}, dim {group.dim}")
+        held = meta["models"]
+    else:
+        held = whole = load_stage_weights(path)
+    missing = [m for m in group.models if m not in held]
     if missing:
         raise CheckpointError(f"checkpoint {path} has no tables of model {', '.join(missing)}")
-    _dcp_load(group.live_tables(), path / SHARDS, f"checkpoint {path}")
+    if path.is_dir():
+        _dcp_load(group.live_tables(), path / SHARDS, f"checkpoint {path}")
+    else:
+        for m in group.models:
+            group.load(m, *whole[m])
     return group.stage_tables()
 
 

@@ -93,7 +93,6 @@ class StageResult:
     seconds: float
     triples: int
     history: list[dict] = field(default_factory=list)
-    models: tuple[str, ...] = ()
     tables: StageTables | None = None  # the best epoch's, this rank's part (never whole)
 
     @property
@@ -101,13 +100,14 @@ class StageResult:
         return self.triples / max(self.seconds, 1e-9)
 
     def info(self) -> dict:
-        """Every field but the tables (what a resumable state keeps in state.pt)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name != "tables"}
+        """Every field but the tables, and the tables' models (what a resumable state keeps
+        in state.pt)."""
+        return {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                   if f.name != "tables"}, "models": list(self.tables.models if self.tables else ())}
 
     def only(self, model: str) -> "StageResult":
         """One model's part of this stage, as a stage of its own (named after the model)."""
-        return dataclasses.replace(self, name=model, models=(model,), history=[],
+        return dataclasses.replace(self, name=model, history=[],
                                    tables=self.tables.only([model]))
 
 
@@ -262,7 +262,7 @@ def fit_stage(w: Worker, stage: StageInput, max_epochs: int, patience: int, step
     # each rank keeps its own part of the best epoch's tables (`snapshot`), never whole copies
     tables = merge([g.stage_tables(s) for g, s in zip(groups, best)]) if best else None
     return StageResult(name, f.best_epoch, f.best, f.epoch, f.seconds, f.triples, f.history,
-                       tuple(m for g in groups for m in g.models), tables)
+                       tables)
 
 
 def fit_bpr(w: Worker, stage: StageInput) -> StageResult:

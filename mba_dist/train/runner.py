@@ -42,17 +42,12 @@ class RunOutputs(Protocol):
 
     def rewrite_log(self, records: list[dict]) -> None: ...
 
-    def staged_stage(self, name: str) -> "ContextManager[Path]": ...
+    # each a directory that takes its final place when the block ends (`write_together`)
+    def new_stage(self, name: str) -> "ContextManager[Path]": ...
 
-    def commit_stage(self, name: str, staged: Path) -> None: ...
+    def new_resume_state(self) -> "ContextManager[Path]": ...
 
-    def staged_resume_state(self) -> "ContextManager[Path]": ...
-
-    def commit_resume_state(self, staged: Path) -> None: ...
-
-    def staged_recommendations(self) -> "ContextManager[Path]": ...
-
-    def commit_recommendations(self, staged: Path) -> None: ...
+    def new_recommendations(self) -> "ContextManager[Path]": ...
 
     def write_metrics(self, metrics: dict) -> None: ...
 
@@ -67,25 +62,22 @@ class FileCheckpoints:
 
     def epoch_end(self, record: dict, save) -> None:
         if self.every and record["epoch"] % self.every == 0:
-            write_together(self.out, lambda out: out.staged_resume_state(), save,
-                           lambda out, d: out.commit_resume_state(d))
+            write_together(self.out, lambda out: out.new_resume_state(), save)
 
 
-def write_together(out: RunOutputs | None, staged, write, commit) -> None:
-    """A directory that every rank writes its part of: rank 0 stages it (`staged(out)`, a
-    context giving a new directory), every rank calls `write(directory)` (collective), and
-    once all have written rank 0 puts it in place (`commit(out, directory)`). `out` is rank
-    0's (None elsewhere; None on rank 0 writes nothing)."""
+def write_together(out: RunOutputs | None, new, write) -> None:
+    """A directory that every rank writes its part of: rank 0 opens it (`new(out)`, a context
+    giving a directory that takes its final place when the block ends), every rank calls
+    `write(directory)` (collective), and rank 0 leaves the block once all have written. `out`
+    is rank 0's (None elsewhere; None on rank 0 writes nothing)."""
     out = out if rank_world()[0] == 0 else None
-    with (staged(out) if out is not None else nullcontext()) as d:
+    with (new(out) if out is not None else nullcontext()) as d:
         d = from_rank0(d)
         if d is None:
             return
         write(Path(d))  # collective
         if rank_world()[1] > 1:
             torch.distributed.barrier()  # every rank's part is written
-        if out is not None:
-            commit(out, Path(d))
 
 
 class FinishedStages(Protocol):
@@ -123,7 +115,7 @@ def reuse_pretrained(earlier: FinishedStages, w: Worker) -> dict[str, StageResul
         tables = checkpoint.load_stage_into(earlier.stage_checkpoint(n),
                                             w.group([n], trained=False, init=False))
         out[n] = StageResult(n, info.get("best_epoch", -1), info.get("selection", {}), 0, 0.0,
-                             0, models=(n,), tables=tables)
+                             0, tables=tables)
     return out
 
 
@@ -161,9 +153,8 @@ def run_training(cfg: C.Config, data_dir: str | Path, out: RunOutputs | None,
     def keep(st: StageResult) -> None:
         # Checkpointed as soon as it exists: a later failure never loses a finished stage, and
         # `pretrain.from_run` can use a run still in progress. Every rank writes its part.
-        write_together(writer, lambda out: out.staged_stage(st.name),
-                       lambda d: checkpoint.save_stage(d, st.name, st.best_epoch, st.tables, cfg),
-                       lambda out, d: out.commit_stage(st.name, d))
+        write_together(writer, lambda out: out.new_stage(st.name),
+                       lambda d: checkpoint.save_stage(d, st.name, st.best_epoch, st.tables, cfg))
         stages[st.name] = st
 
     from_run: set[str] = set()  # not trained here (`reused_stages`), whether loaded or not
@@ -174,7 +165,8 @@ def run_training(cfg: C.Config, data_dir: str | Path, out: RunOutputs | None,
     if resume is not None:
         checkpoint.check_resumable(resume, cfg)
         for name, d in resume["finished"].items():
-            frozen = w.group(d["models"], trained=False, init=False)
+            d = dict(d)
+            frozen = w.group(d.pop("models"), trained=False, init=False)
             stages[name] = StageResult(**d, tables=resume.restore_stage(name, frozen))
         w.resume = resume
         if writer is not None:  # the log restarts from the saved epoch
@@ -221,8 +213,7 @@ def run_training(cfg: C.Config, data_dir: str | Path, out: RunOutputs | None,
     if data.truth is not None:
         metrics["truth"] = table[main_name]["truth"]
     if cfg.eval.top_n:
-        export_top_n(writer, cfg, ds, data, rows[f"{main_name}+aux_first"]
-                     if f"{main_name}+aux_first" in rows else rows[main_name])
+        export_top_n(writer, cfg, ds, data, rows.get(f"{main_name}+aux_first", rows[main_name]))
     if writer is not None:
         writer.write_metrics(metrics)
     return metrics
@@ -235,7 +226,6 @@ def export_top_n(writer: RunOutputs | None, cfg: C.Config, ds: Dataset, data: Tr
     RUN/recommendations.parquet/part-RANK.parquet (collective)."""
     _, users, _ = own_users(data.test, data.num_users)
     rank = rank_world()[0]
-    write_together(writer, lambda out: out.staged_recommendations(),
+    write_together(writer, lambda out: out.new_recommendations(),
                    lambda d: write_parquet_parts(d / f"part-{rank:05d}.parquet", top_n_blocks(
-                       scorer, ds, users, data.test_mask, cfg.eval.top_n, cfg.eval.memory_mb)),
-                   lambda out, d: out.commit_recommendations(d))
+                       scorer, ds, users, data.test_mask, cfg.eval.top_n, cfg.eval.memory_mb)))
