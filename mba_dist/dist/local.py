@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import pickle
 import socket
+import sys
 import tempfile
 from contextlib import contextmanager
 from typing import Iterator
@@ -48,20 +49,30 @@ def share_cores(local_ranks: int, cpus: float | None = None) -> int:
     return n
 
 
-def _rank_entry(rank: int, fn, world: int, port: int, args: tuple, out_dir: str) -> None:
+def _rank_entry(rank: int, fn, world: int, args: tuple, out_dir: str) -> None:
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     share_cores(world)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world)
+    # The ranks meet through a file of the run's own directory, not a TCP port picked in
+    # advance, which another process could take between the pick and the bind
+    dist.init_process_group("gloo", init_method=f"file://{os.path.join(out_dir, 'rendezvous')}",
+                            rank=rank, world_size=world)
     try:
         result = fn(*args)
+        with open(os.path.join(out_dir, f"{rank}.pkl"), "wb") as f:
+            pickle.dump(result, f)
         # A rank whose last collective returned may still be sending to a slower peer; leaving
         # now would reset that connection and abort the peer (gloo). Meet before tearing down.
         dist.barrier()
     finally:
         dist.destroy_process_group()
-    with open(os.path.join(out_dir, f"{rank}.pkl"), "wb") as f:
-        pickle.dump(result, f)
+    # torchrec table groups keep the process group's gloo threads alive past
+    # destroy_process_group (modules in reference cycles; a fused optimizer's hold from C++,
+    # out of the collector's reach). The interpreter's teardown then destroys them running and
+    # aborts the process (SIGABRT, "terminate called without an active exception") in about
+    # one exit of 25 here, after its result is written. Nothing is left to tear down.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_local_ranks(fn, world: int, *args) -> list:
@@ -70,7 +81,7 @@ def run_local_ranks(fn, world: int, *args) -> list:
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as out_dir:
-        mp.start_processes(_rank_entry, args=(fn, world, free_loopback_port(), args, out_dir),
+        mp.start_processes(_rank_entry, args=(fn, world, args, out_dir),
                            nprocs=world, start_method="spawn")
         results = []
         for r in range(world):
