@@ -25,7 +25,26 @@ __all__ = ["Config", "ConfigError", "load_config", "validate", "validate_world",
 @dataclass(frozen=True)
 class DataConfig:
     target: str = "purchase"  # behavior we predict; must be a train behavior of the dataset
-    aux: str | None = "cart"  # auxiliary behavior g; None only for `method: mf`
+    # auxiliary behavior g, or a list of k of them (DESIGN §11); None only for `method: mf`.
+    # A list of one is that one behavior (k = 1, the paper's method).
+    aux: str | tuple[str, ...] | None = "cart"
+
+    def __post_init__(self) -> None:
+        # one spelling per meaning: [cart] is cart, so a k = 1 run's config, its stage names
+        # and its seeds are those of the plain setting
+        if isinstance(self.aux, (list, tuple)):
+            aux = tuple(self.aux)
+            object.__setattr__(self, "aux", aux[0] if len(aux) == 1 else aux or None)
+
+    @property
+    def aux_behaviors(self) -> tuple[str, ...]:
+        """The auxiliary behaviors, in the configured order (empty: none)."""
+        return () if not self.aux else (self.aux,) if isinstance(self.aux, str) else self.aux
+
+    @property
+    def aux_label(self) -> str:
+        """The auxiliary behaviors in one name for rows and reports: cart, or click+cart."""
+        return "+".join(self.aux_behaviors)
 
 
 @dataclass(frozen=True)
@@ -75,6 +94,9 @@ class MBAConfig:
     # Variants (DESIGN §10), none of them in the paper. MBA-KL of paper Table 4 is alpha: 0.
     alpha_f: float | None = None  # KL weight towards pre_f alone (None: alpha)
     alpha_g: float | None = None  # KL weight towards pre_g alone (None: alpha)
+    # several auxiliary behaviors (DESIGN §11): one KL weight each, in data.aux order
+    # (empty: alpha_g, or alpha, for every one)
+    alpha_each: tuple[float, ...] = ()
     # score = beta*sigma(t) + (1-beta-blend_g)*sigma(pre_f) + blend_g*sigma(pre_g)
     blend_g: float = 0.0
     t_init: Literal["random", "pre_f", "pre_g"] = "random"  # t starts as N(0, init_std) or a copy
@@ -82,11 +104,13 @@ class MBAConfig:
     # on the MBA batches beside t
     joint_pretrain: bool = False
 
-    def kl_weights(self) -> float | tuple[float, float]:
-        """alpha, or (alpha_f, alpha_g) where they differ (`mba.losses.mba_loss`)."""
+    def kl_weights(self, k: int = 1) -> float | tuple[float, ...]:
+        """alpha, or (alpha_f, alpha_g, ...) where they differ (`mba.losses.mba_loss`): with k
+        auxiliary behaviors, `alpha_each` (or alpha_g for every one) weighs their KL terms."""
         f = self.alpha if self.alpha_f is None else self.alpha_f
         g = self.alpha if self.alpha_g is None else self.alpha_g
-        return f if f == g else (f, g)
+        each = self.alpha_each or (g,) * k
+        return f if all(a == f for a in each) else (f, *each)
 
 
 @dataclass(frozen=True)
@@ -160,6 +184,8 @@ def _coerce(value: Any, tp: Any, key: str, origin: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
+        if isinstance(value, (list, tuple)):  # a list where a list is one of the types
+            inner = [a for a in inner if typing.get_origin(a) is tuple] or inner
         return _coerce(value, inner[0], key, origin)
     if kind is tuple:
         if not isinstance(value, (list, tuple)):
@@ -319,12 +345,11 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(f"{key} must be 0 ({ZERO_MEANS[key]}) or positive, got {v}")
             raise ConfigError(f"{key} must be {'at least' if inclusive else 'greater than'} "
                               f"{low}, got {v}")
+    _validate_aux(cfg)
     if cfg.method == "mba" and not cfg.data.aux:
         raise ConfigError("method: mba needs data.aux (the auxiliary behavior)")
     if cfg.method == "mf" and cfg.mf_train_on != "target" and not cfg.data.aux:
         raise ConfigError(f"mf_train_on: {cfg.mf_train_on} needs data.aux")
-    if cfg.data.aux == cfg.data.target:
-        raise ConfigError(f"data.aux and data.target are both {cfg.data.target!r}")
     if not 0.0 <= cfg.mba.beta <= 1.0:
         raise ConfigError(f"mba.beta must be in [0, 1], got {cfg.mba.beta}")
     if cfg.eval.user_fraction > 1.0:
@@ -332,6 +357,9 @@ def validate(cfg: Config) -> None:
     for key in ("alpha_f", "alpha_g"):
         if getattr(cfg.mba, key) is not None and getattr(cfg.mba, key) < 0:
             raise ConfigError(f"mba.{key} must be at least 0, got {getattr(cfg.mba, key)}")
+    if any(not (math.isfinite(a) and a >= 0) for a in cfg.mba.alpha_each):
+        raise ConfigError(f"mba.alpha_each must hold finite weights of at least 0, got "
+                          f"{list(cfg.mba.alpha_each)}")
     if cfg.mba.joint_pretrain and (cfg.pretrain.from_run or cfg.mba.t_init != "random"):
         raise ConfigError("mba.joint_pretrain trains pre_f and pre_g with MBA: it takes neither "
                           "pretrain.from_run nor mba.t_init")
@@ -351,6 +379,33 @@ def validate(cfg: Config) -> None:
                           f"model.backend={cfg.model.backend}")
 
 
+# MBA variants that name one auxiliary behavior (DESIGN §10), not defined for several
+ONE_AUX_ONLY = (("mba.joint_pretrain", lambda m: m.joint_pretrain),
+                ("mba.t_init: pre_g", lambda m: m.t_init == "pre_g"),
+                ("mba.blend_g", lambda m: m.blend_g > 0))
+
+
+def _validate_aux(cfg: Config) -> None:
+    aux = cfg.data.aux_behaviors
+    if cfg.data.target in aux:
+        raise ConfigError(f"data.aux and data.target both hold {cfg.data.target!r}")
+    if len(set(aux)) < len(aux):
+        raise ConfigError(f"data.aux names a behavior twice: {list(aux)}")
+    if cfg.mba.alpha_each and len(cfg.mba.alpha_each) != len(aux):
+        raise ConfigError(f"mba.alpha_each has {len(cfg.mba.alpha_each)} weights for "
+                          f"{len(aux)} auxiliary behaviors ({', '.join(aux)})")
+    if len(aux) < 2:
+        return
+    for b in aux:  # each names its models (pre_<b>, h1_<b>, h2_<b>) and baseline rows
+        if not b.isidentifier() or b in ("f", "g", "t"):
+            raise ConfigError(f"data.aux: {b!r} cannot name models (pre_{b}); with several "
+                              "auxiliary behaviors each must be a plain name other than f, g, t")
+    for what, used in ONE_AUX_ONLY:
+        if cfg.method == "mba" and used(cfg.mba):
+            raise ConfigError(f"{what} is defined for one auxiliary behavior; data.aux has "
+                              f"{len(aux)} ({', '.join(aux)})")
+
+
 def evaluate_args(cfg: Config) -> dict[str, Any]:
     """The keyword arguments of `eval.ranking.evaluate` that the config sets."""
     return {"ks": cfg.eval.ks, "memory_mb": cfg.eval.memory_mb,
@@ -365,6 +420,9 @@ def validate_world(cfg: Config, workers: int, stream: bool = False) -> None:
     if workers > 1 and cfg.model.backend != "torchrec":
         raise ConfigError(f"{workers} workers need model.backend=torchrec (sharded tables); "
                           "the torch backend keeps one unsynchronised copy per rank")
+    if stream and len(cfg.data.aux_behaviors) > 1:
+        raise ConfigError(f"train.input: stream does not read {len(cfg.data.aux_behaviors)} "
+                          "auxiliary behaviors yet; use train.input: memory (or auto)")
     if stream and cfg.train.batch_size % workers:
         raise ConfigError(f"train.batch_size {cfg.train.batch_size} is not a multiple of "
                           f"{workers} workers (each reads batch_size / workers rows a step)")

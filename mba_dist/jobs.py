@@ -46,7 +46,7 @@ def banner(cfg: C.Config, ds: Dataset, out: Path, workers: int, local: bool, str
              f"{workers} Ray Train worker{'s' * (workers > 1)}{' on GPUs' if gpu else ''}, "
              f"{'streamed (Ray Data)' if stream else 'in-memory'} batches")
     return (f"{ds.root}: {ds.num_users:,} users, {ds.num_items:,} items, train pairs {train}; "
-            f"{cfg.method} with {cfg.data.aux if cfg.method == 'mba' else 'no'} auxiliary "
+            f"{cfg.method} with {cfg.data.aux_label if cfg.method == 'mba' else 'no'} auxiliary "
             f"behavior; stages {stages}; {where}; {cfg.model.backend} tables; output {out}")
 
 
@@ -189,7 +189,7 @@ def denoising_run(run_dir: str | Path, out: str | Path | None = None) -> tuple[s
                                                  finished.all_stage_weights()).items()
             if not n.startswith("aux_memory")}  # among the candidates it is popularity
     tab = denoise.denoising_table(data, rows, finished.cfg.eval.memory_mb)
-    report = denoise.markdown(tab, finished.cfg.data.aux)
+    report = denoise.markdown(tab, finished.cfg.data.aux_label)
     csv = "model,denoising_auc,users,candidates,positive,against\n" + "".join(
         f"{n},{r['auc']:.6f},{r['users']},{r['candidates']},{r['positive']},{r['against']}\n"
         for n, r in tab.items())
@@ -220,8 +220,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
                    "MBA (its target model t)":
                    finished.stage_weights("mba")[Model.T.value][1].numpy()}
         pngs["behaviors.png"] = plots.behaviors_png(
-            factors, users, clicked, bought, finished.cfg.data.aux,
-            f"{name}: items of two users, {finished.cfg.data.aux} (not bought) and bought "
+            factors, users, clicked, bought, finished.cfg.data.aux_label,
+            f"{name}: items of two users, {finished.cfg.data.aux_label} (not bought) and bought "
             "(paper Fig. 2)")
     return run.write_plots(pngs, Path(out) if out else None)
 

@@ -1,6 +1,7 @@
 """Sharded (torchrec DMP, 2 gloo ranks, table-wise) against unsharded (plain torch, one process):
 the same hand-written weights, the same global batches split across ranks, K = 6 alternating
-MBA steps (DP, DN, ...; kinds B and A). Losses and every table agree (explicit tolerance), and
+MBA steps (DP, DN, ...; kinds B and A), with one auxiliary behavior and with two (k = 2: the
+kind-A pairs' own masks of behaviors). Losses and every table agree (explicit tolerance), and
 the frozen and off-phase tables are bit-for-bit unchanged at every step."""
 import numpy as np
 import pyarrow.parquet as pq
@@ -10,8 +11,7 @@ import torch
 from mba_dist import config as C
 from mba_dist.data.dataset import Dataset
 from mba_dist.dist.local import run_local_ranks
-from mba_dist.mba.roles import Kind, Phase, phase_of_step
-from mba_dist.mba.roles import DN_MODELS, DP_MODELS, FROZEN, Model
+from mba_dist.mba.roles import AuxRoles, Kind, Model, Phase, phase_of_step
 from mba_dist.tables.build import build_group
 
 U, I, D, K, B = 40, 30, 8, 6, 16
@@ -25,17 +25,27 @@ def hand_weights(model: str, entity: str, n: int) -> torch.Tensor:
     return (((idx * 37 + salt) % 23 - 11) / 40).float()
 
 
-def global_batches():
+def global_batches(k: int):
+    """K batches; kind A with k > 1 also says which behaviors each pair was seen in (at least
+    one, both for some)."""
     rng = np.random.default_rng(3)
-    return [(Kind.B if s % 3 else Kind.A, rng.integers(0, U, B), rng.integers(0, I, B),
-             rng.integers(0, I, B)) for s in range(K)]
+    out = []
+    for s in range(K):
+        kind = Kind.B if s % 3 else Kind.A
+        seen = None
+        if kind is Kind.A and k > 1:
+            first = rng.integers(0, k, B)
+            seen = (np.arange(k)[:, None] == first) | (rng.random((k, B)) < 0.3)
+        out.append((kind, rng.integers(0, U, B), rng.integers(0, I, B), rng.integers(0, I, B),
+                    seen))
+    return out
 
 
 def snapshot(groups):
     return {m: [w.clone() for w in g.weights(m)] for g in groups for m in g.models}
 
 
-def run_steps(backend: str) -> dict:
+def run_steps(backend: str, k: int = 1) -> dict:
     import torch.distributed as dist
 
     from mba_dist.train.steps import L2, ids_on, mba_step
@@ -53,17 +63,19 @@ def run_steps(backend: str) -> dict:
             g.load(m, hand_weights(m, "user", U), hand_weights(m, "item", I))
         return g
 
-    frozen, t = group(FROZEN, None), group([Model.T], "sgd")
-    dn, dp = group(DN_MODELS, "sgd"), group(DP_MODELS, "sgd")
+    roles = AuxRoles(("cart",) if k == 1 else ("click", "cart", "fav")[:k])
+    frozen, t = group(roles.frozen, None), group([Model.T], "sgd")
+    dn, dp = group(roles.h(1), "sgd"), group(roles.h(2), "sgd")
     frozen0 = snapshot([frozen])
     losses, untouched = [], []
-    for step, (kind, u, p, n) in enumerate(global_batches()):
+    for step, (kind, u, p, n, seen) in enumerate(global_batches(k)):
         phase = phase_of_step(step)
         on, off = (dn, dp) if phase is Phase.DN else (dp, dn)
         before = snapshot([off])
         sl = slice(rank, None, world)  # this rank's share of the global batch
         ids = ids_on(torch.device("cpu"), u[sl], p[sl], n[sl])
-        losses.append(mba_step(cfg.mba, reg, kind, phase, ids, frozen, t, on))
+        seen = None if seen is None else torch.from_numpy(seen[:, sl])
+        losses.append(mba_step(cfg.mba, reg, kind, phase, ids, frozen, t, on, seen))
         after = snapshot([off])
         untouched.append(all(torch.equal(a, b) for m in before for a, b in zip(before[m], after[m])))
     now = snapshot([frozen])
@@ -72,9 +84,11 @@ def run_steps(backend: str) -> dict:
             "frozen_untouched": frozen_same, "phases": [phase_of_step(s).value for s in range(K)]}
 
 
-def test_sharded_two_ranks_match_unsharded():
-    ref = run_steps("torch")
-    ranks = run_local_ranks(run_steps, 2, "torchrec")
+@pytest.mark.parametrize("k", [1, 2])
+def test_sharded_two_ranks_match_unsharded(k):
+    ref = run_steps("torch", k)
+    ranks = run_local_ranks(run_steps, 2, "torchrec", k)
+    assert len(ref["tables"]) == 1 + 2 * (1 + k)  # t, h1 and h2 of f and every behavior
     assert ref["phases"][:2] == ["DP", "DN"]
     # the weights moved: the comparison below is not between two untouched models
     assert not torch.allclose(ref["tables"]["t"][0], hand_weights("t", "user", U))

@@ -1,7 +1,7 @@
 """Where a stage's batches come from: the in-memory source, and the shared batch helpers.
 
 A *source* yields this rank's batches of one epoch of a stage (`mba.stages.StageInput`) as
-`Batch(kind, users, pos, neg)`. Two sources share the fit loop: `MemorySource` (pairs in
+`Batch(kind, users, pos, neg, positive)`. Two sources share the fit loop: `MemorySource` (pairs in
 memory, this module) and `stream.StreamSource` (Ray Data shards). Both read the pair sets of
 `pair_sets.build` and keep ranks in lockstep: every rank yields the same number of batches of
 the same kinds in the same order, so collectives never wait.
@@ -22,7 +22,7 @@ import numpy as np
 
 from mba_dist import config as C
 from mba_dist.data import pair_sets
-from mba_dist.data.pairs import Pairs, merge_pairs, subtract_pairs
+from mba_dist.data.pairs import Pairs, contains, merge_pairs, subtract_pairs
 from mba_dist.data.sampler import NegativeSampler, Observed
 from mba_dist.errors import ConfigError
 from mba_dist.mba.roles import Kind
@@ -37,6 +37,9 @@ class Batch(NamedTuple):
     users: np.ndarray  # int64 [b]
     pos: np.ndarray
     neg: np.ndarray
+    # k > 1 auxiliary behaviors, kind-A batches: bool [k, b], in which behaviors each pair was
+    # observed (DESIGN §11); None: every auxiliary behavior (kind B) or the one there is (k = 1)
+    positive: np.ndarray | None = None
 
 
 def split_batches(n: int, batch_size: int, rank: int, world: int,
@@ -59,12 +62,23 @@ class MemorySource:
         self.threads = train.data_threads or data_threads()
         self._sets: dict[str, Pairs] = {}
         self._index: dict[str, Observed] = {}
+        self._seen_in: dict[str, np.ndarray | None] = {}
 
     def pairs(self, name: str) -> Pairs:
         """A pair set (`pair_sets.build`), built once."""
         if name not in self._sets:
             self._sets[name] = pair_sets.build(name, _MemoryOps(self.data))
         return self._sets[name]
+
+    def seen_in(self, name: str) -> np.ndarray | None:
+        """k > 1 auxiliary behaviors: bool [k, len(pairs(name))], whether each pair of a set is
+        a train pair of each auxiliary behavior (in `data.aux` order); None for k = 1."""
+        if name not in self._seen_in:
+            each, pairs = self.data.aux_each, self.pairs(name)
+            n = self.data.num_items
+            self._seen_in[name] = (np.stack([contains(p.keys(n), pairs.keys(n))
+                                             for p in each.values()]) if each else None)
+        return self._seen_in[name]
 
     def _observed(self, name: str) -> Observed:
         """The membership index of a pair set, built once (not every epoch)."""
@@ -85,14 +99,16 @@ class MemorySource:
         return prefetch(self._assemble, self._plan(stage, epoch), self.threads)
 
     def _plan(self, stage: StageInput, epoch: int) -> Iterator[tuple]:
-        """What each batch of the epoch is: (kind, pairs, row indices, negative-sampling seed)."""
+        """What each batch of the epoch is: (kind, pairs, behaviors seen in, row indices,
+        negative-sampling seed)."""
         rng = np.random.default_rng([self.seed, stage.key, epoch])
         observed = self._observed(stage.exclude) if self.negatives == "exclude" else None
         if stage.by_kind:
-            runs = [(PART_KIND[p], self.pairs(p)) for p in stage.parts]
+            runs = [(PART_KIND[p], self.pairs(p), self.seen_in(p) if PART_KIND[p] is Kind.A
+                     else None) for p in stage.parts]
         else:  # one shuffled order over the union ("target" + "aux_only" is "merged")
-            runs = [(None, self.pairs(stage.union))]
-        batches = [(kind, pairs, idx) for kind, pairs in runs
+            runs = [(None, self.pairs(stage.union), None)]
+        batches = [(kind, pairs, seen, idx) for kind, pairs, seen in runs
                    for idx in split_batches(len(pairs), self.batch_size, self.rank, self.world, rng)]
         order = (np.arange(len(batches)) if self.batch_order == "sequential" or not stage.by_kind
                  else rng.permutation(len(batches)))
@@ -101,10 +117,10 @@ class MemorySource:
             yield (*batches[bi], observed, [self.seed, stage.key, epoch, 7919, self.rank, step])
 
     def _assemble(self, plan: tuple) -> Batch:
-        kind, pairs, idx, observed, seed = plan
+        kind, pairs, seen, idx, observed, seed = plan
         u = pairs.users[idx]
         neg = NegativeSampler(self.data.num_items, observed, seed).sample(u)
-        return Batch(kind, u, pairs.items[idx], neg)
+        return Batch(kind, u, pairs.items[idx], neg, None if seen is None else seen[:, idx])
 
 
 class _MemoryOps:
@@ -114,7 +130,8 @@ class _MemoryOps:
         self.data = data
 
     def read(self, role: str) -> Pairs:
-        pairs = self.data.target if role == "target" else self.data.aux
+        pairs = (self.data.target if role == "target" else self.data.aux if role == "aux"
+                 else self.data.aux_each.get(role))
         if pairs is None:
             raise ConfigError(f"the {role} pair set needs data.aux")
         return pairs

@@ -2,7 +2,8 @@
 
     target    the target behavior's train pairs (and its validation pairs when selecting on
               the test set: the authors' protocol trains on them)
-    aux       the auxiliary behavior's train pairs
+    aux       the auxiliary behavior's train pairs (of all k of them: their union)
+    aux:<b>   auxiliary behavior b's train pairs (k > 1 only)
     aux_only  aux without the target pairs
     merged    target + aux_only
 
@@ -18,14 +19,14 @@ from typing import Protocol, TypeVar
 from mba_dist import config as C
 from mba_dist.data.dataset import Dataset
 from mba_dist.errors import ConfigError
-from mba_dist.mba.stages import PAIR_SETS
+from mba_dist.mba.stages import PAIR_SETS, is_pair_set
 
 T = TypeVar("T")
 
 
 class SetOps(Protocol[T]):
     def read(self, role: str) -> T:
-        """The train pairs of "target" or "aux" (`role_files`)."""
+        """The train pairs of "target", "aux" or "aux:<b>" (`role_files`)."""
 
     def minus(self, a: T, role: str) -> T:
         """The pairs of `a` that are not pairs of `role`'s set."""
@@ -35,7 +36,7 @@ class SetOps(Protocol[T]):
 
 
 def build(name: str, ops: SetOps[T]) -> T:
-    if name in ("target", "aux"):
+    if name in ("target", "aux") or (name.startswith("aux:") and is_pair_set(name)):
         return ops.read(name)
     if name == "aux_only":
         return ops.minus(ops.read("aux"), "target")
@@ -45,12 +46,16 @@ def build(name: str, ops: SetOps[T]) -> T:
 
 
 def role_files(cfg: C.Config, ds: Dataset) -> dict[str, list[tuple[str, str]]]:
-    """The (split, behavior) files of "target" and (when the run reads it) "aux"."""
+    """The (split, behavior) files of "target" and (when the run reads them) "aux" and, with
+    k > 1 auxiliary behaviors, each one's "aux:<b>"."""
     files = {"target": [("train", cfg.data.target)]}
     if cfg.train.select_on == "test":  # validation pairs are trained on (authors' protocol)
         files["target"].append(("valid", cfg.data.target))
     if C.needs_aux(cfg):
-        files["aux"] = [("train", cfg.data.aux)]
+        aux = cfg.data.aux_behaviors
+        files["aux"] = [("train", b) for b in aux]
+        if len(aux) > 1:
+            files.update({f"aux:{b}": [("train", b)] for b in aux})
     return files
 
 

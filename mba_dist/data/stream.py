@@ -58,8 +58,9 @@ def shard_name(stage: StageInput, part: str) -> str:
 
 # ---- driver side ------------------------------------------------------------------------------
 def train_rows(cfg: C.Config, data_dir) -> int:
-    """Train pairs the run reads (from meta.json)."""
-    return sum(pair_sets.role_rows(cfg, Dataset(data_dir)).values())
+    """Train pairs the run reads (from meta.json; each file once)."""
+    return sum(n for role, n in pair_sets.role_rows(cfg, Dataset(data_dir)).items()
+               if not role.startswith("aux:"))
 
 
 class _RowOps:

@@ -7,7 +7,7 @@ the others are never read there.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -23,11 +23,13 @@ class TrainData:
     num_users: int
     num_items: int
     target: Pairs  # target train pairs (plus validation pairs when selecting on test)
-    aux: Pairs | None
+    aux: Pairs | None  # every auxiliary behavior's train pairs (their union when k > 1)
     valid: Pairs | None  # None when selecting on test
     test: Pairs
     truth: Pairs | None  # planted preferences (synthetic data only)
     users: tuple[int, int] | None = None  # the users [lo, hi) held (a rank's part); None: all
+    # k > 1 auxiliary behaviors: each one's train pairs, by pair set ("aux:<b>")
+    aux_each: dict[str, Pairs] = field(default_factory=dict)
 
     @classmethod
     def load(cls, ds: Dataset, cfg: C.Config, users: tuple[int, int] | None = None) -> "TrainData":
@@ -36,8 +38,12 @@ class TrainData:
         check_dataset(cfg, ds)
         tgt = cfg.data.target
 
+        read_once: dict[tuple[str, str], Pairs] = {}  # k > 1: "aux" and "aux:<b>" share files
+
         def read(split: str, behavior: str) -> Pairs:
-            return ds.pairs(split, behavior, users)
+            if (split, behavior) not in read_once:
+                read_once[split, behavior] = ds.pairs(split, behavior, users)
+            return read_once[split, behavior]
 
         roles = {role: merge_pairs([read(s, b) for s, b in splits], ds.num_items)
                  if len(splits) > 1 else read(*splits[0])
@@ -45,7 +51,8 @@ class TrainData:
         valid = read("valid", tgt) if cfg.train.select_on == "valid" else None
         truth = read("truth", tgt) if ds.has("truth", tgt) else None
         return cls(ds.num_users, ds.num_items, roles["target"], roles.get("aux"), valid,
-                   read("test", tgt), truth, users)
+                   read("test", tgt), truth, users,
+                   {r: p for r, p in roles.items() if r.startswith("aux:")})
 
     def csr(self, pairs: Pairs) -> CSR:
         """`pairs` by user, over the users this data holds."""

@@ -3,9 +3,11 @@
 Rows (those the run has checkpoints for):
     mostpop              items by target train popularity
     mf_<target>          BPR-MF on the target behavior (pre_f)
-    mf_<aux>             BPR-MF on the auxiliary behavior (pre_g), scored on the target
+    mf_<aux>             BPR-MF on the auxiliary behavior (pre_g), scored on the target (one
+                         row per auxiliary behavior b, pre_<b>, when there are several)
     mf_merged            BPR-MF on target and auxiliary pairs merged
     aux_memory_<aux>     the user's auxiliary-but-not-target items by popularity, then popular items
+                         (several behaviors: their union, aux_memory_<b1>+<b2>...)
     mba                  t and pre_f blended (paper Eq. 3)
     mf_<on>              the model of an `method: mf` run
     <model>+aux_first    (`eval.aux_first`) the same candidates as the auxiliary memory, ordered by
@@ -26,7 +28,7 @@ from mba_dist.dist.collective import all_reduce_sum
 from mba_dist.eval.ranking import evaluate
 from mba_dist.eval.scorers import (AuxFirst, MemoryScorer, Scorer, mba_scorer, mf_scorer,
                                    popularity)
-from mba_dist.mba.roles import Model
+from mba_dist.mba.roles import AuxRoles, Model
 from mba_dist.mba.stages import main_model
 
 StageWeights = dict[str, dict[str, tuple]]  # stage name -> model name -> (user, item) factors
@@ -53,12 +55,14 @@ def scorers(cfg: C.Config, data, stages: StageWeights) -> dict[str, Scorer]:
         return with_aux_first(cfg, out, aux)
     pre_f = stages["pre_f"][Model.PRE_F.value]
     out[f"mf_{cfg.data.target}"] = mf_scorer(pre_f)
-    if "pre_g" in stages:
-        out[f"mf_{cfg.data.aux}"] = mf_scorer(stages["pre_g"][Model.PRE_G.value])
+    roles = AuxRoles(cfg.data.aux_behaviors)
+    for b in roles.behaviors:
+        if roles.pre(b) in stages:
+            out[f"mf_{b}"] = mf_scorer(stages[roles.pre(b)][roles.pre(b)])
     if "mf_merged" in stages:
         out["mf_merged"] = mf_scorer(stages["mf_merged"]["mf_merged"])
     if aux is not None:
-        out[f"aux_memory_{cfg.data.aux}"] = MemoryScorer(pop, aux)
+        out[f"aux_memory_{cfg.data.aux_label}"] = MemoryScorer(pop, aux)
     if "mba" in stages:
         out["mba"] = model_scorer(cfg, stages)
     return with_aux_first(cfg, out, aux)

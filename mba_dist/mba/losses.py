@@ -118,16 +118,17 @@ class Logits(NamedTuple):
     the last dimension is the side (positive, negative item)."""
 
     t: torch.Tensor  # [B, 1, 2]
-    pre: torch.Tensor  # [B, 2, 2]: pre_f, pre_g
-    h: torch.Tensor  # [B, 2, 2]: h1_f, h1_g in a DN step, h2_f, h2_g in a DP step
+    pre: torch.Tensor  # [B, 1 + k, 2]: pre_f, pre_g (k > 1: pre_b of each behavior)
+    h: torch.Tensor  # [B, 1 + k, 2]: h1_f, h1_g in a DN step, h2_f, h2_g in a DP step
 
 
 @functools.lru_cache(maxsize=None)
-def _pos_mask(kind: Kind, device: torch.device) -> torch.Tensor:
-    """Where a [model (f, g), side (pos, neg)] term is POS (else NEG): the kind-B and kind-A
-    brackets of the module docstring. Cached per device: no host-to-device copy per step."""
+def _pos_mask(kind: Kind, device: torch.device, models: int = 2) -> torch.Tensor:
+    """Where a [model (f, g, ...), side (pos, neg)] term is POS (else NEG): the kind-B and
+    kind-A brackets of the module docstring (kind A with k > 1 takes the batch's own mask).
+    Cached per device: no host-to-device copy per step."""
     f_pos = kind is Kind.B  # kind A: the clicked item is a negative for f
-    return torch.tensor([[f_pos, False], [True, False]], device=device)
+    return torch.tensor([[f_pos, False]] + [[True, False]] * (models - 1), device=device)
 
 
 def mba_loss(kind: Kind, phase: Phase, lg_: Logits, alpha: float | tuple[float, ...],
@@ -155,7 +156,7 @@ def mba_loss(kind: Kind, phase: Phase, lg_: Logits, alpha: float | tuple[float, 
     kl = (alpha * kl.sum() if not isinstance(alpha, tuple)  # one weight: as it always was
           else (kl.sum(dim=(1, 2)) * kl.new_tensor(alpha)).sum())
     if positive is None:
-        mask = _pos_mask(kind, h.device)[..., None]
+        mask = _pos_mask(kind, h.device, h.shape[0])[..., None]
     else:  # the observed item is at side 0; the sampled negative (side 1) is never positive
         mask = torch.stack([positive, torch.zeros_like(positive)], 1)
     like = _likelihood(phase, t, t1, h, mask, c1, c2).sum()

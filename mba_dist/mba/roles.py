@@ -7,12 +7,16 @@
     h1_f/g   P(r=1 | true preference 1)              DN steps
     h2_f/g   P(r=1 | true preference 0)              DP steps
 
+With k auxiliary behaviors (DESIGN §11) every g model is repeated per behavior b: pre_b, h1_b,
+h2_b, named after the behavior (`AuxRoles`); k = 1 keeps the names above.
+
 Models are grouped by *when they move* (frozen {pre_f, pre_g}; {t}; DN {h1_f, h1_g}; DP
 {h2_f, h2_g}): a step runs forward only through the groups it reads and builds gradients only
 for the groups it trains, so off-phase models and their optimizer state cannot move.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 
 
@@ -34,6 +38,35 @@ ENTITIES = ("user", "item")
 
 def model_name(m: Model | str) -> str:
     return str(m.value if isinstance(m, Model) else m)
+
+
+@dataclass(frozen=True)
+class AuxRoles:
+    """The models of a run's auxiliary behaviors (`DataConfig.aux_behaviors`, in order): each
+    behavior's key is g when there is one (the paper's names), else the behavior itself."""
+
+    behaviors: tuple[str, ...]
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return ("g",) if len(self.behaviors) == 1 else self.behaviors
+
+    def pre(self, behavior: str) -> str:
+        """The pretrained model (and stage) of one auxiliary behavior."""
+        return f"pre_{self.keys[self.behaviors.index(behavior)]}"
+
+    @property
+    def pre_aux(self) -> tuple[str, ...]:
+        return tuple(f"pre_{k}" for k in self.keys)
+
+    @property
+    def frozen(self) -> tuple[str, ...]:
+        """The frozen group, f first: the order of the loss's models (`mba.losses.Logits`)."""
+        return (Model.PRE_F.value, *self.pre_aux)
+
+    def h(self, level: int) -> tuple[str, ...]:
+        """The DN (level 1) or DP (level 2) group, f first."""
+        return (f"h{level}_f", *(f"h{level}_{k}" for k in self.keys))
 
 
 class Kind(Enum):

@@ -5,12 +5,14 @@ another one (the sets are built in `data.pair_sets`, for memory and stream alike
 
     pair set   pairs
     target     target train pairs                       (MBA kind B)
-    aux        auxiliary train pairs
+    aux        auxiliary train pairs (of every auxiliary behavior)
+    aux:<b>    auxiliary behavior b's train pairs       (k > 1 behaviors only)
     aux_only   auxiliary pairs that are not target ones (MBA kind A)
     merged     target + aux_only                        (every observed pair)
 
     method mba:  pre_f (BPR on target), pre_g (BPR on aux), [mf_merged (BPR on merged)], mba
                  (with mba.joint_pretrain: [mf_merged], mba, which also trains pre_f and pre_g)
+                 k > 1 auxiliary behaviors: pre_<b> (BPR on aux:<b>) for each in place of pre_g
     method mf:   mf_<on> (BPR on target, aux or merged)
 
 `stage_plan(cfg)` is read by the fit loop (`train.runner`) and by the Ray Data input
@@ -22,7 +24,7 @@ import zlib
 from dataclasses import dataclass
 
 from mba_dist import config as C
-from mba_dist.mba.roles import Kind
+from mba_dist.mba.roles import AuxRoles, Kind
 
 PAIR_SETS = ("target", "aux", "aux_only", "merged")
 PART_KIND = {"target": Kind.B, "aux_only": Kind.A}  # MBA: the loss of a batch of each part
@@ -57,6 +59,15 @@ def bpr_input(name: str, train_on: str) -> StageInput:
 MBA_INPUT = StageInput("mba", ("target", "aux_only"), "merged", by_kind=True)
 
 
+def aux_set(roles: AuxRoles, behavior: str) -> str:
+    """The pair set of one auxiliary behavior's train pairs."""
+    return "aux" if len(roles.behaviors) == 1 else f"aux:{behavior}"
+
+
+def is_pair_set(name: str) -> bool:
+    return name in PAIR_SETS or name.startswith("aux:")
+
+
 def main_model(cfg: C.Config) -> str:
     """The row (and stage) name of a run's own model."""
     return f"mf_{cfg.mf_train_on}" if cfg.method == "mf" else "mba"
@@ -67,8 +78,10 @@ def stage_plan(cfg: C.Config) -> list[StageInput]:
     already finished is skipped by the runner, never reordered)."""
     if cfg.method == "mf":
         return [bpr_input(main_model(cfg), MF_TRAIN_SETS[cfg.mf_train_on])]
+    aux = AuxRoles(cfg.data.aux_behaviors)
     plan = ([] if cfg.mba.joint_pretrain  # pre_f and pre_g are trained in the MBA stage
-            else [bpr_input("pre_f", "target"), bpr_input("pre_g", "aux")])
+            else [bpr_input("pre_f", "target")]
+            + [bpr_input(aux.pre(b), aux_set(aux, b)) for b in aux.behaviors])
     if cfg.train.merged_baseline:
         plan.append(bpr_input("mf_merged", "merged"))
     return plan + [MBA_INPUT]

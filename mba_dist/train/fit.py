@@ -30,7 +30,7 @@ from mba_dist.dist.collective import all_reduce_sum, rank_world
 from mba_dist.errors import DivergedError
 from mba_dist.eval.ranking import evaluate
 from mba_dist.eval.scorers import Scorer, mba_scorer, mf_scorer
-from mba_dist.mba.roles import DN_MODELS, DP_MODELS, FROZEN, Kind, Model, Phase, phase_of_step
+from mba_dist.mba.roles import AuxRoles, Kind, Model, Phase, phase_of_step
 from mba_dist.mba.stages import MBA_INPUT, StageInput
 from mba_dist.tables.base import TableGroup
 from mba_dist.tables.build import build_group
@@ -302,25 +302,26 @@ class _JointTeachers:
                                   self.g.lookup(*ids).logits()], 1).detach())
 
 
-def fit_mba(w: Worker, pre_f: StageTables | None, pre_g: StageTables | None) -> StageResult:
-    """Stage 2: t with the DN/DP alternation, pre_f and pre_g frozen; with
-    `mba.joint_pretrain` (pre_f, pre_g None) they start at random and each MBA batch also takes
-    a BPR step for them (pre_g on every batch, pre_f on target batches), and the stage's
-    weights include them."""
+def fit_mba(w: Worker, pre: dict[str, StageTables] | None) -> StageResult:
+    """Stage 2: t with the DN/DP alternation, the pretrained models `pre` (pre_f and each
+    auxiliary behavior's, by name) frozen; with `mba.joint_pretrain` (`pre` None) pre_f and
+    pre_g start at random and each MBA batch also takes a BPR step for them (pre_g on every
+    batch, pre_f on target batches), and the stage's weights include them."""
     c = w.cfg
+    roles = AuxRoles(c.data.aux_behaviors)
     t = w.group([Model.T], trained=True)
     teachers: list[TableGroup] = []
-    if c.mba.joint_pretrain:
+    if pre is None:
         teachers = [w.group([Model.PRE_F], trained=True), w.group([Model.PRE_G], trained=True)]
         frozen = _JointTeachers(*teachers)
     else:
         # the stage-1 tables are copied over a chunk at a time (the groups' plans may differ)
-        frozen = w.group(FROZEN, trained=False, init=False)
-        pre_f.copy_into(frozen, Model.PRE_F.value)
-        pre_g.copy_into(frozen, Model.PRE_G.value)
+        frozen = w.group(roles.frozen, trained=False, init=False)
+        for m in roles.frozen:
+            pre[m].copy_into(frozen, m)
         if c.mba.t_init != "random":  # t starts as a copy of a pretrained model
-            (pre_f if c.mba.t_init == "pre_f" else pre_g).copy_into(t, c.mba.t_init, Model.T.value)
-    dn, dp = w.group(DN_MODELS, trained=True), w.group(DP_MODELS, trained=True)
+            pre[c.mba.t_init].copy_into(t, c.mba.t_init, Model.T.value)
+    dn, dp = w.group(roles.h(1), trained=True), w.group(roles.h(2), trained=True)
     w.source.check(MBA_INPUT)
     w.global_step = 0  # the alternation starts with DP at the first MBA step (or the resumed one)
     reg = L2.of(c.optim, w.data.num_users)
@@ -328,15 +329,17 @@ def fit_mba(w: Worker, pre_f: StageTables | None, pre_g: StageTables | None) -> 
     def step(b: Batch) -> tuple[float, str]:
         phase = phase_of_step(w.global_step)
         ids = ids_on(w.device, b.users, b.pos, b.neg)
-        loss = mba_step(c.mba, reg, b.kind, phase, ids, frozen, t, dn if phase is Phase.DN else dp)
+        seen = None if b.positive is None else torch.from_numpy(b.positive).to(w.device)
+        loss = mba_step(c.mba, reg, b.kind, phase, ids, frozen, t,
+                        dn if phase is Phase.DN else dp, seen)
         if teachers:  # a target pair is positive for both teachers, an auxiliary-only one for g
             for g in teachers[b.kind is not Kind.B:]:
                 bpr_step(g, c.pretrain.lambda0, reg, ids)
         return loss, "dn_steps" if phase is Phase.DN else "dp_steps"
 
     def scorer(wts: dict) -> Scorer:
-        if pre_f is not None:  # the frozen pair, read from the stage-1 tables
-            wts = {**pre_f.factor_map(), **pre_g.factor_map(), **wts}
+        if pre is not None:  # the frozen models, read from the stage-1 tables
+            wts = {k: v for st in pre.values() for k, v in st.factor_map().items()} | wts
         return mba_scorer(wts[Model.T.value], wts[Model.PRE_F.value], c.mba.beta,
                           wts.get(Model.PRE_G.value), c.mba.blend_g)
 

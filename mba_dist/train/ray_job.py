@@ -114,6 +114,8 @@ def streams(cfg: C.Config, data_dir: str | Path) -> bool:
     """Whether this run feeds its workers from Ray Data (`train.input`)."""
     if cfg.train.input != "auto":
         return cfg.train.input == "stream"
+    if len(cfg.data.aux_behaviors) > 1:  # not streamed yet (`config.validate_world`)
+        return False
     from mba_dist.data.stream import train_rows
     return train_rows(cfg, data_dir) > cfg.train.stream_min_rows
 

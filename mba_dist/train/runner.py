@@ -26,7 +26,7 @@ from mba_dist.files import write_parquet_parts
 from mba_dist.eval import baselines
 from mba_dist.eval.export import top_n_blocks
 from mba_dist.eval.ranking import own_users
-from mba_dist.mba.roles import Model
+from mba_dist.mba.roles import AuxRoles, Model
 from mba_dist.mba.stages import MBA_INPUT, main_model, stage_plan
 from mba_dist.train import checkpoint
 from mba_dist.train.fit import (Checkpointer, Progress, Source, StageResult, Worker, fit_bpr,
@@ -94,12 +94,12 @@ class FinishedStages(Protocol):
 
 def reused_stages(earlier: FinishedStages, cfg: C.Config) -> list[str]:
     """The stages `run_training` takes from an earlier run (`pretrain.from_run`) instead of
-    training them: pre_f when the earlier run had the same target; pre_g only when it also had
-    the same auxiliary behavior, and then mf_merged too (taken from it or not trained at all:
-    the merged baseline comes with a trained pre_g)."""
+    training them: pre_f when the earlier run had the same target; pre_g (each auxiliary
+    behavior's pre_<b>) only when it also had the same auxiliary behaviors, and then mf_merged
+    too (taken from it or not trained at all: the merged baseline comes with a trained pre_g)."""
     names = ["pre_f"]
     if earlier.cfg.data.aux == cfg.data.aux:
-        names += ["pre_g", "mf_merged"]
+        names += [*AuxRoles(cfg.data.aux_behaviors).pre_aux, "mf_merged"]
     return names
 
 
@@ -178,12 +178,13 @@ def run_training(cfg: C.Config, data_dir: str | Path, out: RunOutputs | None,
         if stage.name in stages or stage.name in from_run:
             continue
         if stage is MBA_INPUT and cfg.mba.joint_pretrain:
-            st = fit_mba(w, None, None)
+            st = fit_mba(w, None)
             keep(st)
             for m in (Model.PRE_F.value, Model.PRE_G.value):  # the baseline rows of this run
                 keep(st.only(m))
         elif stage is MBA_INPUT:
-            keep(fit_mba(w, stages["pre_f"].tables, stages["pre_g"].tables))
+            keep(fit_mba(w, {m: stages[m].tables
+                             for m in AuxRoles(cfg.data.aux_behaviors).frozen}))
         else:
             keep(fit_bpr(w, stage))
     wall = time.perf_counter() - t0

@@ -60,14 +60,19 @@ def bpr_step(group: TableGroup, lambda0: float, reg: L2, ids: Sequence[torch.Ten
 
 
 def mba_step(m: C.MBAConfig, reg: L2, kind: Kind, phase: Phase, ids: Sequence[torch.Tensor],
-             frozen: TableGroup, t: TableGroup, h: TableGroup) -> float:
+             frozen: TableGroup, t: TableGroup, h: TableGroup,
+             seen_in: torch.Tensor | None = None) -> float:
     """One MBA step on a homogeneous batch of `kind`; moves only t and the phase's h group
-    (h1 in DN, h2 in DP). Returns the loss."""
+    (h1 in DN, h2 in DP). Returns the loss. `seen_in` (k > 1 auxiliary behaviors, kind A):
+    bool [k, B], the behaviors each pair was observed in (`data.batches.Batch.positive`)."""
     with record_function("step.forward"):
         t_rows = t.lookup(*ids)
-        # group order: frozen (pre_f, pre_g), h (h_f, h_g) as FROZEN / DN_MODELS / DP_MODELS
+        # group order: frozen (pre_f, pre_<b>...), h (h_f, h_<b>...), as `AuxRoles`
         lg = Logits(t_rows.logits(), frozen.lookup(*ids).logits(), h.lookup(*ids).logits())
-        loss = (mba_loss(kind, phase, lg, m.kl_weights(), m.c1, m.c2)
+        k = lg.pre.shape[1] - 1
+        positive = (None if seen_in is None  # the observed item is never a target positive
+                    else torch.cat([torch.zeros_like(seen_in[:1]), seen_in]))
+        loss = (mba_loss(kind, phase, lg, m.kl_weights(k), m.c1, m.c2, positive)
                 + m.lambda_t * reg(t, Model.T.value, t_rows.packed))
     backward_and_step(loss, (t, h))
     return float(loss.detach())
