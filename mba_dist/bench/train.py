@@ -137,7 +137,7 @@ def bench_worker(spec: BenchSpec, data=None) -> dict | None:
         waited, triples = 0.0, 0
         for s in range(first, first + n):
             t0 = time.perf_counter()
-            kind, u, pos, neg = next(it)
+            kind, u, pos, neg, _ = next(it)  # one auxiliary behavior: no per-pair masks
             waited += time.perf_counter() - t0
             phase = phase_of_step(s)
             ids = ids_on(dev, u, pos, neg)

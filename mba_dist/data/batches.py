@@ -1,8 +1,8 @@
 """Where a stage's batches come from: the in-memory source, and the shared batch helpers.
 
 A *source* yields this rank's batches of one epoch of a stage (`mba.stages.StageInput`) as
-`Batch(kind, users, pos, neg, positive)`. Two sources share the fit loop: `MemorySource` (pairs in
-memory, this module) and `stream.StreamSource` (Ray Data shards). Both read the pair sets of
+`Batch(kind, users, pos, neg, positive)`. Two sources share the fit loop: `MemorySource`
+(pairs in memory, this module) and `stream.StreamSource` (Ray Data shards). Both read the pair sets of
 `pair_sets.build` and keep ranks in lockstep: every rank yields the same number of batches of
 the same kinds in the same order, so collectives never wait.
 
