@@ -420,9 +420,6 @@ def validate_world(cfg: Config, workers: int, stream: bool = False) -> None:
     if workers > 1 and cfg.model.backend != "torchrec":
         raise ConfigError(f"{workers} workers need model.backend=torchrec (sharded tables); "
                           "the torch backend keeps one unsynchronised copy per rank")
-    if stream and len(cfg.data.aux_behaviors) > 1:
-        raise ConfigError(f"train.input: stream does not read {len(cfg.data.aux_behaviors)} "
-                          "auxiliary behaviors yet; use train.input: memory (or auto)")
     if stream and cfg.train.batch_size % workers:
         raise ConfigError(f"train.batch_size {cfg.train.batch_size} is not a multiple of "
                           f"{workers} workers (each reads batch_size / workers rows a step)")

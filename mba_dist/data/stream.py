@@ -4,6 +4,8 @@ Per stage of `mba.stages.stage_plan` the driver builds one lazy Ray dataset per 
 pair set by `pair_sets.build` (the definition the in-memory source uses too):
 
     read_parquet(train/<behavior>.parquet)            never whole in one process
+      [k > 1 auxiliary behaviors, set aux: each behavior's rows less the earlier behaviors'
+       pairs (map_batches), unioned: every pair once]
       -> drop target pairs (part aux_only only)      map_batches, target keys
       -> [union of parts, BPR stages]
       -> order of the epoch (`train.stream_shuffle`):
@@ -12,6 +14,8 @@ pair set by `pair_sets.build` (the definition the in-memory source uses too):
                    buffer of SHUFFLE_BUFFER_BATCHES batches in each worker
            full:   random_shuffle() every epoch (an all-to-all before the first batch)
       -> add one negative per row                     map_batches, vectorised sampler
+      [k > 1, part aux_only: a "seen" column, the behaviors each pair was observed in, as
+       bits (map_batches, the behaviors' keys): the per-pair masks of DESIGN §11]
 
 and Ray Train splits each across the workers (`get_dataset_shard`, `streaming_split` with
 `equal=True`: every worker gets the same number of rows per epoch). A worker reads batches of
@@ -40,9 +44,10 @@ from mba_dist import config as C
 from mba_dist.data import pair_sets
 from mba_dist.data.batches import Batch
 from mba_dist.data.dataset import Dataset
-from mba_dist.data.stream_ops import (add_negatives, drop_known, keys_of, subtract_keys,
-                                      union_keys)
+from mba_dist.data.stream_ops import (add_negatives, add_seen_in, drop_known, keys_of,
+                                      seen_rows, subtract_keys, union_keys)
 from mba_dist.errors import ConfigError
+from mba_dist.mba.roles import Kind
 from mba_dist.mba.stages import PART_KIND, StageInput, stage_plan
 
 
@@ -71,12 +76,26 @@ class _RowOps:
 
     def read(self, role: str):
         import ray
+        each = self.plan.aux_each
+        if role == "aux" and each:  # k > 1: a pair seen in several behaviors is one row
+            parts = [self._rows(each[0])]
+            for n, b in enumerate(each[1:], 1):
+                earlier = ray.remote(union_keys).remote(*map(self.plan.keys, each[:n]))
+                parts.append(self._drop(self._rows(b), earlier))
+            return parts[0].union(*parts[1:])
+        return self._rows(role)
+
+    def _rows(self, role: str):
+        import ray
         return ray.data.read_parquet(self.plan.files[role]).select_columns(["user", "item"])
 
-    def minus(self, a, role: str):
-        return a.map_batches(drop_known, fn_kwargs={"keys_ref": self.plan.keys(role),
+    def _drop(self, a, keys_ref):
+        return a.map_batches(drop_known, fn_kwargs={"keys_ref": keys_ref,
                                                     "num_items": self.plan.ds.num_items},
                              batch_format="numpy")
+
+    def minus(self, a, role: str):
+        return self._drop(a, self.plan.keys(role))
 
     def union(self, parts: list):
         return parts[0].union(*parts[1:])
@@ -113,6 +132,8 @@ class StreamPlan:
         self._keys: dict[str, object] = {}
         self._shuffled: dict[str, object] = {}
         self.skip = set(skip)
+        # k > 1 auxiliary behaviors: their pair sets, in data.aux order (empty for k = 1)
+        self.aux_each = [r for r in self.files if r.startswith("aux:")]
 
     def keys(self, name: str):
         """The object-store ref of a pair set's sorted keys, built once (a behavior's by a Ray
@@ -140,9 +161,14 @@ class StreamPlan:
 
     def _sampled(self, stage: StageInput, part: str):
         keys = self.keys(stage.exclude) if self.cfg.train.negatives == "exclude" else None
-        return self._ordered(part).map_batches(
+        rows = self._ordered(part).map_batches(
             add_negatives, fn_kwargs={"keys_ref": keys, "num_items": self.ds.num_items},
             batch_format="numpy")
+        if stage.by_kind and PART_KIND[part] is Kind.A and self.aux_each:
+            rows = rows.map_batches(add_seen_in, batch_format="numpy", fn_kwargs={
+                "keys_refs": [self.keys(r) for r in self.aux_each],
+                "num_items": self.ds.num_items})
+        return rows
 
     def datasets(self) -> dict:
         out = {}
@@ -169,8 +195,9 @@ class StreamSource:
     """Batches from this worker's Ray Data shards (one per shard name)."""
 
     def __init__(self, shards: dict, train: C.TrainConfig, batch_order: str, world: int,
-                 part_rows: dict[str, int]):
+                 part_rows: dict[str, int], behaviors: int = 1):
         self.shards, self.local = shards, train.batch_size // world
+        self.behaviors = behaviors  # auxiliary behaviors: the bits of a "seen" column
         self.seed, self.batch_order, self.part_rows = train.seed, batch_order, part_rows
         self.buffer = (SHUFFLE_BUFFER_BATCHES * self.local
                        if train.stream_shuffle == "blocks" else None)
@@ -184,7 +211,9 @@ class StreamSource:
         for b in self.shards[name].iter_batches(batch_size=self.local, drop_last=True,
                                                 batch_format="numpy", prefetch_batches=2,
                                                 local_shuffle_buffer_size=self.buffer):
-            yield Batch(kind, b["user"], b["item"], b["neg"])
+            seen = b.get("seen")
+            yield Batch(kind, b["user"], b["item"], b["neg"],
+                        None if seen is None else seen_rows(seen, self.behaviors))
 
     def epoch(self, stage: StageInput, epoch: int) -> Iterator[Batch]:
         if not stage.by_kind:

@@ -51,3 +51,18 @@ def add_negatives(batch: dict, keys_ref, num_items: int) -> dict:
     observed = None if keys_ref is None else _observed(keys_ref, num_items)
     sampler = NegativeSampler(num_items, observed, seed=None)
     return {"user": u, "item": batch["item"].astype(np.int64), "neg": sampler.sample(u)}
+
+
+def add_seen_in(batch: dict, keys_refs: list, num_items: int) -> dict:
+    """k > 1 auxiliary behaviors: a "seen" column, bit b set where the row's pair is a train
+    pair of behavior b (`data.batches.Batch.positive`, from the behaviors' key arrays)."""
+    u, i = batch["user"], batch["item"]
+    seen = np.zeros(len(u), np.int64)
+    for b, ref in enumerate(keys_refs):
+        seen |= _observed(ref, num_items).contains(u, i).astype(np.int64) << b
+    return {**batch, "seen": seen}
+
+
+def seen_rows(seen: np.ndarray, k: int) -> np.ndarray:
+    """The "seen" bits of `add_seen_in` as bool [k, n]."""
+    return ((seen[None, :] >> np.arange(k)[:, None]) & 1).astype(bool)

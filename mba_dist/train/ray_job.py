@@ -75,7 +75,7 @@ def _train_loop_per_worker(loop_config: dict) -> None:
     if loop_config["shards"]:
         shards = {n: ray.train.get_dataset_shard(n) for n in loop_config["shards"]}
         source = StreamSource(shards, cfg.train, cfg.mba.batch_order, dist.get_world_size(),
-                              loop_config["part_rows"])
+                              loop_config["part_rows"], len(cfg.data.aux_behaviors))
     rank = dist.get_rank()
     device = ray.train.torch.get_device() if loop_config["use_gpu"] else None
     ckpt = ray.train.get_checkpoint()
@@ -114,8 +114,6 @@ def streams(cfg: C.Config, data_dir: str | Path) -> bool:
     """Whether this run feeds its workers from Ray Data (`train.input`)."""
     if cfg.train.input != "auto":
         return cfg.train.input == "stream"
-    if len(cfg.data.aux_behaviors) > 1:  # not streamed yet (`config.validate_world`)
-        return False
     from mba_dist.data.stream import train_rows
     return train_rows(cfg, data_dir) > cfg.train.stream_min_rows
 
