@@ -42,10 +42,10 @@ from mba_dist.eval.export import top_n_table
 from mba_dist.eval.scorers import AuxFirst, Scorer
 from mba_dist.files import (atomic_dir, atomic_write_bytes, clear_leftovers, ensure_dir,
                             swap_in, temp_dir_for, temp_prefix)
-from mba_dist.mba.roles import AuxRoles
 from mba_dist.mba.stages import main_model
 from mba_dist.tracking import Trackers, Tracking
 from mba_dist.train import checkpoint
+from mba_dist.train.runner import reused_stages
 
 SIGNATURE = {"tool": "mba-dist", "kind": "run"}  # in run.json: this directory is a run
 
@@ -344,8 +344,8 @@ class StageFiles:
         if self.cfg.data.target != cfg.data.target:
             raise C.ConfigError(f"pretrain.from_run {self.root}: target {self.cfg.data.target!r} "
                                 f"differs from data.target {cfg.data.target!r}")
-        needed = ["pre_f"] + (list(AuxRoles(cfg.data.aux_behaviors).pre_aux)
-                              if self.cfg.data.aux == cfg.data.aux else [])
+        # the runner's rule of what is reused; mf_merged is taken only where there is one
+        needed = [n for n in reused_stages(self, cfg) if n != "mf_merged"]
         for name in needed:
             if not self.has_stage(name):
                 raise RunError(f"pretrain.from_run {self.root}: no {name} checkpoint yet")

@@ -2,9 +2,9 @@
 
 A *source* yields this rank's batches of one epoch of a stage (`mba.stages.StageInput`) as
 `Batch(kind, users, pos, neg, positive)`. Two sources share the fit loop: `MemorySource`
-(pairs in memory, this module) and `stream.StreamSource` (Ray Data shards). Both read the pair sets of
-`pair_sets.build` and keep ranks in lockstep: every rank yields the same number of batches of
-the same kinds in the same order, so collectives never wait.
+(pairs in memory, this module) and `stream.StreamSource` (Ray Data shards). Both read the pair
+sets of `pair_sets.build` and keep ranks in lockstep: every rank yields the same number of
+batches of the same kinds in the same order, so collectives never wait.
 
 Randomness of `MemorySource` is keyed by (seed, stage, epoch, rank) for the batches and by that
 and the step for each batch's negatives, never carried from one batch or epoch to the next: a

@@ -19,7 +19,7 @@ from typing import Protocol, TypeVar
 from mba_dist import config as C
 from mba_dist.data.dataset import Dataset
 from mba_dist.errors import ConfigError
-from mba_dist.mba.stages import PAIR_SETS, is_pair_set
+from mba_dist.mba.stages import PAIR_SETS
 
 T = TypeVar("T")
 
@@ -36,7 +36,7 @@ class SetOps(Protocol[T]):
 
 
 def build(name: str, ops: SetOps[T]) -> T:
-    if name in ("target", "aux") or (name.startswith("aux:") and is_pair_set(name)):
+    if name in ("target", "aux") or name.startswith("aux:"):
         return ops.read(name)
     if name == "aux_only":
         return ops.minus(ops.read("aux"), "target")

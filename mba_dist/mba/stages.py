@@ -64,10 +64,6 @@ def aux_set(roles: AuxRoles, behavior: str) -> str:
     return "aux" if len(roles.behaviors) == 1 else f"aux:{behavior}"
 
 
-def is_pair_set(name: str) -> bool:
-    return name in PAIR_SETS or name.startswith("aux:")
-
-
 def main_model(cfg: C.Config) -> str:
     """The row (and stage) name of a run's own model."""
     return f"mf_{cfg.mf_train_on}" if cfg.method == "mf" else "mba"
