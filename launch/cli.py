@@ -254,7 +254,7 @@ def cmd_bench(a) -> int:
                           config=a.config, users=a.users, items=a.items, rows=a.rows,
                           batch=a.batch, steps=a.steps, warmup=a.warmup, optim=a.optim,
                           repeat=a.repeat, device=a.device, baselines=not a.no_baselines,
-                          profile=a.profile, ray=a.ray), Path(a.out)))
+                          profile=a.profile, ray=a.ray, lightgcn=a.lightgcn), Path(a.out)))
     return 0
 
 
@@ -474,6 +474,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--ray", action="store_true",
                    help="workers as Ray Train workers: the cluster at RAY_ADDRESS (any number "
                         "of nodes), else an embedded local one (default: local processes)")
+    s.add_argument("--lightgcn", action="store_true",
+                   help="also the plain-torch step with t = LightGCN (model.t: lightgcn), "
+                        "beside the plain-torch MF row")
     s.add_argument("--out", default="runs/bench", help="where bench.md/.csv/.png go")
 
     s = command("recommend", "top-N items for users of a finished run", cmd_recommend)

@@ -52,6 +52,11 @@ class ModelConfig:
     dim: int = 32  # embedding size of every MF model (paper §4)
     init_std: float = 0.01  # N(0, 0.01) init, as the authors' code
     backend: Literal["torch", "torchrec"] = "torch"  # torchrec: EmbeddingBagCollection tables
+    # MBA's target model t: mf, or lightgcn (paper Table 3; DESIGN §12): MF's tables as the
+    # layer-0 embeddings, propagated over the target train graph; adds a LightGCN-BPR baseline
+    # stage (lightgcn_bpr). Plain-torch backend, one worker.
+    t: Literal["mf", "lightgcn"] = "mf"
+    layers: int = 3  # LightGCN propagation layers (the paper's setting)
 
 
 @dataclass(frozen=True)
@@ -304,7 +309,7 @@ def load_config(path: str | Path | dict | None = None, sets: list[str] | None = 
 # (section.key, lowest value, whether the lowest is allowed): ranges checked at load, so a
 # value that would train to NaN or fail after training is refused before any work
 RANGES = (
-    ("model.dim", 1, True), ("model.init_std", 0.0, False), ("optim.lr", 0.0, False),
+    ("model.dim", 1, True), ("model.init_std", 0.0, False), ("model.layers", 1, True), ("optim.lr", 0.0, False),
     ("pretrain.lambda0", 0.0, True), ("pretrain.epochs", 1, True), ("pretrain.patience", 1, True),
     ("mba.alpha", 0.0, True), ("mba.c1", 0.0, True), ("mba.c2", 0.0, True),
     ("mba.lambda_t", 0.0, True), ("mba.epochs", 1, True), ("mba.patience", 1, True),
@@ -371,12 +376,34 @@ def validate(cfg: Config) -> None:
     if not set(REPORTED_KS) <= set(cfg.eval.ks):
         raise ConfigError(f"eval.ks must contain {' and '.join(map(str, REPORTED_KS))} (the "
                           f"table's columns; early stopping uses Recall@20), got {list(cfg.eval.ks)}")
+    if cfg.model.t == "lightgcn":
+        _validate_lightgcn(cfg)
     modes = BACKEND_MODES[cfg.model.backend]
     if cfg.optim.mode not in modes:
         what = ("is not a fused torchrec kernel on CPU" if cfg.model.backend == "torchrec"
                 else "is not available with model.backend=torch")
         raise ConfigError(f"optim.mode {cfg.optim.mode} {what}; use {', '.join(modes)} with "
                           f"model.backend={cfg.model.backend}")
+
+
+LIGHTGCN_MODES = ("dense_adam", "sparse_adam")  # trained with whole-table Adam (DESIGN §12)
+
+
+def _validate_lightgcn(cfg: Config) -> None:
+    what = "model.t: lightgcn"
+    if cfg.method != "mba":
+        raise ConfigError(f"{what} is MBA's target model; a method: mba run also trains the "
+                          "LightGCN-BPR baseline (stage lightgcn_bpr)")
+    if cfg.model.backend != "torch":
+        raise ConfigError(f"{what} is built on model.backend=torch only (one process propagates "
+                          "over the whole graph); the sharded torchrec version is not built")
+    if cfg.optim.mode not in LIGHTGCN_MODES:
+        raise ConfigError(f"{what} trains t with whole-table Adam (every row has a gradient "
+                          f"through the propagation); optim.mode must be "
+                          f"{' or '.join(LIGHTGCN_MODES)}, got {cfg.optim.mode}")
+    if cfg.mba.t_init != "random":
+        raise ConfigError(f"{what}: mba.t_init {cfg.mba.t_init} would copy an MF model into "
+                          "LightGCN's layer-0 embeddings, another model; use mba.t_init: random")
 
 
 # MBA variants that name one auxiliary behavior (DESIGN §10), not defined for several
@@ -417,6 +444,10 @@ def validate_world(cfg: Config, workers: int, stream: bool = False) -> None:
     sharded tables, and a streamed epoch splits each global batch into equal local ones."""
     if workers < 1:
         raise ConfigError(f"the number of workers must be at least 1, got {workers}")
+    if workers > 1 and cfg.model.t == "lightgcn":
+        raise ConfigError(f"model.t: lightgcn runs on one worker ({workers} asked): each step "
+                          "propagates over the whole target graph in one process; the sharded "
+                          "version is not built")
     if workers > 1 and cfg.model.backend != "torchrec":
         raise ConfigError(f"{workers} workers need model.backend=torchrec (sharded tables); "
                           "the torch backend keeps one unsynchronised copy per rank")

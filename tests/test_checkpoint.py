@@ -52,6 +52,20 @@ def test_resume_ends_where_the_uninterrupted_run_ends(tiny_dataset, tmp_path, at
     assert _log(tmp_path / "resumed") == _log(tmp_path / "full")
 
 
+def test_resume_in_a_lightgcn_stage_ends_where_the_uninterrupted_run_ends(tiny_dataset, tmp_path):
+    cfg = C.load_config("configs/synthetic.yaml", SETS + ["model.t=lightgcn",
+                                                           "train.merged_baseline=false"])
+    rec = Recorder(tmp_path / "states")
+    full = run_training(cfg, tiny_dataset, RunDir(tmp_path / "full"), checkpointer=rec)
+    assert "lightgcn_bpr" in full["baselines"]
+    # within MBA: t's layer-0 tables and Adam state restored, the finished LightGCN-BPR
+    # stage read back as MF-shaped tables
+    blob = next(b for st, ep, b in rec.states if (st, ep) == ("mba", 1))
+    resumed = run_training(cfg, tiny_dataset, RunDir(tmp_path / "resumed"), resume=_load(blob))
+    assert resumed["baselines"] == full["baselines"]
+    assert _log(tmp_path / "resumed") == _log(tmp_path / "full")
+
+
 def test_resume_refuses_another_config(tiny_dataset, tmp_path):
     cfg = C.load_config("configs/synthetic.yaml", SETS + ["mba.epochs=1", "pretrain.epochs=1"])
     rec = Recorder(tmp_path / "states")

@@ -32,6 +32,7 @@ class Suite:
     baselines: bool = True
     profile: bool = False
     ray: bool = False
+    lightgcn: bool = False  # also the plain-torch step with t = LightGCN (`model.t: lightgcn`)
 
 
 def _rows(s: Suite, spec: B.BenchSpec) -> list[dict]:
@@ -42,12 +43,21 @@ def _rows(s: Suite, spec: B.BenchSpec) -> list[dict]:
         one_core = B.run_workers(dataclasses.replace(spec, threads=1), [1], s.repeat, s.ray)[0]
         rows.append({**one_core, "scaling_efficiency": None,
                      "note": "per-core reference: W workers on W cores reach at most W x this"})
-    if s.baselines:
-        print("side by side: plain-torch backend, tables only, authors'-style step, implicit BPR",
+    if s.baselines or s.lightgcn:
+        print("side by side: plain-torch backend" + (", t = LightGCN" if s.lightgcn else "")
+              + (", tables only, authors'-style step, implicit BPR" if s.baselines else ""),
               file=sys.stderr)
         torch_row = B.run_workers(B.with_backend(spec, "torch", "sparse_adam"), [1], s.repeat,
                                   s.ray)[0]
         rows.append({**torch_row, "scaling_efficiency": None})
+    if s.lightgcn:  # the same step, t propagated over the target graph every step
+        lg = B.run_workers(dataclasses.replace(B.with_backend(spec, "torch", "sparse_adam"),
+                                               overrides=("model.t=lightgcn",)),
+                           [1], s.repeat, s.ray)[0]
+        rows.append({**lg, "scaling_efficiency": None,
+                     "note": f"{lg['triples_per_s'] / torch_row['triples_per_s']:.2f}x the "
+                             "plain-torch MF row (each step propagates the whole graph)"})
+    if s.baselines:
         floor = B.run_workers(dataclasses.replace(spec, step="tables"), [1], s.repeat, s.ray)[0]
         rows.append({**floor, "scaling_efficiency": None,
                      "note": "the same lookups and fused updates, no MBA maths: the floor"})

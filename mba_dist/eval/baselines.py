@@ -6,6 +6,7 @@ Rows (those the run has checkpoints for):
     mf_<aux>             BPR-MF on the auxiliary behavior (pre_g), scored on the target (one
                          row per auxiliary behavior b, pre_<b>, when there are several)
     mf_merged            BPR-MF on target and auxiliary pairs merged
+    lightgcn_bpr         LightGCN-BPR on the target behavior (a `model.t: lightgcn` run)
     aux_memory_<aux>     the user's auxiliary-but-not-target items by popularity, then popular items
                          (several behaviors: their union, aux_memory_<b1>+<b2>...)
     mba                  t and pre_f blended (paper Eq. 3)
@@ -29,7 +30,7 @@ from mba_dist.eval.ranking import evaluate
 from mba_dist.eval.scorers import (AuxFirst, MemoryScorer, Scorer, mba_scorer, mf_scorer,
                                    popularity)
 from mba_dist.mba.roles import AuxRoles, Model
-from mba_dist.mba.stages import main_model
+from mba_dist.mba.stages import LIGHTGCN_BPR, main_model
 
 StageWeights = dict[str, dict[str, tuple]]  # stage name -> model name -> (user, item) factors
 COLUMNS = ["recall@10", "recall@20", "ndcg@10", "ndcg@20"]
@@ -59,8 +60,9 @@ def scorers(cfg: C.Config, data, stages: StageWeights) -> dict[str, Scorer]:
     for b in roles.behaviors:
         if roles.pre(b) in stages:
             out[f"mf_{b}"] = mf_scorer(stages[roles.pre(b)][roles.pre(b)])
-    if "mf_merged" in stages:
-        out["mf_merged"] = mf_scorer(stages["mf_merged"]["mf_merged"])
+    for name in ("mf_merged", LIGHTGCN_BPR):  # its stage tables hold the propagated rows
+        if name in stages:
+            out[name] = mf_scorer(stages[name][name])
     if aux is not None:
         out[f"aux_memory_{cfg.data.aux_label}"] = MemoryScorer(pop, aux)
     if "mba" in stages:
@@ -88,7 +90,7 @@ def with_aux_first(cfg: C.Config, rows: dict[str, Scorer], aux: CSR | None) -> d
     if not cfg.eval.aux_first or aux is None:
         return rows
     return {**rows, **{f"{n}+aux_first": AuxFirst(sc, aux) for n, sc in rows.items()
-                       if n.startswith("mf_") or n == "mba"}}
+                       if n.startswith("mf_") or n in ("mba", LIGHTGCN_BPR)}}
 
 
 def table(cfg: C.Config, data, rows: dict[str, Scorer], splits=("test", "truth"),

@@ -13,6 +13,7 @@ another one (the sets are built in `data.pair_sets`, for memory and stream alike
     method mba:  pre_f (BPR on target), pre_g (BPR on aux), [mf_merged (BPR on merged)], mba
                  (with mba.joint_pretrain: [mf_merged], mba, which also trains pre_f and pre_g)
                  k > 1 auxiliary behaviors: pre_<b> (BPR on aux:<b>) for each in place of pre_g
+                 model.t lightgcn: lightgcn_bpr (LightGCN-BPR on target, a baseline) before mba
     method mf:   mf_<on> (BPR on target, aux or merged)
 
 `stage_plan(cfg)` is read by the fit loop (`train.runner`) and by the Ray Data input
@@ -57,6 +58,12 @@ def bpr_input(name: str, train_on: str) -> StageInput:
 
 
 MBA_INPUT = StageInput("mba", ("target", "aux_only"), "merged", by_kind=True)
+LIGHTGCN_BPR = "lightgcn_bpr"  # the LightGCN-BPR baseline of a model.t: lightgcn run
+
+
+def graph_models(cfg: C.Config) -> frozenset[str]:
+    """The models trained as LightGCN over the target train graph (`tables.lightgcn`)."""
+    return frozenset({"t", LIGHTGCN_BPR} if cfg.model.t == "lightgcn" else ())
 
 
 def aux_set(roles: AuxRoles, behavior: str) -> str:
@@ -80,4 +87,6 @@ def stage_plan(cfg: C.Config) -> list[StageInput]:
             + [bpr_input(aux.pre(b), aux_set(aux, b)) for b in aux.behaviors])
     if cfg.train.merged_baseline:
         plan.append(bpr_input("mf_merged", "merged"))
+    if cfg.model.t == "lightgcn":
+        plan.append(bpr_input(LIGHTGCN_BPR, "target"))
     return plan + [MBA_INPUT]

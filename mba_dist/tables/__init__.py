@@ -7,6 +7,8 @@
     stage_tables.py     StageTables (a finished stage's best epoch, each rank its part) and
                         ShardedFactors (the evaluator's view of shards, a chunk at a time)
     plan.py             the torchrec sharding plan, and `describe(plan)` to print it
+    lightgcn.py         LightGCN: one model's tables propagated over the target train graph
+                        (`model.t: lightgcn`); MF-shaped factors and stage tables out
     build.py            build_group: the backend `model.backend` names, tables initialised
 
 May import: torch, torchrec / FBGEMM (torchrec_tables, plan only), `mba_dist.config`,

@@ -26,9 +26,16 @@ from mba_dist.tables.stage_tables import StageTables
 class Rows(NamedTuple):
     """One group's rows for a batch of B (user, positive, negative) triples, in one tensor
     [B, 3k, d]: the k models' user rows, then each model's positive and negative item rows
-    (model j: user at j, positive at k + 2j, negative at k + 2j + 1)."""
+    (model j: user at j, positive at k + 2j, negative at k + 2j + 1). `ego`: where the rows
+    are computed from the tables (LightGCN's propagated rows), the tables' own rows of the
+    batch, in the same layout: what the L2 term regularises (None: `packed` itself)."""
 
     packed: torch.Tensor
+    ego: torch.Tensor | None = None
+
+    @property
+    def regularised(self) -> torch.Tensor:
+        return self.packed if self.ego is None else self.ego
 
     @property
     def users(self) -> torch.Tensor:  # [B, k, d] view

@@ -21,13 +21,19 @@ def init_weights(num: int, dim: int, std: float, seed: int, model: str, entity: 
 
 def build_group(models: Iterable[Model | str], num_users: int, num_items: int,
                 model: ModelConfig, optim: OptimConfig | None, device: torch.device,
-                seed: int, init: bool = True) -> TableGroup:
+                seed: int, init: bool = True, graph=None) -> TableGroup:
     """The tables of `models` on `model.backend`, initialised N(0, model.init_std) from `seed`
     (unless not `init`: a group about to be loaded from a checkpoint skips building the whole
-    initial tables); `optim=None` builds a frozen group (no optimizer, no gradients)."""
-    if model.backend == "torch":
+    initial tables); `optim=None` builds a frozen group (no optimizer, no gradients). With a
+    `graph` (`tables.lightgcn.Graph`; one trained model) the model is a LightGCN over it."""
+    if graph is not None:
+        from mba_dist.tables.lightgcn import LightGCNGroup
+        (m,) = map(model_name, models)
+        g: TableGroup = LightGCNGroup(m, graph, model.layers, num_users, num_items, model.dim,
+                                      optim, device)
+    elif model.backend == "torch":
         from mba_dist.tables.torch_tables import TorchTableGroup
-        g: TableGroup = TorchTableGroup(models, num_users, num_items, model.dim, optim, device)
+        g = TorchTableGroup(models, num_users, num_items, model.dim, optim, device)
     else:
         from mba_dist.tables.torchrec_tables import TorchrecTableGroup
         g = TorchrecTableGroup(models, num_users, num_items, model.dim, optim, device)

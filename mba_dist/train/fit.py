@@ -30,8 +30,8 @@ from mba_dist.dist.collective import all_reduce_sum, rank_world
 from mba_dist.errors import DivergedError
 from mba_dist.eval.ranking import evaluate
 from mba_dist.eval.scorers import Scorer, mba_scorer, mf_scorer
-from mba_dist.mba.roles import AuxRoles, Kind, Model, Phase, phase_of_step
-from mba_dist.mba.stages import MBA_INPUT, StageInput
+from mba_dist.mba.roles import AuxRoles, Kind, Model, Phase, model_name, phase_of_step
+from mba_dist.mba.stages import MBA_INPUT, StageInput, graph_models
 from mba_dist.tables.base import TableGroup
 from mba_dist.tables.build import build_group
 from mba_dist.tables.stage_tables import StageTables, merge
@@ -126,6 +126,7 @@ class Worker:
     global_step: int = 0
     finished: dict[str, StageResult] = field(default_factory=dict)  # saved in resumable states
     resume: checkpoint.ResumeState | None = None  # a state to continue from (`fit_stage`)
+    _graph: object = field(default=None, repr=False)  # `graph()`
 
     @classmethod
     def of(cls, cfg: C.Config, data: TrainData, source: Source | None = None,
@@ -139,9 +140,22 @@ class Worker:
         return cls(cfg, data, source, device or torch.device("cpu"), **kw)
 
     def group(self, models, trained: bool, init: bool = True) -> TableGroup:
+        """The tables of `models`; a trained LightGCN model (`stages.graph_models`) is built over
+        the target train graph (a finished one is kept as MF-shaped tables, `tables.lightgcn`)."""
         c, d = self.cfg, self.data
+        names = {model_name(m) for m in models}
+        graph = self.graph() if trained and names <= graph_models(c) else None
         return build_group(models, d.num_users, d.num_items, c.model,
-                           c.optim if trained else None, self.device, c.train.seed, init)
+                           c.optim if trained else None, self.device, c.train.seed, init, graph)
+
+    def graph(self):
+        """The normalised target train graph, built once per worker (one worker holds every
+        user's pairs: `config.validate_world` refuses LightGCN on more)."""
+        if self._graph is None:
+            from mba_dist.tables.lightgcn import Graph
+            self._graph = Graph(self.data.target, self.data.num_users, self.data.num_items,
+                                self.device)
+        return self._graph
 
     def selection(self) -> tuple[Pairs, CSR, str]:
         if self.cfg.train.select_on == "test":

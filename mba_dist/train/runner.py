@@ -27,7 +27,7 @@ from mba_dist.eval import baselines
 from mba_dist.eval.export import top_n_blocks
 from mba_dist.eval.ranking import own_users
 from mba_dist.mba.roles import AuxRoles, Model
-from mba_dist.mba.stages import MBA_INPUT, main_model, stage_plan
+from mba_dist.mba.stages import LIGHTGCN_BPR, MBA_INPUT, main_model, stage_plan
 from mba_dist.train import checkpoint
 from mba_dist.train.fit import (Checkpointer, Progress, Source, StageResult, Worker, fit_bpr,
                                 fit_mba, no_progress)
@@ -96,10 +96,15 @@ def reused_stages(earlier: FinishedStages, cfg: C.Config) -> list[str]:
     """The stages `run_training` takes from an earlier run (`pretrain.from_run`) instead of
     training them: pre_f when the earlier run had the same target; pre_g (each auxiliary
     behavior's pre_<b>) only when it also had the same auxiliary behaviors, and then mf_merged
-    too (taken from it or not trained at all: the merged baseline comes with a trained pre_g)."""
+    too (taken from it or not trained at all: the merged baseline comes with a trained pre_g);
+    and the LightGCN-BPR baseline of a `model.t: lightgcn` run where the earlier run has one
+    of the same depth (else it is trained here)."""
     names = ["pre_f"]
     if earlier.cfg.data.aux == cfg.data.aux:
         names += [*AuxRoles(cfg.data.aux_behaviors).pre_aux, "mf_merged"]
+    if (cfg.model.t == "lightgcn" and earlier.has_stage(LIGHTGCN_BPR)
+            and earlier.cfg.model.layers == cfg.model.layers):
+        names.append(LIGHTGCN_BPR)
     return names
 
 

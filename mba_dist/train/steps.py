@@ -24,7 +24,7 @@ from mba_dist import config as C
 from mba_dist.dist.collective import rank_world
 from mba_dist.mba.losses import Logits, bpr_loss, l2, mba_loss
 from mba_dist.mba.roles import Kind, Model, Phase
-from mba_dist.tables.base import TableGroup
+from mba_dist.tables.base import Rows, TableGroup
 
 
 @dataclass(frozen=True)
@@ -39,9 +39,9 @@ class L2:
     def of(cls, optim: C.OptimConfig, num_users: int) -> "L2":
         return cls(num_users, optim.mode == "dense_adam", float(rank_world()[1]))
 
-    def __call__(self, group: TableGroup, model: str, rows: torch.Tensor) -> torch.Tensor:
+    def __call__(self, group: TableGroup, model: str, rows: Rows) -> torch.Tensor:
         """The term over `model`'s whole tables (dense mode) or the batch's rows."""
-        tensors = group.full_tables(model) if self.dense else [rows]
+        tensors = group.full_tables(model) if self.dense else [rows.regularised]
         return self.scale * l2(tensors, self.num_users)
 
 
@@ -54,7 +54,7 @@ def bpr_step(group: TableGroup, lambda0: float, reg: L2, ids: Sequence[torch.Ten
     with record_function("step.forward"):
         rows = group.lookup(*ids)
         lg = rows.logits()[:, 0]  # the group's one model: [B, 2]
-        loss = bpr_loss(lg[:, 0], lg[:, 1]) + lambda0 * reg(group, group.models[0], rows.packed)
+        loss = bpr_loss(lg[:, 0], lg[:, 1]) + lambda0 * reg(group, group.models[0], rows)
     backward_and_step(loss, (group,))
     return float(loss.detach())
 
@@ -73,7 +73,7 @@ def mba_step(m: C.MBAConfig, reg: L2, kind: Kind, phase: Phase, ids: Sequence[to
         positive = (None if seen_in is None  # the observed item is never a target positive
                     else torch.cat([torch.zeros_like(seen_in[:1]), seen_in]))
         loss = (mba_loss(kind, phase, lg, m.kl_weights(k), m.c1, m.c2, positive)
-                + m.lambda_t * reg(t, Model.T.value, t_rows.packed))
+                + m.lambda_t * reg(t, Model.T.value, t_rows))
     backward_and_step(loss, (t, h))
     return float(loss.detach())
 
