@@ -392,11 +392,12 @@ LIGHTGCN_MODES = ("dense_adam", "sparse_adam")  # trained with whole-table Adam 
 def _validate_lightgcn(cfg: Config) -> None:
     what = "model.t: lightgcn"
     if cfg.method != "mba":
-        raise ConfigError(f"{what} is MBA's target model; a method: mba run also trains the "
-                          "LightGCN-BPR baseline (stage lightgcn_bpr)")
+        raise ConfigError(f"{what} is MBA's target model: use method: mba (which also trains "
+                          "the LightGCN-BPR baseline, stage lightgcn_bpr) or model.t: mf")
     if cfg.model.backend != "torch":
         raise ConfigError(f"{what} is built on model.backend=torch only (one process propagates "
-                          "over the whole graph); the sharded torchrec version is not built")
+                          "over the whole graph; the sharded version is not built): use "
+                          "model.backend: torch")
     if cfg.optim.mode not in LIGHTGCN_MODES:
         raise ConfigError(f"{what} trains t with whole-table Adam (every row has a gradient "
                           f"through the propagation); optim.mode must be "

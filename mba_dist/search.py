@@ -43,6 +43,7 @@ import yaml
 from mba_dist import config as C
 from mba_dist.errors import ConfigError
 from mba_dist.files import atomic_write_bytes, ensure_dir
+from mba_dist.mba.stages import LIGHTGCN_BPR
 
 METRIC = "best_valid_recall@20"  # what ASHA compares and the search selects on
 DISTRIBUTIONS = ("grid", "uniform", "loguniform")
@@ -406,13 +407,14 @@ def finish_search(root: Path, data: str, base: C.Config, space: Space, results, 
 
 
 def mf_rows(metrics: dict) -> dict[str, float]:
-    """Test Recall@20 of the run's MF baselines (one per behavior, merged)."""
+    """Test Recall@20 of the run's single-model baselines (MF per behavior, merged, and
+    LightGCN-BPR in a `model.t: lightgcn` run)."""
     return {n: row["test"]["recall@20"] for n, row in metrics["baselines"].items()
-            if n.startswith("mf_")}
+            if n.startswith("mf_") or n == LIGHTGCN_BPR}
 
 
 def summary(rows: list[dict], keys: list[str], best: dict, metrics: dict, trials: int) -> str:
-    """search.md: the winner against the MF baselines on test, then every trial."""
+    """search.md: the winner against the single-model baselines on test, then every trial."""
     mba = metrics["baselines"]["mba"]["test"]["recall@20"]
     mf = mf_rows(metrics)
     top = max(mf, key=mf.get) if mf else None

@@ -58,12 +58,14 @@ def test_resume_in_a_lightgcn_stage_ends_where_the_uninterrupted_run_ends(tiny_d
     rec = Recorder(tmp_path / "states")
     full = run_training(cfg, tiny_dataset, RunDir(tmp_path / "full"), checkpointer=rec)
     assert "lightgcn_bpr" in full["baselines"]
-    # within MBA: t's layer-0 tables and Adam state restored, the finished LightGCN-BPR
-    # stage read back as MF-shaped tables
-    blob = next(b for st, ep, b in rec.states if (st, ep) == ("mba", 1))
-    resumed = run_training(cfg, tiny_dataset, RunDir(tmp_path / "resumed"), resume=_load(blob))
-    assert resumed["baselines"] == full["baselines"]
-    assert _log(tmp_path / "resumed") == _log(tmp_path / "full")
+    # within LightGCN-BPR (layer-0 tables, Adam state, best epoch's snapshot), and within MBA
+    # (t likewise, the finished LightGCN-BPR stage read back as MF-shaped tables)
+    for at in (("lightgcn_bpr", 2), ("mba", 1)):
+        blob = next(b for st, ep, b in rec.states if (st, ep) == at)
+        out = tmp_path / f"resumed-{at[0]}"
+        resumed = run_training(cfg, tiny_dataset, RunDir(out), resume=_load(blob))
+        assert resumed["baselines"] == full["baselines"]
+        assert _log(out) == _log(tmp_path / "full")
 
 
 def test_resume_refuses_another_config(tiny_dataset, tmp_path):

@@ -15,6 +15,7 @@ from mba_dist.config import ModelConfig, OptimConfig
 from mba_dist.errors import ConfigError
 from mba_dist.tables.build import build_group
 from mba_dist.tables.lightgcn import Graph
+from mba_dist.train.runner import run_training
 from mba_dist.train.steps import L2, bpr_step
 
 CPU = torch.device("cpu")
@@ -110,6 +111,14 @@ def test_a_lightgcn_run_is_evaluated_from_its_files_and_lends_its_baseline(tiny_
     assert stages == {"mba"}
     m2 = json.loads((second / "metrics.json").read_text())
     assert m2["baselines"]["lightgcn_bpr"] == m["baselines"]["lightgcn_bpr"]
+
+
+def test_a_search_trial_does_not_train_the_lightgcn_baseline(tiny_dataset):
+    cfg = C.load_config("configs/synthetic.yaml", SETS + ["pretrain.epochs=1", "mba.epochs=1"])
+    seen = set()
+    m = run_training(cfg, tiny_dataset, None, progress=lambda st, *_: seen.add(st),
+                     read_test=False)
+    assert seen == {"pre_f", "pre_g", "mba"} and m["selected_on"] == "valid"
 
 
 @pytest.mark.parametrize("sets, message", [

@@ -52,7 +52,7 @@ def _rows(s: Suite, spec: B.BenchSpec) -> list[dict]:
         rows.append({**torch_row, "scaling_efficiency": None})
     if s.lightgcn:  # the same step, t propagated over the target graph every step
         lg = B.run_workers(dataclasses.replace(B.with_backend(spec, "torch", "sparse_adam"),
-                                               overrides=("model.t=lightgcn",)),
+                                               overrides=(*spec.overrides, "model.t=lightgcn")),
                            [1], s.repeat, s.ray)[0]
         rows.append({**lg, "scaling_efficiency": None,
                      "note": f"{lg['triples_per_s'] / torch_row['triples_per_s']:.2f}x the "

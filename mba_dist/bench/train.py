@@ -46,8 +46,7 @@ from mba_dist.data.train_data import TrainData
 from mba_dist.dist.collective import rank_world
 from mba_dist.mba.roles import DN_MODELS, DP_MODELS, FROZEN, Model, Phase, phase_of_step
 from mba_dist.mba.stages import MBA_INPUT
-from mba_dist.tables.build import build_group
-from mba_dist.tables.lightgcn import Graph
+from mba_dist.train.fit import Worker
 from mba_dist.train.steps import L2, backward_and_step, ids_on, mba_step
 
 PARTS = ("data", "forward", "backward", "optimizer")
@@ -115,16 +114,8 @@ def bench_worker(spec: BenchSpec, data=None) -> dict | None:
     C.validate_world(cfg, world)
     src = MemorySource(data, cfg.train, "interleaved", rank, world)
 
-    def group(models, trained: bool):
-        return build_group(models, data.num_users, data.num_items, cfg.model,
-                           cfg.optim if trained else None, dev, cfg.train.seed)
-
-    # `model.t: lightgcn`: t propagates over the target train graph (`tables.lightgcn`)
-    graph = (Graph(data.target, data.num_users, data.num_items, dev)
-             if cfg.model.t == "lightgcn" else None)
-    frozen = group(FROZEN, False)
-    t = build_group([Model.T], data.num_users, data.num_items, cfg.model, cfg.optim, dev,
-                    cfg.train.seed, graph=graph)
+    group = Worker.of(cfg, data, src, dev).group  # the trainer's tables (LightGCN t too)
+    frozen, t = group(FROZEN, False), group([Model.T], True)
     dn, dp = group(DN_MODELS, True), group(DP_MODELS, True)
     reg = L2.of(cfg.optim, data.num_users)
     _reset_peak(dev)

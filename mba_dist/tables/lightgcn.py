@@ -99,6 +99,8 @@ class LightGCNGroup(TableGroup):
     def __init__(self, model: str, graph: Graph, layers: int, num_users: int, num_items: int,
                  dim: int, optim: OptimConfig, device: torch.device):
         super().__init__()
+        if optim is None:  # a finished LightGCN is kept as MF-shaped tables (module docstring)
+            raise ValueError(f"{model}: a LightGCN group is trained; build a frozen one as MF")
         self.inner = TorchTableGroup([model], num_users, num_items, dim,
                                      dataclasses.replace(optim, mode="dense_adam"), device)
         self.models = self.inner.models
@@ -123,8 +125,10 @@ class LightGCNGroup(TableGroup):
 
     def stage_tables(self, snap: dict | None = None) -> StageTables:
         m = self.models[0]
+        tables = self.inner.live_tables() if snap is None else {  # a snapshot is a CPU copy
+            k: v.to(self.graph.r.cols.device) for k, v in snap.items()}
         with torch.no_grad():
-            user, item = self._propagated(snap if snap is not None else self.inner.live_tables())
+            user, item = self._propagated(tables)
         return StageTables({f"{m}_user": user.cpu(), f"{m}_item": item.cpu()}, self.num_users,
                            self.num_items, self.dim)
 

@@ -102,7 +102,8 @@ def reused_stages(earlier: FinishedStages, cfg: C.Config) -> list[str]:
     names = ["pre_f"]
     if earlier.cfg.data.aux == cfg.data.aux:
         names += [*AuxRoles(cfg.data.aux_behaviors).pre_aux, "mf_merged"]
-    if (cfg.model.t == "lightgcn" and earlier.has_stage(LIGHTGCN_BPR)
+    same_graph = earlier.cfg.train.select_on == cfg.train.select_on  # valid pairs in or out
+    if (cfg.model.t == "lightgcn" and earlier.has_stage(LIGHTGCN_BPR) and same_graph
             and earlier.cfg.model.layers == cfg.model.layers):
         names.append(LIGHTGCN_BPR)
     return names
@@ -138,7 +139,7 @@ def run_training(cfg: C.Config, data_dir: str | Path, out: RunOutputs | None,
     the run of `pretrain.from_run` (its stage-1 models are not trained again). `out` may be
     None (nothing is kept).
     `read_test=False` (a search trial): the test set is not read; the metrics hold the
-    validation-selected epoch only."""
+    validation-selected epoch only, and baseline-only stages (lightgcn_bpr) are not trained."""
     if cfg.method == "mba" and cfg.pretrain.from_run and reused is None:
         raise ConfigError(f"pretrain.from_run {cfg.pretrain.from_run}: pass the earlier run's "
                           "stages as `reused` (run_dir.RunDir(path).stages())")
@@ -181,6 +182,8 @@ def run_training(cfg: C.Config, data_dir: str | Path, out: RunOutputs | None,
     t0 = time.perf_counter()
     for stage in stage_plan(cfg):
         if stage.name in stages or stage.name in from_run:
+            continue
+        if stage.name == LIGHTGCN_BPR and not read_test:  # a baseline row: only the test table
             continue
         if stage is MBA_INPUT and cfg.mba.joint_pretrain:
             st = fit_mba(w, None)
