@@ -309,7 +309,8 @@ def load_config(path: str | Path | dict | None = None, sets: list[str] | None = 
 # (section.key, lowest value, whether the lowest is allowed): ranges checked at load, so a
 # value that would train to NaN or fail after training is refused before any work
 RANGES = (
-    ("model.dim", 1, True), ("model.init_std", 0.0, False), ("model.layers", 1, True), ("optim.lr", 0.0, False),
+    ("model.dim", 1, True), ("model.init_std", 0.0, False), ("model.layers", 1, True),
+    ("optim.lr", 0.0, False),
     ("pretrain.lambda0", 0.0, True), ("pretrain.epochs", 1, True), ("pretrain.patience", 1, True),
     ("mba.alpha", 0.0, True), ("mba.c1", 0.0, True), ("mba.c2", 0.0, True),
     ("mba.lambda_t", 0.0, True), ("mba.epochs", 1, True), ("mba.patience", 1, True),

@@ -43,7 +43,6 @@ import yaml
 from mba_dist import config as C
 from mba_dist.errors import ConfigError
 from mba_dist.files import atomic_write_bytes, ensure_dir
-from mba_dist.mba.stages import LIGHTGCN_BPR
 
 METRIC = "best_valid_recall@20"  # what ASHA compares and the search selects on
 DISTRIBUTIONS = ("grid", "uniform", "loguniform")
@@ -409,8 +408,10 @@ def finish_search(root: Path, data: str, base: C.Config, space: Space, results, 
 def mf_rows(metrics: dict) -> dict[str, float]:
     """Test Recall@20 of the run's single-model baselines (MF per behavior, merged, and
     LightGCN-BPR in a `model.t: lightgcn` run)."""
+    from mba_dist.eval.baselines import is_single_model
+
     return {n: row["test"]["recall@20"] for n, row in metrics["baselines"].items()
-            if n.startswith("mf_") or n == LIGHTGCN_BPR}
+            if is_single_model(n)}
 
 
 def summary(rows: list[dict], keys: list[str], best: dict, metrics: dict, trials: int) -> str:

@@ -43,17 +43,16 @@ def _rows(s: Suite, spec: B.BenchSpec) -> list[dict]:
         one_core = B.run_workers(dataclasses.replace(spec, threads=1), [1], s.repeat, s.ray)[0]
         rows.append({**one_core, "scaling_efficiency": None,
                      "note": "per-core reference: W workers on W cores reach at most W x this"})
+    torch_spec = B.with_backend(spec, "torch", "sparse_adam")
     if s.baselines or s.lightgcn:
         print("side by side: plain-torch backend" + (", t = LightGCN" if s.lightgcn else "")
               + (", tables only, authors'-style step, implicit BPR" if s.baselines else ""),
               file=sys.stderr)
-        torch_row = B.run_workers(B.with_backend(spec, "torch", "sparse_adam"), [1], s.repeat,
-                                  s.ray)[0]
+        torch_row = B.run_workers(torch_spec, [1], s.repeat, s.ray)[0]
         rows.append({**torch_row, "scaling_efficiency": None})
     if s.lightgcn:  # the same step, t propagated over the target graph every step
-        lg = B.run_workers(dataclasses.replace(B.with_backend(spec, "torch", "sparse_adam"),
-                                               overrides=(*spec.overrides, "model.t=lightgcn")),
-                           [1], s.repeat, s.ray)[0]
+        lg = B.run_workers(dataclasses.replace(
+            torch_spec, overrides=(*spec.overrides, "model.t=lightgcn")), [1], s.repeat, s.ray)[0]
         rows.append({**lg, "scaling_efficiency": None,
                      "note": f"{lg['triples_per_s'] / torch_row['triples_per_s']:.2f}x the "
                              "plain-torch MF row (each step propagates the whole graph)"})

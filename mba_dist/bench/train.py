@@ -111,7 +111,6 @@ def bench_worker(spec: BenchSpec, data=None) -> dict | None:
     cfg = _config(spec)
     data = _train_data(spec, cfg) if data is None else data
     rank, world = rank_world()
-    C.validate_world(cfg, world)
     src = MemorySource(data, cfg.train, "interleaved", rank, world)
 
     group = Worker.of(cfg, data, src, dev).group  # the trainer's tables (LightGCN t too)

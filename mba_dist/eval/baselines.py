@@ -84,13 +84,19 @@ def aux_cells(data) -> CSR | None:
     return data.csr(data.aux) if data.aux is not None else None
 
 
+def is_single_model(row: str) -> bool:
+    """Whether a table row is one trained model on its own (MF per behavior or merged, the
+    LightGCN-BPR baseline): what MBA is compared against."""
+    return row.startswith("mf_") or row == LIGHTGCN_BPR
+
+
 def with_aux_first(cfg: C.Config, rows: dict[str, Scorer], aux: CSR | None) -> dict[str, Scorer]:
     """`rows` and, with `eval.aux_first`, each MF and MBA row again as "+aux_first": the
     auxiliary memory's candidates ordered by the model instead of popularity."""
     if not cfg.eval.aux_first or aux is None:
         return rows
     return {**rows, **{f"{n}+aux_first": AuxFirst(sc, aux) for n, sc in rows.items()
-                       if n.startswith("mf_") or n in ("mba", LIGHTGCN_BPR)}}
+                       if is_single_model(n) or n == "mba"}}
 
 
 def table(cfg: C.Config, data, rows: dict[str, Scorer], splits=("test", "truth"),

@@ -25,7 +25,7 @@ import zlib
 from dataclasses import dataclass
 
 from mba_dist import config as C
-from mba_dist.mba.roles import AuxRoles, Kind
+from mba_dist.mba.roles import AuxRoles, Kind, Model
 
 PAIR_SETS = ("target", "aux", "aux_only", "merged")
 PART_KIND = {"target": Kind.B, "aux_only": Kind.A}  # MBA: the loss of a batch of each part
@@ -63,7 +63,7 @@ LIGHTGCN_BPR = "lightgcn_bpr"  # the LightGCN-BPR baseline of a model.t: lightgc
 
 def graph_models(cfg: C.Config) -> frozenset[str]:
     """The models trained as LightGCN over the target train graph (`tables.lightgcn`)."""
-    return frozenset({"t", LIGHTGCN_BPR} if cfg.model.t == "lightgcn" else ())
+    return frozenset({Model.T.value, LIGHTGCN_BPR} if cfg.model.t == "lightgcn" else ())
 
 
 def aux_set(roles: AuxRoles, behavior: str) -> str:

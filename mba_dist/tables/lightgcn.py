@@ -42,6 +42,7 @@ class Graph:
         du = np.bincount(u, minlength=num_users).astype(np.float64)
         di = np.bincount(i, minlength=num_items).astype(np.float64)
         w = (1.0 / np.sqrt(du[u] * di[i])).astype(np.float32)  # every pair has degree >= 1
+        self.device = device
         self.r = _Csr.of(u, i, w, num_users, device)
         self.rt = _Csr.of(i, u, w, num_items, device)
 
@@ -126,7 +127,7 @@ class LightGCNGroup(TableGroup):
     def stage_tables(self, snap: dict | None = None) -> StageTables:
         m = self.models[0]
         tables = self.inner.live_tables() if snap is None else {  # a snapshot is a CPU copy
-            k: v.to(self.graph.r.cols.device) for k, v in snap.items()}
+            k: v.to(self.graph.device) for k, v in snap.items()}
         with torch.no_grad():
             user, item = self._propagated(tables)
         return StageTables({f"{m}_user": user.cpu(), f"{m}_item": item.cpu()}, self.num_users,

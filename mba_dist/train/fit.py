@@ -16,6 +16,7 @@ import itertools
 import math
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple, Protocol
 
@@ -126,7 +127,6 @@ class Worker:
     global_step: int = 0
     finished: dict[str, StageResult] = field(default_factory=dict)  # saved in resumable states
     resume: checkpoint.ResumeState | None = None  # a state to continue from (`fit_stage`)
-    _graph: object = field(default=None, repr=False)  # `graph()`
 
     @classmethod
     def of(cls, cfg: C.Config, data: TrainData, source: Source | None = None,
@@ -144,18 +144,16 @@ class Worker:
         the target train graph (a finished one is kept as MF-shaped tables, `tables.lightgcn`)."""
         c, d = self.cfg, self.data
         names = {model_name(m) for m in models}
-        graph = self.graph() if trained and names <= graph_models(c) else None
+        graph = self.graph if trained and names <= graph_models(c) else None
         return build_group(models, d.num_users, d.num_items, c.model,
                            c.optim if trained else None, self.device, c.train.seed, init, graph)
 
+    @cached_property
     def graph(self):
         """The normalised target train graph, built once per worker (one worker holds every
         user's pairs: `config.validate_world` refuses LightGCN on more)."""
-        if self._graph is None:
-            from mba_dist.tables.lightgcn import Graph
-            self._graph = Graph(self.data.target, self.data.num_users, self.data.num_items,
-                                self.device)
-        return self._graph
+        from mba_dist.tables.lightgcn import Graph
+        return Graph(self.data.target, self.data.num_users, self.data.num_items, self.device)
 
     def selection(self) -> tuple[Pairs, CSR, str]:
         if self.cfg.train.select_on == "test":

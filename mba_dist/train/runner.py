@@ -98,7 +98,7 @@ def reused_stages(earlier: FinishedStages, cfg: C.Config) -> list[str]:
     behavior's pre_<b>) only when it also had the same auxiliary behaviors, and then mf_merged
     too (taken from it or not trained at all: the merged baseline comes with a trained pre_g);
     and the LightGCN-BPR baseline of a `model.t: lightgcn` run where the earlier run has one
-    of the same depth (else it is trained here)."""
+    of the same depth over the same graph (`train.select_on`; else it is trained here)."""
     names = ["pre_f"]
     if earlier.cfg.data.aux == cfg.data.aux:
         names += [*AuxRoles(cfg.data.aux_behaviors).pre_aux, "mf_merged"]
