@@ -112,7 +112,7 @@ def test_the_stream_gives_each_auxiliary_only_pair_once_with_its_behaviors(two_a
     in both behaviors once), each with the behaviors it was seen in."""
     import ray
 
-    from mba_dist.data.stream import StreamPlan, StreamSource, shard_name
+    from mba_dist.data.stream import StreamPlan, shard_name
     from mba_dist.dist.ray import init_ray
 
     ds = Dataset(two_aux)
@@ -124,8 +124,7 @@ def test_the_stream_gives_each_auxiliary_only_pair_once_with_its_behaviors(two_a
     started = init_ray()
     try:
         plan = StreamPlan(cfg, str(two_aux))
-        shards = {k: d.iterator() for k, d in plan.datasets().items() if k.startswith("mba.")}
-        source = StreamSource(shards, cfg.train, "sequential", 1, plan.part_rows(), 2)
+        source = plan.source()
         got, seen = [], []
         for b in source.epoch(MBA_INPUT, 1):
             if b.kind is Kind.A:
@@ -133,7 +132,7 @@ def test_the_stream_gives_each_auxiliary_only_pair_once_with_its_behaviors(two_a
                 seen.append(b.positive)
             else:
                 assert b.positive is None
-        assert shard_name(MBA_INPUT, "aux_only") in shards
+        assert shard_name(MBA_INPUT, "aux_only") in source.feeds
     finally:
         if started:
             ray.shutdown()

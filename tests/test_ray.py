@@ -48,15 +48,22 @@ def test_two_workers_stream_every_stage(tiny_dataset, tmp_path):
     assert (out / "ray").is_dir() and not list((out / "ray").rglob("state.pt"))
 
 
+def _rows(source, stage, epoch) -> list[tuple[int, int, int]]:
+    return [(int(u), int(i), int(n)) for b in source.epoch(stage, epoch)
+            for u, i, n in zip(b.users, b.pos, b.neg)]
+
+
 def test_stream_gives_every_row_once_per_epoch_in_a_new_order(tiny_dataset):
     """Both epoch orders of the stream (`train.stream_shuffle`): an epoch streams every train
     row once (less the dropped tail), in an order that is not the file's and changes from
-    epoch to epoch."""
+    epoch to epoch, with negatives the worker drew outside the stage's pairs. In `blocks`
+    order an epoch read again gives the same rows and negatives (what a resumed run reads), and
+    two ranks take the same number of steps over disjoint rows."""
     import numpy as np
     import ray
 
     from mba_dist.data.dataset import Dataset
-    from mba_dist.data.stream import StreamPlan, StreamSource
+    from mba_dist.data.stream import StreamPlan
     from mba_dist.dist.ray import init_ray
     from mba_dist.mba.stages import stage_plan
 
@@ -69,18 +76,26 @@ def test_stream_gives_every_row_once_per_epoch_in_a_new_order(tiny_dataset):
                 "data.aux=click", "train.batch_size=32", f"train.stream_shuffle={mode}"])
             plan = StreamPlan(cfg, str(tiny_dataset))
             stage = next(st for st in stage_plan(cfg) if st.name == "pre_f")
-            source = StreamSource({"pre_f": plan.datasets()["pre_f"].iterator()}, cfg.train,
-                                  cfg.mba.batch_order, 1, plan.part_rows())
-            orders = []
-            for epoch in (1, 2):
-                pairs = [(int(u), int(i)) for b in source.epoch(stage, epoch)
-                         for u, i in zip(b.users, b.pos)]
+            source = plan.source()
+            orders = [_rows(source, stage, epoch) for epoch in (1, 2)]
+            for rows in orders:
+                pairs = [(u, i) for u, i, _ in rows]
                 assert len(pairs) == len(set(pairs)) > len(want) - 32, mode
                 assert set(pairs) <= want, mode
-                orders.append(pairs)
+                assert not want & {(u, n) for u, _, n in rows}, mode  # negatives avoid them
             assert orders[0] != orders[1], mode
-            users = np.array([u for u, _ in orders[0]])
+            users = np.array([u for u, _, _ in orders[0]])
             assert (np.diff(users) < 0).sum() > len(users) // 4, mode  # not in file order
+            if mode == "blocks":
+                assert _rows(plan.source(), stage, 2) == orders[1]
+        two = StreamPlan(C.load_config("configs/synthetic.yaml", [
+            "data.aux=click", "train.batch_size=32"]), str(tiny_dataset), world=2)
+        blocks = len(two.feeds()["pre_f"].blocks)
+        assert blocks % 2 == 0
+        ranks = [{(u, i) for u, i, _ in _rows(two.source(r), stage, 1)} for r in (0, 1)]
+        assert len(ranks[0]) == len(ranks[1]) and len(ranks[0]) % 16 == 0
+        assert not ranks[0] & ranks[1]
+        assert len(ranks[0] | ranks[1]) > len(want) - 32 - blocks
     finally:
         if started:
             ray.shutdown()

@@ -8,8 +8,8 @@
     train_data.py  TrainData: what the stages and the evaluator read, in memory
     sampler.py     vectorised negative sampling (Observed: per-user sorted keys)
     batches.py     MemorySource (in-memory batches, split by rank), prefetch
-    stream.py      StreamPlan (driver: lazy Ray datasets) and StreamSource (worker: shards)
-    stream_ops.py  the per-row work Ray Data runs (imports no torch)
+    stream.py      StreamPlan (driver: Ray datasets, feeds) and StreamSource (worker: batches)
+    stream_ops.py  the per-row work of the stream: key arrays, filter, negatives (no torch)
 
 May import: numpy, pyarrow, Ray Data (stream only), `mba_dist.config`, `mba_dist.errors`,
 `mba_dist.mba`. No torch here.

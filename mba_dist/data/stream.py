@@ -1,51 +1,55 @@
 """Streaming input: Ray Data reads the train Parquet files and feeds the Ray Train workers.
 
-Per stage of `mba.stages.stage_plan` the driver builds one lazy Ray dataset per part, each
-pair set by `pair_sets.build` (the definition the in-memory source uses too):
+Per stage of `mba.stages.stage_plan` the driver builds one Ray dataset per part, each pair set
+by `pair_sets.build` (the definition the in-memory source uses too):
 
     read_parquet(train/<behavior>.parquet)            never whole in one process
       [k > 1 auxiliary behaviors, set aux: each behavior's rows less the earlier behaviors'
        pairs (map_batches), unioned: every pair once]
       -> drop target pairs (part aux_only only)      map_batches, target keys
       -> [union of parts, BPR stages]
-      -> order of the epoch (`train.stream_shuffle`):
-           blocks: random_shuffle into blocks, once per run (materialized in the object
-                   store), then randomize_block_order() every epoch, and a local shuffle
-                   buffer of SHUFFLE_BUFFER_BATCHES batches in each worker
-           full:   random_shuffle() every epoch (an all-to-all before the first batch)
-      -> add one negative per row                     map_batches, vectorised sampler
-      [k > 1, part aux_only: a "seen" column, the behaviors each pair was observed in, as
-       bits (map_batches, the behaviors' keys): the per-pair masks of DESIGN §11]
+      -> the order (`train.stream_shuffle`):
+           blocks: random_shuffle into blocks, once per run, materialized in the object store;
+                   every epoch each worker reads its share of a new random deal of the blocks
+                   straight from the object store (no Ray Data execution per epoch)
+           full:   random_shuffle() every epoch (an all-to-all before the first batch), split
+                   across the workers by Ray Train (`get_dataset_shard`, `streaming_split`
+                   with `equal=True`: every worker gets the same number of rows)
 
-and Ray Train splits each across the workers (`get_dataset_shard`, `streaming_split` with
-`equal=True`: every worker gets the same number of rows per epoch). A worker reads batches of
-`train.batch_size / W` rows with the tail dropped, so every worker takes the same number of
-steps: the global batch is W local batches, as in `MemorySource`.
+A worker draws each chunk's negatives itself (vectorised sampler; k > 1, part aux_only: also
+the behaviors each pair was observed in, the per-pair masks of DESIGN §11), mixes the chunk
+with the rows the previous one left, permutes it, and cuts batches of `train.batch_size / W`
+rows; every worker takes the same number of steps (the global batch is W local batches, as in
+`MemorySource`). Drawing the negatives in the worker rather than in Ray Data map tasks saved
+the map tasks' processes, their scheduling and the per-epoch executor, which shared the cores
+with the training step (RESULTS §7).
 
 The sorted keys (user * num_items + item) that the filter and the sampler need are built by Ray
-tasks from the Parquet files and put in the object store once; map tasks fetch them once per
-worker process, never per batch (`stream_ops`, which Ray workers import without torch).
+tasks from the Parquet files and put in the object store once (one copy per node); a process
+fetches them once, never per batch (`stream_ops`, which Ray tasks import without torch).
 
 `blocks` trades shuffle quality for speed: every block is a uniform sample of the part, fixed for
-the run, and an epoch visits the blocks in a new random order, mixing rows of a few neighbouring
-blocks in the buffer; a full shuffle draws a new permutation of all rows each epoch.
+the run; an epoch visits the blocks in a new random order and permutes each block's rows anew,
+so a batch mixes rows of one block (and the few the previous block left); a full shuffle draws
+a new permutation of all rows each epoch.
 
-Unlike `MemorySource`, the stream is not bit-reproducible: the shuffle and the negatives draw
-fresh entropy each epoch (Ray Data's block layout decides which task sees which rows).
+The randomness of `blocks` after the once-per-run shuffle (the deal, the permutations, the
+negatives) is keyed by (seed, stage, epoch, rank, chunk) as in `MemorySource`; that shuffle and
+`full` depend on Ray Data's block layout, so the stream is not promised to be bit-reproducible.
 """
 from __future__ import annotations
 
 import itertools
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 
 from mba_dist import config as C
 from mba_dist.data import pair_sets
-from mba_dist.data.batches import Batch
+from mba_dist.data.batches import Batch, data_threads, prefetch
 from mba_dist.data.dataset import Dataset
-from mba_dist.data.stream_ops import (add_negatives, add_seen_in, drop_known, keys_of,
-                                      seen_rows, subtract_keys, union_keys)
+from mba_dist.data.stream_ops import (drop_known, keys_of, negatives, seen_in, subtract_keys,
+                                      union_keys)
 from mba_dist.errors import ConfigError
 from mba_dist.mba.roles import Kind
 from mba_dist.mba.stages import PART_KIND, StageInput, stage_plan
@@ -53,7 +57,7 @@ from mba_dist.mba.stages import PART_KIND, StageInput, stage_plan
 
 ROWS_PER_BLOCK = 16_384  # blocks of the once-per-run shuffle (at least MIN_BLOCKS of them)
 MIN_BLOCKS = 16
-SHUFFLE_BUFFER_BATCHES = 4  # the workers' local shuffle buffer, in local batches
+CHUNK_BATCHES = 8  # `full` order: a worker reads its shard this many local batches at a time
 
 
 def shard_name(stage: StageInput, part: str) -> str:
@@ -119,12 +123,24 @@ class _KeyOps:
         return ray.remote(union_keys).remote(*parts)
 
 
-class StreamPlan:
-    """The driver's Ray datasets for every stage of a config that the run trains (`skip`: the
-    stages it takes from an earlier run), keyed by shard name."""
+class Feed(NamedTuple):
+    """What a worker needs, besides the rows, to turn one shard into batches: the object-store
+    keys its negatives avoid (None: uniform negatives) and, for a k > 1 kind-A part, each
+    auxiliary behavior's keys; in `blocks` order also the once-shuffled blocks of the part and
+    their row counts (the workers read them directly; no Ray dataset per epoch)."""
+    exclude: object | None
+    seen: tuple = ()
+    blocks: tuple = ()
+    rows: tuple = ()
 
-    def __init__(self, cfg: C.Config, data_dir: str, skip=()):
-        self.cfg, self.ds = cfg, Dataset(data_dir)
+
+class StreamPlan:
+    """The driver's inputs for every stage of a config that the run trains (`skip`: the stages
+    it takes from an earlier run) on `world` workers, keyed by shard name: `datasets()` (the
+    Ray datasets of the rows) and `feeds()`."""
+
+    def __init__(self, cfg: C.Config, data_dir: str, skip=(), world: int = 1):
+        self.cfg, self.ds, self.world = cfg, Dataset(data_dir), world
         pair_sets.check_dataset(cfg, self.ds)
         self.files = {role: [str(self.ds.path(s, b)) for s, b in splits]
                       for role, splits in pair_sets.role_files(cfg, self.ds).items()}
@@ -147,7 +163,8 @@ class StreamPlan:
         return self._keys[name]
 
     def _ordered(self, part: str):
-        """The rows of pair set `part` in an epoch's order (module docstring)."""
+        """The rows of pair set `part`: for `full` the lazy dataset shuffled every epoch, for
+        `blocks` the once-shuffled, materialized one (module docstring)."""
         rows = pair_sets.build(part, _RowOps(self))
         if self.cfg.train.stream_shuffle == "full":
             return rows.random_shuffle()
@@ -155,32 +172,42 @@ class StreamPlan:
             rows_of = self.part_rows()  # merged: target + aux_only (upper bounds serve here)
             n = rows_of.get(part, rows_of.get("target", 0) + rows_of.get("aux_only", 0))
             blocks = max(MIN_BLOCKS, -(-n // ROWS_PER_BLOCK))
+            blocks = -(-blocks // self.world) * self.world  # the same count for every worker
             self._shuffled[part] = rows.random_shuffle(seed=self.cfg.train.seed).repartition(
                 blocks).materialize()
-        return self._shuffled[part].randomize_block_order()
+        return self._shuffled[part]
 
-    def _sampled(self, stage: StageInput, part: str):
-        keys = self.keys(stage.exclude) if self.cfg.train.negatives == "exclude" else None
-        rows = self._ordered(part).map_batches(
-            add_negatives, fn_kwargs={"keys_ref": keys, "num_items": self.ds.num_items},
-            batch_format="numpy")
-        if stage.by_kind and PART_KIND[part] is Kind.A and self.aux_each:
-            rows = rows.map_batches(add_seen_in, batch_format="numpy", fn_kwargs={
-                "keys_refs": [self.keys(r) for r in self.aux_each],
-                "num_items": self.ds.num_items})
-        return rows
-
-    def datasets(self) -> dict:
-        out = {}
+    def _shards(self):
+        """(shard name, stage, part) of every stage the run trains."""
         for stage in stage_plan(self.cfg):
             if stage.name in self.skip:
                 continue
-            if stage.by_kind:
-                for p in stage.parts:
-                    out[shard_name(stage, p)] = self._sampled(stage, p)
-            else:
-                out[shard_name(stage, "")] = self._sampled(stage, stage.union)
+            for p in (stage.parts if stage.by_kind else (stage.union,)):
+                yield shard_name(stage, p if stage.by_kind else ""), stage, p
+
+    def datasets(self) -> dict:
+        """The Ray dataset of every shard's rows (user, item), in the order of `_ordered`."""
+        return {name: self._ordered(part) for name, _, part in self._shards()}
+
+    def feeds(self) -> dict[str, Feed]:
+        out = {}
+        for name, stage, part in self._shards():
+            exclude = self.keys(stage.exclude) if self.cfg.train.negatives == "exclude" else None
+            seen = (tuple(self.keys(r) for r in self.aux_each)
+                    if stage.by_kind and PART_KIND[part] is Kind.A else ())
+            blocks = rows = ()
+            if self.cfg.train.stream_shuffle == "blocks":
+                entries = [e for bundle in self._ordered(part).iter_internal_ref_bundles()
+                           for e in bundle.blocks]
+                blocks = tuple(e.ref for e in entries)
+                rows = tuple(e.metadata.num_rows for e in entries)
+            out[name] = Feed(exclude, seen, blocks, rows)
         return out
+
+    def ray_datasets(self) -> dict:
+        """What Ray Train splits across the workers: the `full` order's datasets; none for
+        `blocks`, whose workers read their blocks from the feeds."""
+        return self.datasets() if self.cfg.train.stream_shuffle == "full" else {}
 
     def part_rows(self) -> dict[str, int]:
         """Rows per part from meta.json (aux_only: an upper bound); weights of interleaving."""
@@ -189,37 +216,92 @@ class StreamPlan:
             r["aux_only"] = r["aux"]
         return r
 
+    def source(self, rank: int = 0) -> "StreamSource":
+        """This plan's batches read in this process as rank `rank` of `world` (tests, tools):
+        the `full` order through a plain iterator of each dataset (no split)."""
+        shards = {n: d.iterator() for n, d in self.ray_datasets().items()}
+        return StreamSource(self.feeds(), shards, self.cfg.train, self.cfg.mba.batch_order,
+                            rank, self.world, self.part_rows(), self.ds.num_items)
+
 
 # ---- worker side ------------------------------------------------------------------------------
 class StreamSource:
-    """Batches from this worker's Ray Data shards (one per shard name)."""
+    """Batches from this worker's part of the stream: per shard its blocks (`blocks` order) or
+    its Ray Data shard (`full`), with the negatives and the behaviors seen in drawn here."""
 
-    def __init__(self, shards: dict, train: C.TrainConfig, batch_order: str, world: int,
-                 part_rows: dict[str, int], behaviors: int = 1):
-        self.shards, self.local = shards, train.batch_size // world
-        self.behaviors = behaviors  # auxiliary behaviors: the bits of a "seen" column
+    def __init__(self, feeds: dict[str, Feed], shards: dict, train: C.TrainConfig,
+                 batch_order: str, rank: int, world: int, part_rows: dict[str, int],
+                 num_items: int):
+        self.feeds, self.shards, self.local = feeds, shards, train.batch_size // world
+        self.rank, self.world, self.num_items = rank, world, num_items
         self.seed, self.batch_order, self.part_rows = train.seed, batch_order, part_rows
-        self.buffer = (SHUFFLE_BUFFER_BATCHES * self.local
-                       if train.stream_shuffle == "blocks" else None)
+        self.order = train.stream_shuffle
+        self.threads = train.data_threads or data_threads()
 
     def check(self, stage: StageInput) -> None:
         for p in (stage.parts if stage.by_kind else ("",)):
-            if shard_name(stage, p) not in self.shards:
-                raise ConfigError(f"stage {stage.name}: no dataset shard {shard_name(stage, p)!r}")
+            name = shard_name(stage, p)
+            if name not in self.feeds or (self.order == "full" and name not in self.shards):
+                raise ConfigError(f"stage {stage.name}: no dataset shard {name!r}")
 
-    def _iter(self, name: str, kind) -> Iterator[Batch]:
-        for b in self.shards[name].iter_batches(batch_size=self.local, drop_last=True,
-                                                batch_format="numpy", prefetch_batches=2,
-                                                local_shuffle_buffer_size=self.buffer):
-            seen = b.get("seen")
-            yield Batch(kind, b["user"], b["item"], b["neg"],
-                        None if seen is None else seen_rows(seen, self.behaviors))
+    def _chunks(self, name: str, stage: StageInput, epoch: int) -> tuple[Iterator, int | None]:
+        """This worker's epoch of one shard as chunks of rows, and the step at which every rank
+        stops (None: where its shard ends, which `equal=True` makes the same on every rank).
+        `blocks`: a new random deal of the part's blocks every epoch, the same on every rank;
+        `full`: its Ray Data shard, CHUNK_BATCHES local batches at a time."""
+        if self.order == "full":
+            return self.shards[name].iter_batches(batch_size=CHUNK_BATCHES * self.local,
+                                                  batch_format="numpy", prefetch_batches=1), None
+        feed = self.feeds[name]
+        deal = np.random.default_rng([self.seed, stage.key, epoch, 104729]).permutation(
+            len(feed.blocks))
+        rows = np.asarray(feed.rows, dtype=np.int64)
+        # the blocks hold equal rows (up to one), but every rank stops where the one with the
+        # fewest runs out, so that collectives never wait
+        stop = min(int(rows[deal[r::self.world]].sum()) // self.local for r in range(self.world))
+        return (feed.blocks[b] for b in deal[self.rank::self.world]), stop
+
+    def _assemble(self, feed: Feed, stage: StageInput, epoch: int, n: int, chunk) -> tuple:
+        """A chunk's rows as arrays, with their negatives and (k > 1, kind A) seen-in masks."""
+        if not isinstance(chunk, dict):  # an object-store block (pyarrow table), zero-copy
+            import ray
+            t = ray.get(chunk)
+            chunk = {c: t.column(c).to_numpy() for c in ("user", "item")}
+        u, i = chunk["user"].astype(np.int64), chunk["item"].astype(np.int64)
+        seed = [self.seed, stage.key, epoch, 7919, self.rank, n]
+        neg = negatives(u, feed.exclude, self.num_items, seed)
+        seen = seen_in(u, i, feed.seen, self.num_items) if feed.seen else None
+        return u, i, neg, seen
+
+    def _iter(self, name: str, kind, stage: StageInput, epoch: int) -> Iterator[Batch]:
+        """Local batches of one shard. Each chunk is mixed with the rows the previous one left
+        over and permuted before it is cut, so a batch's rows change from epoch to epoch."""
+        feed, local = self.feeds[name], self.local
+        chunks, stop = self._chunks(name, stage, epoch)
+        rng = np.random.default_rng([self.seed, stage.key, epoch, 15485863, self.rank])
+        left, steps = None, 0
+        for cols in prefetch(lambda c: self._assemble(feed, stage, epoch, *c), enumerate(chunks),
+                             self.threads):
+            if left is not None:
+                cols = tuple(None if a is None else np.concatenate([a, b], axis=-1)
+                             for a, b in zip(left, cols))
+            perm = rng.permutation(cols[0].shape[-1])
+            cols = tuple(None if c is None else c[..., perm] for c in cols)
+            full = len(perm) - len(perm) % local
+            for a in range(0, full, local):
+                if steps == stop:
+                    return
+                steps += 1
+                u, i, neg, seen = (None if c is None else c[..., a:a + local] for c in cols)
+                yield Batch(kind, u, i, neg, seen)
+            left = tuple(None if c is None else c[..., full:] for c in cols)
 
     def epoch(self, stage: StageInput, epoch: int) -> Iterator[Batch]:
         if not stage.by_kind:
-            yield from self._iter(shard_name(stage, ""), None)
+            yield from self._iter(shard_name(stage, ""), None, stage, epoch)
             return
-        its = {p: self._iter(shard_name(stage, p), PART_KIND[p]) for p in stage.parts}
+        its = {p: self._iter(shard_name(stage, p), PART_KIND[p], stage, epoch)
+               for p in stage.parts}
         if self.batch_order == "sequential":
             yield from itertools.chain(*its.values())
             return

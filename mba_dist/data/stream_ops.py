@@ -1,6 +1,7 @@
-"""The per-row work of the Ray Data stream, run in Ray worker processes.
+"""The per-row work of the Ray Data stream: the key arrays and the filter, run in Ray tasks,
+and the negatives and seen-in masks, drawn in the training workers from the same key arrays.
 
-Kept apart from `stream` so that a Ray worker imports numpy, pyarrow, the sampler and the
+Kept apart from `stream` so that a Ray task imports numpy, pyarrow, the sampler and the
 dataset helpers only, not torch (every fresh worker process would otherwise pay for importing it).
 """
 from __future__ import annotations
@@ -31,8 +32,8 @@ def subtract_keys(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _observed(ref, num_items: int) -> Observed:
-    """The membership index of an object-store key array, fetched (zero-copy on the same node)
-    and indexed once per worker process."""
+    """The membership index of an object-store key array, fetched (zero-copy on the same node:
+    one copy per node, shared by its processes) and indexed once per process."""
     import ray
     k = ref.hex()
     if k not in _OBSERVED:
@@ -46,23 +47,14 @@ def drop_known(batch: dict, keys_ref, num_items: int) -> dict:
     return {"user": u[keep], "item": i[keep]}
 
 
-def add_negatives(batch: dict, keys_ref, num_items: int) -> dict:
-    u = batch["user"].astype(np.int64)
+def negatives(users: np.ndarray, keys_ref, num_items: int, seed) -> np.ndarray:
+    """One negative per row for `users` (int64), avoiding the pairs of `keys_ref` (None:
+    uniform)."""
     observed = None if keys_ref is None else _observed(keys_ref, num_items)
-    sampler = NegativeSampler(num_items, observed, seed=None)
-    return {"user": u, "item": batch["item"].astype(np.int64), "neg": sampler.sample(u)}
+    return NegativeSampler(num_items, observed, seed).sample(users)
 
 
-def add_seen_in(batch: dict, keys_refs: list, num_items: int) -> dict:
-    """k > 1 auxiliary behaviors: a "seen" column, bit b set where the row's pair is a train
-    pair of behavior b (`data.batches.Batch.positive`, from the behaviors' key arrays)."""
-    u, i = batch["user"], batch["item"]
-    seen = np.zeros(len(u), np.int64)
-    for b, ref in enumerate(keys_refs):
-        seen |= _observed(ref, num_items).contains(u, i).astype(np.int64) << b
-    return {**batch, "seen": seen}
-
-
-def seen_rows(seen: np.ndarray, k: int) -> np.ndarray:
-    """The "seen" bits of `add_seen_in` as bool [k, n]."""
-    return ((seen[None, :] >> np.arange(k)[:, None]) & 1).astype(bool)
+def seen_in(users: np.ndarray, items: np.ndarray, keys_refs, num_items: int) -> np.ndarray:
+    """k > 1 auxiliary behaviors: bool [k, n], whether each row's pair is a train pair of each
+    behavior (`data.batches.Batch.positive`, from the behaviors' key arrays)."""
+    return np.stack([_observed(ref, num_items).contains(users, items) for ref in keys_refs])
