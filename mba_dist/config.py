@@ -133,15 +133,16 @@ class TrainConfig:
     # threads that assemble in-memory batches (slices, negatives) ahead of the step; 0: one per
     # four cores, at most 4 (a GPU step outruns one thread at large batches)
     data_threads: int = 0
-    # Under Ray: stream (Ray Data reads the Parquet files, shuffles, samples negatives and splits
-    # the rows across workers), memory (every worker reads the pairs, as outside Ray), or auto:
+    # Under Ray: stream (Ray Data reads the Parquet files and shuffles them; each worker reads
+    # its share of the rows and draws their negatives), memory (every worker reads the pairs, as outside Ray), or auto:
     # stream when the train pairs the run reads exceed `stream_min_rows`. A streamed epoch pays
     # a fixed start (a distributed shuffle; ~3 s on 2 cores) that small data does not need.
     input: Literal["auto", "stream", "memory"] = "auto"
     stream_min_rows: int = 2_000_000
     # How the stream orders an epoch: blocks (each part is shuffled once per run into blocks;
-    # every epoch takes the blocks in a new order through a local shuffle buffer: no
-    # all-to-all per epoch) or full (Ray Data's random_shuffle of every part, every epoch)
+    # every epoch deals the blocks to the workers in a new order and permutes each block's
+    # rows: no all-to-all per epoch) or full (Ray Data's random_shuffle of every part, every
+    # epoch)
     stream_shuffle: Literal["blocks", "full"] = "blocks"
     checkpoint_every: int = 1  # a resumable checkpoint every N epochs (0 = none; Ray or --local)
 

@@ -34,12 +34,13 @@ so a batch mixes rows of one block (and the few the previous block left); a full
 a new permutation of all rows each epoch.
 
 The randomness of `blocks` after the once-per-run shuffle (the deal, the permutations, the
-negatives) is keyed by (seed, stage, epoch, rank, chunk) as in `MemorySource`; that shuffle and
+negatives) is keyed by (seed, shard, epoch, rank, chunk) as in `MemorySource`; that shuffle and
 `full` depend on Ray Data's block layout, so the stream is not promised to be bit-reproducible.
 """
 from __future__ import annotations
 
 import itertools
+import zlib
 from typing import Iterator, NamedTuple
 
 import numpy as np
@@ -48,8 +49,8 @@ from mba_dist import config as C
 from mba_dist.data import pair_sets
 from mba_dist.data.batches import Batch, data_threads, prefetch
 from mba_dist.data.dataset import Dataset
-from mba_dist.data.stream_ops import (drop_known, keys_of, negatives, seen_in, subtract_keys,
-                                      union_keys)
+from mba_dist.data.sampler import NegativeSampler, Observed
+from mba_dist.data.stream_ops import drop_known, keys_of, observed, subtract_keys, union_keys
 from mba_dist.errors import ConfigError
 from mba_dist.mba.roles import Kind
 from mba_dist.mba.stages import PART_KIND, StageInput, stage_plan
@@ -165,10 +166,10 @@ class StreamPlan:
     def _ordered(self, part: str):
         """The rows of pair set `part`: for `full` the lazy dataset shuffled every epoch, for
         `blocks` the once-shuffled, materialized one (module docstring)."""
-        rows = pair_sets.build(part, _RowOps(self))
         if self.cfg.train.stream_shuffle == "full":
-            return rows.random_shuffle()
+            return pair_sets.build(part, _RowOps(self)).random_shuffle()
         if part not in self._shuffled:  # shared by the stages that read the same set
+            rows = pair_sets.build(part, _RowOps(self))
             rows_of = self.part_rows()  # merged: target + aux_only (upper bounds serve here)
             n = rows_of.get(part, rows_of.get("target", 0) + rows_of.get("aux_only", 0))
             blocks = max(MIN_BLOCKS, -(-n // ROWS_PER_BLOCK))
@@ -219,6 +220,8 @@ class StreamPlan:
     def source(self, rank: int = 0) -> "StreamSource":
         """This plan's batches read in this process as rank `rank` of `world` (tests, tools):
         the `full` order through a plain iterator of each dataset (no split)."""
+        if self.cfg.train.stream_shuffle == "full" and self.world > 1:
+            raise ValueError("the full order is split across workers by Ray Train only")
         shards = {n: d.iterator() for n, d in self.ray_datasets().items()}
         return StreamSource(self.feeds(), shards, self.cfg.train, self.cfg.mba.batch_order,
                             rank, self.world, self.part_rows(), self.ds.num_items)
@@ -237,6 +240,7 @@ class StreamSource:
         self.seed, self.batch_order, self.part_rows = train.seed, batch_order, part_rows
         self.order = train.stream_shuffle
         self.threads = train.data_threads or data_threads()
+        self._index: dict[str, Observed] = {}
 
     def check(self, stage: StageInput) -> None:
         for p in (stage.parts if stage.by_kind else ("",)):
@@ -244,7 +248,7 @@ class StreamSource:
             if name not in self.feeds or (self.order == "full" and name not in self.shards):
                 raise ConfigError(f"stage {stage.name}: no dataset shard {name!r}")
 
-    def _chunks(self, name: str, stage: StageInput, epoch: int) -> tuple[Iterator, int | None]:
+    def _chunks(self, name: str, key: list[int]) -> tuple[Iterator, int | None]:
         """This worker's epoch of one shard as chunks of rows, and the step at which every rank
         stops (None: where its shard ends, which `equal=True` makes the same on every rank).
         `blocks`: a new random deal of the part's blocks every epoch, the same on every rank;
@@ -253,34 +257,39 @@ class StreamSource:
             return self.shards[name].iter_batches(batch_size=CHUNK_BATCHES * self.local,
                                                   batch_format="numpy", prefetch_batches=1), None
         feed = self.feeds[name]
-        deal = np.random.default_rng([self.seed, stage.key, epoch, 104729]).permutation(
-            len(feed.blocks))
+        deal = np.random.default_rng([*key, 104729]).permutation(len(feed.blocks))
         rows = np.asarray(feed.rows, dtype=np.int64)
         # the blocks hold equal rows (up to one), but every rank stops where the one with the
         # fewest runs out, so that collectives never wait
         stop = min(int(rows[deal[r::self.world]].sum()) // self.local for r in range(self.world))
         return (feed.blocks[b] for b in deal[self.rank::self.world]), stop
 
-    def _assemble(self, feed: Feed, stage: StageInput, epoch: int, n: int, chunk) -> tuple:
+    def _observed(self, ref) -> Observed:
+        """The membership index of an object-store key array, kept by this source."""
+        return observed(ref, self.num_items, self._index)
+
+    def _assemble(self, exclude: Observed | None, seen: list[Observed], key: list[int],
+                  n: int, chunk) -> tuple:
         """A chunk's rows as arrays, with their negatives and (k > 1, kind A) seen-in masks."""
-        if not isinstance(chunk, dict):  # an object-store block (pyarrow table), zero-copy
+        if not isinstance(chunk, dict):  # an object-store block (a pyarrow table)
             import ray
             t = ray.get(chunk)
             chunk = {c: t.column(c).to_numpy() for c in ("user", "item")}
-        u, i = chunk["user"].astype(np.int64), chunk["item"].astype(np.int64)
-        seed = [self.seed, stage.key, epoch, 7919, self.rank, n]
-        neg = negatives(u, feed.exclude, self.num_items, seed)
-        seen = seen_in(u, i, feed.seen, self.num_items) if feed.seen else None
-        return u, i, neg, seen
+        u, i = (chunk[c].astype(np.int64, copy=False) for c in ("user", "item"))
+        neg = NegativeSampler(self.num_items, exclude, [*key, 7919, self.rank, n]).sample(u)
+        return u, i, neg, np.stack([o.contains(u, i) for o in seen]) if seen else None
 
     def _iter(self, name: str, kind, stage: StageInput, epoch: int) -> Iterator[Batch]:
         """Local batches of one shard. Each chunk is mixed with the rows the previous one left
         over and permuted before it is cut, so a batch's rows change from epoch to epoch."""
         feed, local = self.feeds[name], self.local
-        chunks, stop = self._chunks(name, stage, epoch)
-        rng = np.random.default_rng([self.seed, stage.key, epoch, 15485863, self.rank])
+        key = [self.seed, zlib.crc32(name.encode()) % 100_003, epoch]  # the shard's randomness
+        chunks, stop = self._chunks(name, key)
+        exclude = None if feed.exclude is None else self._observed(feed.exclude)
+        seen = [self._observed(r) for r in feed.seen]  # built here, not in the threads
+        rng = np.random.default_rng([*key, 15485863, self.rank])
         left, steps = None, 0
-        for cols in prefetch(lambda c: self._assemble(feed, stage, epoch, *c), enumerate(chunks),
+        for cols in prefetch(lambda c: self._assemble(exclude, seen, key, *c), enumerate(chunks),
                              self.threads):
             if left is not None:
                 cols = tuple(None if a is None else np.concatenate([a, b], axis=-1)
@@ -292,8 +301,10 @@ class StreamSource:
                 if steps == stop:
                     return
                 steps += 1
-                u, i, neg, seen = (None if c is None else c[..., a:a + local] for c in cols)
-                yield Batch(kind, u, i, neg, seen)
+                u, i, neg, positive = (None if c is None else c[..., a:a + local] for c in cols)
+                yield Batch(kind, u, i, neg, positive)
+            if steps == stop:  # no further block to fetch
+                return
             left = tuple(None if c is None else c[..., full:] for c in cols)
 
     def epoch(self, stage: StageInput, epoch: int) -> Iterator[Batch]:

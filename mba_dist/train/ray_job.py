@@ -94,7 +94,8 @@ def _train_loop_per_worker(loop_config: dict) -> None:
 
 def _worker_resources(use_gpu: bool, cpus: float | None) -> dict | None:
     """What Ray reserves per worker: `cpus` (and its GPU), or by default 0.5 CPU on CPU
-    workers, which leaves room for Ray Data's tasks on a 2-core machine."""
+    workers, which leaves room for Ray Data's tasks (the stream's once-per-run shuffle, the
+    `full` order's per-epoch one) on a 2-core machine."""
     if cpus is not None:
         return {"CPU": cpus, **({"GPU": 1} if use_gpu else {})}
     return None if use_gpu else {"CPU": 0.5}
