@@ -56,14 +56,14 @@ def test_prefetch_stops_its_threads_when_closed_early():
     assert _threads() == 0
 
 
-def _source(threads: int) -> MemorySource:
+def _source(threads: int, rank: int = 0, world: int = 1) -> MemorySource:
     rng = np.random.default_rng(0)
     users, items = rng.integers(0, 300, 5000), rng.integers(0, 200, 5000)
     target = Pairs(*dedup_sorted(users[:2000], items[:2000], 200))
     aux = Pairs(*dedup_sorted(users, items, 200))
     data = TrainData(300, 200, target, aux, target, target, None)
     train = TrainConfig(batch_size=128, negatives="exclude", seed=3, data_threads=threads)
-    return MemorySource(data, train, batch_order="interleaved")
+    return MemorySource(data, train, batch_order="interleaved", rank=rank, world=world)
 
 
 def test_batches_do_not_depend_on_the_number_of_threads():
@@ -78,3 +78,17 @@ def test_batches_do_not_depend_on_the_number_of_threads():
     obs = src._observed("merged")
     for b in one:
         assert not obs.contains(b.users, b.neg).any()  # negatives avoid every observed pair
+
+
+def test_every_world_size_trains_on_the_same_triples():
+    """The ranks' shares of each global batch, negatives included, are the one-rank batch's
+    rows [rank::W]: a run resumed on another number of ranks goes on with the same triples."""
+    one = list(_source(1).epoch(MBA_INPUT, 2))
+    three = [list(_source(1, r, 3).epoch(MBA_INPUT, 2)) for r in range(3)]
+    assert all(len(s) == len(one) > 10 for s in three)
+    for step, whole in enumerate(one):
+        for r, shares in enumerate(three):
+            part = shares[step]
+            assert part.kind == whole.kind
+            for x, y in zip(part[1:4], whole[1:4]):
+                np.testing.assert_array_equal(x, y[r::3])

@@ -6,10 +6,11 @@ A *source* yields this rank's batches of one epoch of a stage (`mba.stages.Stage
 sets of `pair_sets.build` and keep ranks in lockstep: every rank yields the same number of
 batches of the same kinds in the same order, so collectives never wait.
 
-Randomness of `MemorySource` is keyed by (seed, stage, epoch, rank) for the batches and by that
-and the step for each batch's negatives, never carried from one batch or epoch to the next: a
-run resumed from an epoch checkpoint draws exactly the batches and negatives the uninterrupted
-run would have drawn, and batches can be assembled by several threads at once.
+Randomness of `MemorySource` is keyed by (seed, stage, epoch) for the global batches and by that
+and the step for each global batch's negatives, never carried from one batch or epoch to the
+next and the same on every world size: a run resumed from an epoch checkpoint, on any number of
+ranks, draws exactly the triples the uninterrupted run would have drawn, and batches can be
+assembled by several threads at once.
 """
 from __future__ import annotations
 
@@ -42,13 +43,14 @@ class Batch(NamedTuple):
     positive: np.ndarray | None = None
 
 
-def split_batches(n: int, batch_size: int, rank: int, world: int,
-                  rng: np.random.Generator) -> list[np.ndarray]:
-    """This rank's share of every global batch of a shuffled epoch over n rows. Every rank draws
-    the same permutation, so all take the same number of steps in the same order; a tail batch
-    smaller than the world size is dropped, so no rank ever steps on an empty share."""
+def global_batches(n: int, batch_size: int, world: int,
+                   rng: np.random.Generator) -> list[np.ndarray]:
+    """The global batches of a shuffled epoch over n rows (a rank takes `[rank::world]` of
+    each). Every rank draws the same permutation, so all take the same number of steps in the
+    same order; a tail batch smaller than the world size is dropped, so no rank ever steps on an
+    empty share."""
     perm = rng.permutation(n)
-    return [perm[a:a + batch_size][rank::world] for a in range(0, n, batch_size)
+    return [perm[a:a + batch_size] for a in range(0, n, batch_size)
             if min(batch_size, n - a) >= world]
 
 
@@ -109,18 +111,25 @@ class MemorySource:
         else:  # one shuffled order over the union ("target" + "aux_only" is "merged")
             runs = [(None, self.pairs(stage.union), None)]
         batches = [(kind, pairs, seen, idx) for kind, pairs, seen in runs
-                   for idx in split_batches(len(pairs), self.batch_size, self.rank, self.world, rng)]
+                   for idx in global_batches(len(pairs), self.batch_size, self.world, rng)]
         order = (np.arange(len(batches)) if self.batch_order == "sequential" or not stage.by_kind
                  else rng.permutation(len(batches)))
         for step, bi in enumerate(order):
-            # each batch its own stream of negatives, so that any thread can draw it
-            yield (*batches[bi], observed, [self.seed, stage.key, epoch, 7919, self.rank, step])
+            # each batch its own stream of negatives, so that any thread can draw it (the 0 is
+            # where a rank number once was: one-rank runs keep the draws they had)
+            yield (*batches[bi], observed, [self.seed, stage.key, epoch, 7919, 0, step])
 
     def _assemble(self, plan: tuple) -> Batch:
+        """This rank's share of a global batch. The negatives are drawn for the whole global
+        batch from its step's seed and sliced like the rows, so that every world size trains on
+        the same triples (a run resumed on another number of ranks goes on as the uninterrupted
+        one; W times the draws of a share, a small part of a step)."""
         kind, pairs, seen, idx, observed, seed = plan
-        u = pairs.users[idx]
-        neg = NegativeSampler(self.data.num_items, observed, seed).sample(u)
-        return Batch(kind, u, pairs.items[idx], neg, None if seen is None else seen[:, idx])
+        neg = NegativeSampler(self.data.num_items, observed, seed).sample(pairs.users[idx])
+        share = slice(self.rank, None, self.world)
+        idx, neg = idx[share], neg[share]
+        return Batch(kind, pairs.users[idx], pairs.items[idx], neg,
+                     None if seen is None else seen[:, idx])
 
 
 class _MemoryOps:
