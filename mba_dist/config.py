@@ -134,9 +134,10 @@ class TrainConfig:
     # four cores, at most 4 (a GPU step outruns one thread at large batches)
     data_threads: int = 0
     # Under Ray: stream (Ray Data reads the Parquet files and shuffles them; each worker reads
-    # its share of the rows and draws their negatives), memory (every worker reads the pairs, as outside Ray), or auto:
-    # stream when the train pairs the run reads exceed `stream_min_rows`. A streamed epoch pays
-    # a fixed start (a distributed shuffle; ~3 s on 2 cores) that small data does not need.
+    # its share of the rows and draws their negatives), memory (every worker reads the pairs,
+    # as outside Ray), or auto: stream when the train pairs the run reads exceed
+    # `stream_min_rows`. A streamed epoch pays a fixed start (a distributed shuffle; ~3 s on 2
+    # cores) that small data does not need.
     input: Literal["auto", "stream", "memory"] = "auto"
     stream_min_rows: int = 2_000_000
     # How the stream orders an epoch: blocks (each part is shuffled once per run into blocks;

@@ -9,7 +9,7 @@
     sampler.py     vectorised negative sampling (Observed: per-user sorted keys)
     batches.py     MemorySource (in-memory batches, split by rank), prefetch
     stream.py      StreamPlan (driver: Ray datasets, feeds) and StreamSource (worker: batches)
-    stream_ops.py  the per-row work of the stream: key arrays, filter, negatives (no torch)
+    stream_ops.py  the stream's Ray tasks: key arrays, filter, membership index (no torch)
 
 May import: numpy, pyarrow, Ray Data (stream only), `mba_dist.config`, `mba_dist.errors`,
 `mba_dist.mba`. No torch here.

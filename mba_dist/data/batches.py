@@ -125,10 +125,11 @@ class MemorySource:
         the same triples (a run resumed on another number of ranks goes on as the uninterrupted
         one; W times the draws of a share, a small part of a step)."""
         kind, pairs, seen, idx, observed, seed = plan
-        neg = NegativeSampler(self.data.num_items, observed, seed).sample(pairs.users[idx])
+        users = pairs.users[idx]
+        neg = NegativeSampler(self.data.num_items, observed, seed).sample(users)
         share = slice(self.rank, None, self.world)
-        idx, neg = idx[share], neg[share]
-        return Batch(kind, pairs.users[idx], pairs.items[idx], neg,
+        idx = idx[share]
+        return Batch(kind, users[share], pairs.items[idx], neg[share],
                      None if seen is None else seen[:, idx])
 
 
