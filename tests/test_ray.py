@@ -58,7 +58,7 @@ def test_stream_gives_every_row_once_per_epoch_in_a_new_order(tiny_dataset):
     row once (less the dropped tail), in an order that is not the file's and changes from
     epoch to epoch, with negatives the worker drew outside the stage's pairs. In `blocks`
     order an epoch read again gives the same rows and negatives (what a resumed run reads), and
-    two ranks take the same number of steps over disjoint rows."""
+    two ranks take the same number of steps over the rows of their own users."""
     import numpy as np
     import ray
 
@@ -90,12 +90,18 @@ def test_stream_gives_every_row_once_per_epoch_in_a_new_order(tiny_dataset):
                 assert _rows(plan.source(), stage, 2) == orders[1]
         two = StreamPlan(C.load_config("configs/synthetic.yaml", [
             "data.aux=click", "train.batch_size=32"]), str(tiny_dataset), world=2)
-        blocks = len(two.feeds()["pre_f"].blocks)
-        assert blocks % 2 == 0
+        feeds = two.feeds()["pre_f"]
         ranks = [{(u, i) for u, i, _ in _rows(two.source(r), stage, 1)} for r in (0, 1)]
         assert len(ranks[0]) == len(ranks[1]) and len(ranks[0]) % 16 == 0
         assert not ranks[0] & ranks[1]
-        assert len(ranks[0] | ranks[1]) > len(want) - 32 - blocks
+        # a rank reads its users' rows only, and its negatives' keys hold only their pairs
+        for r, rows in enumerate(ranks):
+            lo, hi = two.users[r]
+            assert lo < hi and all(lo <= u < hi for u, _ in rows)
+            keys = ray.get(feeds[r].exclude) // Dataset(tiny_dataset).num_items
+            assert len(keys) and keys.min() >= lo and keys.max() < hi
+        short = abs(sum(feeds[0].rows) - sum(feeds[1].rows))  # the larger partition's excess
+        assert len(ranks[0] | ranks[1]) > len(want) - 32 - short
     finally:
         if started:
             ray.shutdown()

@@ -62,13 +62,17 @@ def test_the_stream_consumes_exactly_the_sets(plan_and_sets, tiny_dataset):
     started = init_ray()
     import ray
     try:
-        datasets = StreamPlan(cfg, str(tiny_dataset)).datasets()
-        for stage in plan:
-            for part in (stage.parts if stage.by_kind else (stage.union,)):
-                rows = datasets[shard_name(stage, part if stage.by_kind else "")].take_all()
-                got = _keys([r["user"] for r in rows], [r["item"] for r in rows], n)
-                assert len(rows) == len(got)  # every pair once per epoch
-                assert got == _keys(sets[part].users, sets[part].items, n), (stage.name, part)
+        for world in (1, 2):  # two ranks: each its users' part of every set, together all of it
+            stream = StreamPlan(cfg, str(tiny_dataset), world=world)
+            per_rank = [stream.datasets(r) for r in range(world)]
+            for stage in plan:
+                for part in (stage.parts if stage.by_kind else (stage.union,)):
+                    name = shard_name(stage, part if stage.by_kind else "")
+                    rows = [row for d in per_rank for row in d[name].take_all()]
+                    got = _keys([r["user"] for r in rows], [r["item"] for r in rows], n)
+                    assert len(rows) == len(got)  # every pair once per epoch
+                    assert got == _keys(sets[part].users, sets[part].items, n), (stage.name,
+                                                                                 part, world)
     finally:
         if started:
             ray.shutdown()

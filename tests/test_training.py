@@ -55,6 +55,13 @@ def test_observed_rows_answer_like_a_search_over_all_keys():
     assert list(obs.row(3)) == sorted(items[users == 3]) and len(obs.row(55)) == 0
     empty = Observed(np.zeros(0, np.int64), n_items)
     assert not empty.contains(qu, qi).any() and len(empty.row(0)) == 0
+    # the keys of one range of users (a streamed rank's): an index of that range's size, the
+    # same answers for its users, none for the others
+    part = keys[(keys // n_items >= 20) & (keys // n_items < 30)]
+    mine = Observed(part, n_items)
+    assert len(mine.starts) == 10 + 2
+    assert (mine.contains(qu, qi) == (got & (qu >= 20) & (qu < 30))).all()
+    assert list(mine.row(23)) == list(obs.row(23)) and len(mine.row(3)) == 0
 
 
 def test_unique_ints_matches_numpy_on_runs_and_on_random_input():

@@ -22,6 +22,17 @@ def _num_rows(path: Path) -> int:
         raise DatasetError(f"{path}: not a readable Parquet file ({e})") from None
 
 
+def user_filters(users: tuple[int, int] | None, num_users: int) -> list | None:
+    """The pyarrow filter (None: every row) that reads the users [lo, hi) of a user-sorted
+    file, skipping the row groups outside them. The range is left open at 0 and at num_users,
+    so that ids outside [0, num_users) are still found, by the ranks reading the ends."""
+    if users is None:
+        return None
+    lo, hi = users
+    return ([("user", ">=", lo)] if lo > 0 else []) + (
+        [("user", "<", hi)] if hi < num_users else []) or None
+
+
 class Dataset:
     """A prepared dataset, loaded lazily split by split."""
 
@@ -82,17 +93,12 @@ class Dataset:
     def pairs(self, split: str, behavior: str, users: tuple[int, int] | None = None) -> Pairs:
         """The pairs of one split and behavior; with `users` = (lo, hi) only those of users
         lo..hi-1, read through a filter that skips the row groups of the user-sorted file
-        outside them (the range is left open at 0 and at num_users, so that ids outside
-        [0, num_users) are still found by the ranks reading the ends)."""
+        outside them (`user_filters`)."""
         key = (split, behavior, users)
         if key not in self._cache:
             path = self.pairs_file(split, behavior)
-            filters = None
-            if users is not None:
-                lo, hi = users
-                filters = ([("user", ">=", lo)] if lo > 0 else []) + (
-                    [("user", "<", hi)] if hi < self.num_users else [])
-            t = pq.read_table(path, columns=["user", "item"], filters=filters or None)
+            filters = user_filters(users, self.num_users)
+            t = pq.read_table(path, columns=["user", "item"], filters=filters)
             p = Pairs(t.column("user").to_numpy().astype(np.int64, copy=False),
                       t.column("item").to_numpy().astype(np.int64, copy=False))
             if len(p) and (p.users.max() >= self.num_users or p.items.max() >= self.num_items

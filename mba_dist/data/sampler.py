@@ -19,18 +19,29 @@ import numpy as np
 
 class Observed:
     """Observed (user, item) pairs: their sorted int64 keys user*num_items+item and where each
-    user's row of keys starts, for membership tests that search the user's row only."""
+    user's row of keys starts, for membership tests that search the user's row only. The rows
+    span the users from the first observed one to the last, so that the keys of one rank's
+    users (a streamed rank's, `data.stream`) get an index of that rank's size."""
 
     def __init__(self, sorted_keys: np.ndarray, num_items: int):
         self.keys, self.num_items = sorted_keys, num_items
-        n_users = int(sorted_keys[-1] // num_items) + 1 if len(sorted_keys) else 0
-        starts = np.searchsorted(sorted_keys, np.arange(n_users + 1, dtype=np.int64) * num_items)
-        # one more empty row, which every user past the last observed one maps to
-        self.starts = np.append(starts, len(sorted_keys))
+        n = len(sorted_keys)
+        self.first = int(sorted_keys[0] // num_items) if n else 0
+        n_users = int(sorted_keys[-1] // num_items) + 1 - self.first if n else 0
+        starts = np.searchsorted(
+            sorted_keys, (self.first + np.arange(n_users + 1, dtype=np.int64)) * num_items)
+        # one more empty row, which every user outside the observed ones maps to
+        self.starts = np.append(starts, n)
+
+    def _rows(self, users):
+        """Each user's row number (the empty last row for users outside the observed ones)."""
+        u = np.asarray(users, dtype=np.int64) - self.first
+        empty = len(self.starts) - 2
+        return np.where((u < 0) | (u > empty), empty, u)
 
     def row(self, user: int) -> np.ndarray:
         """The user's observed items, sorted."""
-        u = min(user, len(self.starts) - 2)
+        u = int(self._rows(user))
         return self.keys[self.starts[u]:self.starts[u + 1]] - user * self.num_items
 
     def contains(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -38,7 +49,7 @@ class Observed:
         run for all b at once, each within its user's row: ceil(log2(longest row + 1)) steps."""
         if len(self.keys) == 0:
             return np.zeros(len(users), dtype=bool)
-        u = np.minimum(users, len(self.starts) - 2)
+        u = self._rows(users)
         lo, end = self.starts[u], self.starts[u + 1]
         hi = end.copy()
         q = users.astype(np.int64) * self.num_items + items

@@ -4,13 +4,15 @@ Per stage of `mba.stages.stage_plan` the driver builds one Ray dataset per part,
 by `pair_sets.build` (the definition the in-memory source uses too):
 
     read_parquet(train/<behavior>.parquet)            never whole in one process
+      [blocks: the partition's users only]           filter, pushed down to the scan
       [k > 1 auxiliary behaviors, set aux: each behavior's rows less the earlier behaviors'
        pairs (map_batches), unioned: every pair once]
       -> drop target pairs (part aux_only only)      map_batches, target keys
       -> [union of parts, BPR stages]
       -> the order (`train.stream_shuffle`):
-           blocks: random_shuffle into blocks, once per run, materialized in the object store;
-                   every epoch each worker reads its share of a new random deal of the blocks
+           blocks: per rank r, the pairs of its users user_range(num_users, r, W) only,
+                   random_shuffle into blocks, once per run, materialized in the object store;
+                   every epoch the worker reads its partition's blocks in a new random order
                    straight from the object store (no Ray Data execution per epoch)
            full:   random_shuffle() every epoch (an all-to-all before the first batch), split
                    across the workers by Ray Train (`get_dataset_shard`, `streaming_split`
@@ -26,20 +28,28 @@ with the training step (RESULTS §7).
 
 The sorted keys (user * num_items + item) that the filter and the sampler need are built by Ray
 tasks from the Parquet files and put in the object store once (one copy per node); a process
-fetches them once, never per batch (`stream_ops`, which Ray tasks import without torch).
+fetches them once, never per batch (`stream_ops`, which Ray tasks import without torch). In
+`blocks` order they too are built per partition: a worker's negatives and seen-in masks need
+only its own users' pairs, so no worker maps the keys of every pair (RESULTS §11). A user's
+rows all go to one rank, whose share of the rows is its users' (within 1-3% of 1/W on Beibei at
+W = 2-8); every rank stops where the smallest partition runs out, so the larger ones leave that
+difference out of the epoch (other rows each epoch). `full` keeps one partition of all users,
+since Ray Train's split does not follow users.
 
 `blocks` trades shuffle quality for speed: every block is a uniform sample of the part, fixed for
 the run; an epoch visits the blocks in a new random order and permutes each block's rows anew,
 so a batch mixes rows of one block (and the few the previous block left); a full shuffle draws
 a new permutation of all rows each epoch.
 
-The randomness of `blocks` after the once-per-run shuffle (the deal, the permutations, the
+The randomness of `blocks` after the once-per-run shuffle (the block order, the permutations, the
 negatives) is keyed by (seed, shard, epoch, rank, chunk) as in `MemorySource`; that shuffle and
 `full` depend on Ray Data's block layout, so the stream is not promised to be bit-reproducible.
 """
 from __future__ import annotations
 
+import functools
 import itertools
+import operator
 import zlib
 from typing import Iterator, NamedTuple
 
@@ -48,7 +58,8 @@ import numpy as np
 from mba_dist import config as C
 from mba_dist.data import pair_sets
 from mba_dist.data.batches import Batch, data_threads, prefetch
-from mba_dist.data.dataset import Dataset
+from mba_dist.data.dataset import Dataset, user_filters
+from mba_dist.data.pairs import user_range
 from mba_dist.data.sampler import NegativeSampler, Observed
 from mba_dist.data.stream_ops import drop_known, keys_of, observed, subtract_keys, union_keys
 from mba_dist.errors import ConfigError
@@ -73,11 +84,20 @@ def train_rows(cfg: C.Config, data_dir) -> int:
                if not role.startswith("aux:"))
 
 
-class _RowOps:
-    """`pair_sets.SetOps` over lazy Ray datasets of (user, item) rows."""
+def _expression(filters: list | None):
+    """A `dataset.user_filters` filter as a Ray Data expression (pushed down to the scan)."""
+    from ray.data.expressions import col, lit
+    ops = {">=": operator.ge, "<": operator.lt}
+    terms = [ops[op](col(name), lit(value)) for name, op, value in filters or ()]
+    return functools.reduce(operator.and_, terms) if terms else None
 
-    def __init__(self, plan: "StreamPlan"):
-        self.plan = plan
+
+class _RowOps:
+    """`pair_sets.SetOps` over lazy Ray datasets of the (user, item) rows of one partition's
+    users (`StreamPlan.users`)."""
+
+    def __init__(self, plan: "StreamPlan", part: int):
+        self.plan, self.part = plan, part
 
     def read(self, role: str):
         import ray
@@ -85,14 +105,17 @@ class _RowOps:
         if role == "aux" and each:  # k > 1: a pair seen in several behaviors is one row
             parts = [self._rows(each[0])]
             for n, b in enumerate(each[1:], 1):
-                earlier = ray.remote(union_keys).remote(*map(self.plan.keys, each[:n]))
+                earlier = ray.remote(union_keys).remote(
+                    *(self.plan.keys(e, self.part) for e in each[:n]))
                 parts.append(self._drop(self._rows(b), earlier))
             return parts[0].union(*parts[1:])
         return self._rows(role)
 
     def _rows(self, role: str):
         import ray
-        return ray.data.read_parquet(self.plan.files[role]).select_columns(["user", "item"])
+        rows = ray.data.read_parquet(self.plan.files[role]).select_columns(["user", "item"])
+        expr = _expression(self.plan.filters(self.part))
+        return rows if expr is None else rows.filter(expr=expr)
 
     def _drop(self, a, keys_ref):
         return a.map_batches(drop_known, fn_kwargs={"keys_ref": keys_ref,
@@ -100,24 +123,25 @@ class _RowOps:
                              batch_format="numpy")
 
     def minus(self, a, role: str):
-        return self._drop(a, self.plan.keys(role))
+        return self._drop(a, self.plan.keys(role, self.part))
 
     def union(self, parts: list):
         return parts[0].union(*parts[1:])
 
 
 class _KeyOps:
-    """`pair_sets.SetOps` over sorted key arrays in the object store (built by Ray tasks)."""
+    """`pair_sets.SetOps` over the sorted key arrays of one partition's users in the object
+    store (built by Ray tasks)."""
 
-    def __init__(self, plan: "StreamPlan"):
-        self.plan = plan
+    def __init__(self, plan: "StreamPlan", part: int):
+        self.plan, self.part = plan, part
 
     def read(self, role: str):
-        return self.plan.keys(role)  # built once per role (`StreamPlan.keys`)
+        return self.plan.keys(role, self.part)  # built once per role (`StreamPlan.keys`)
 
     def minus(self, a, role: str):
         import ray
-        return ray.remote(subtract_keys).remote(a, self.plan.keys(role))
+        return ray.remote(subtract_keys).remote(a, self.plan.keys(role, self.part))
 
     def union(self, parts: list):
         import ray
@@ -125,10 +149,11 @@ class _KeyOps:
 
 
 class Feed(NamedTuple):
-    """What a worker needs, besides the rows, to turn one shard into batches: the object-store
-    keys its negatives avoid (None: uniform negatives) and, for a k > 1 kind-A part, each
-    auxiliary behavior's keys; in `blocks` order also the once-shuffled blocks of the part and
-    their row counts (the workers read them directly; no Ray dataset per epoch)."""
+    """What a worker needs, besides the rows, to turn its partition of one shard into batches:
+    the object-store keys its negatives avoid (None: uniform negatives) and, for a k > 1 kind-A
+    part, each auxiliary behavior's keys, all of the partition's users only; in `blocks` order
+    also the partition's once-shuffled blocks and their row counts (the workers read them
+    directly; no Ray dataset per epoch)."""
     exclude: object | None
     seen: tuple = ()
     blocks: tuple = ()
@@ -138,7 +163,9 @@ class Feed(NamedTuple):
 class StreamPlan:
     """The driver's inputs for every stage of a config that the run trains (`skip`: the stages
     it takes from an earlier run) on `world` workers, keyed by shard name: `datasets()` (the
-    Ray datasets of the rows) and `feeds()`."""
+    Ray datasets of the rows) and `feeds()`. In `blocks` order rank r reads only the pairs of
+    its users, `data.pairs.user_range(num_users, r, world)` (partition r); in `full` order
+    Ray Train splits one partition of all users."""
 
     def __init__(self, cfg: C.Config, data_dir: str, skip=(), world: int = 1):
         self.cfg, self.ds, self.world = cfg, Dataset(data_dir), world
@@ -146,37 +173,46 @@ class StreamPlan:
         self.files = {role: [str(self.ds.path(s, b)) for s, b in splits]
                       for role, splits in pair_sets.role_files(cfg, self.ds).items()}
         self.rows = pair_sets.role_rows(cfg, self.ds)
-        self._keys: dict[str, object] = {}
-        self._shuffled: dict[str, object] = {}
+        parts = world if cfg.train.stream_shuffle == "blocks" else 1
+        self.users = [user_range(self.ds.num_users, r, parts) for r in range(parts)]
+        self._keys: dict[tuple[str, int], object] = {}
+        self._shuffled: dict[tuple[str, int], object] = {}
         self.skip = set(skip)
         # k > 1 auxiliary behaviors: their pair sets, in data.aux order (empty for k = 1)
         self.aux_each = [r for r in self.files if r.startswith("aux:")]
 
-    def keys(self, name: str):
-        """The object-store ref of a pair set's sorted keys, built once (a behavior's by a Ray
-        task over its files, the other sets from those)."""
-        if name not in self._keys:
+    def filters(self, part: int) -> list | None:
+        """The Parquet filter of partition `part`'s users."""
+        return user_filters(self.users[part], self.ds.num_users)
+
+    def keys(self, name: str, part: int = 0):
+        """The object-store ref of the sorted keys of a pair set's pairs of partition `part`'s
+        users, built once (a behavior's by a Ray task over its files, the other sets from
+        those)."""
+        if (name, part) not in self._keys:
             if name in self.files:
                 import ray
-                self._keys[name] = ray.remote(keys_of).remote(self.files[name], self.ds.num_items)
+                ref = ray.remote(keys_of).remote(self.files[name], self.ds.num_items,
+                                                 self.filters(part))
             else:
-                self._keys[name] = pair_sets.build(name, _KeyOps(self))
-        return self._keys[name]
+                ref = pair_sets.build(name, _KeyOps(self, part))
+            self._keys[name, part] = ref
+        return self._keys[name, part]
 
-    def _ordered(self, part: str):
-        """The rows of pair set `part`: for `full` the lazy dataset shuffled every epoch, for
-        `blocks` the once-shuffled, materialized one (module docstring)."""
+    def _ordered(self, part: str, users: int):
+        """The rows of pair set `part` of partition `users`: for `full` the lazy dataset
+        shuffled every epoch, for `blocks` the once-shuffled, materialized one (module
+        docstring)."""
         if self.cfg.train.stream_shuffle == "full":
-            return pair_sets.build(part, _RowOps(self)).random_shuffle()
-        if part not in self._shuffled:  # shared by the stages that read the same set
-            rows = pair_sets.build(part, _RowOps(self))
+            return pair_sets.build(part, _RowOps(self, users)).random_shuffle()
+        if (part, users) not in self._shuffled:  # shared by the stages that read the same set
+            rows = pair_sets.build(part, _RowOps(self, users))
             rows_of = self.part_rows()  # merged: target + aux_only (upper bounds serve here)
             n = rows_of.get(part, rows_of.get("target", 0) + rows_of.get("aux_only", 0))
-            blocks = max(MIN_BLOCKS, -(-n // ROWS_PER_BLOCK))
-            blocks = -(-blocks // self.world) * self.world  # the same count for every worker
-            self._shuffled[part] = rows.random_shuffle(seed=self.cfg.train.seed).repartition(
-                blocks).materialize()
-        return self._shuffled[part]
+            blocks = max(MIN_BLOCKS, -(-n // (ROWS_PER_BLOCK * len(self.users))))
+            self._shuffled[part, users] = rows.random_shuffle(
+                seed=self.cfg.train.seed).repartition(blocks).materialize()
+        return self._shuffled[part, users]
 
     def _shards(self):
         """(shard name, stage, part) of every stage the run trains."""
@@ -186,24 +222,29 @@ class StreamPlan:
             for p in (stage.parts if stage.by_kind else (stage.union,)):
                 yield shard_name(stage, p if stage.by_kind else ""), stage, p
 
-    def datasets(self) -> dict:
-        """The Ray dataset of every shard's rows (user, item), in the order of `_ordered`."""
-        return {name: self._ordered(part) for name, _, part in self._shards()}
+    def datasets(self, users: int = 0) -> dict:
+        """The Ray dataset of every shard's rows (user, item) of partition `users`, in the
+        order of `_ordered`."""
+        return {name: self._ordered(part, users) for name, _, part in self._shards()}
 
-    def feeds(self) -> dict[str, Feed]:
+    def feeds(self) -> dict[str, tuple[Feed, ...]]:
+        """Every shard's feeds, one per partition (rank r reads the r-th, or the only one)."""
         out = {}
         for name, stage, part in self._shards():
-            exclude = self.keys(stage.exclude) if self.cfg.train.negatives == "exclude" else None
-            seen = (tuple(self.keys(r) for r in self.aux_each)
-                    if stage.by_kind and PART_KIND[part] is Kind.A else ())
-            blocks = rows = ()
-            if self.cfg.train.stream_shuffle == "blocks":
-                entries = [e for bundle in self._ordered(part).iter_internal_ref_bundles()
-                           for e in bundle.blocks]
-                blocks = tuple(e.ref for e in entries)
-                rows = tuple(e.metadata.num_rows for e in entries)
-            out[name] = Feed(exclude, seen, blocks, rows)
+            out[name] = tuple(self._feed(stage, part, p) for p in range(len(self.users)))
         return out
+
+    def _feed(self, stage: StageInput, part: str, users: int) -> Feed:
+        exclude = (self.keys(stage.exclude, users) if self.cfg.train.negatives == "exclude"
+                   else None)
+        seen = (tuple(self.keys(r, users) for r in self.aux_each)
+                if stage.by_kind and PART_KIND[part] is Kind.A else ())
+        if self.cfg.train.stream_shuffle != "blocks":
+            return Feed(exclude, seen)
+        entries = [e for bundle in self._ordered(part, users).iter_internal_ref_bundles()
+                   for e in bundle.blocks]
+        return Feed(exclude, seen, tuple(e.ref for e in entries),
+                    tuple(e.metadata.num_rows for e in entries))
 
     def ray_datasets(self) -> dict:
         """What Ray Train splits across the workers: the `full` order's datasets; none for
@@ -232,7 +273,7 @@ class StreamSource:
     """Batches from this worker's part of the stream: per shard its blocks (`blocks` order) or
     its Ray Data shard (`full`), with the negatives and the behaviors seen in drawn here."""
 
-    def __init__(self, feeds: dict[str, Feed], shards: dict, train: C.TrainConfig,
+    def __init__(self, feeds: dict[str, tuple[Feed, ...]], shards: dict, train: C.TrainConfig,
                  batch_order: str, rank: int, world: int, part_rows: dict[str, int],
                  num_items: int):
         self.feeds, self.shards, self.local = feeds, shards, train.batch_size // world
@@ -248,21 +289,25 @@ class StreamSource:
             if name not in self.feeds or (self.order == "full" and name not in self.shards):
                 raise ConfigError(f"stage {stage.name}: no dataset shard {name!r}")
 
+    def _feed(self, name: str) -> Feed:
+        """This rank's feed of a shard: its partition's, or the one all ranks share (`full`)."""
+        feeds = self.feeds[name]
+        return feeds[self.rank] if len(feeds) > 1 else feeds[0]
+
     def _chunks(self, name: str, key: list[int]) -> tuple[Iterator, int | None]:
         """This worker's epoch of one shard as chunks of rows, and the step at which every rank
         stops (None: where its shard ends, which `equal=True` makes the same on every rank).
-        `blocks`: a new random deal of the part's blocks every epoch, the same on every rank;
+        `blocks`: its partition's blocks in a new random order every epoch;
         `full`: its Ray Data shard, CHUNK_BATCHES local batches at a time."""
         if self.order == "full":
             return self.shards[name].iter_batches(batch_size=CHUNK_BATCHES * self.local,
                                                   batch_format="numpy", prefetch_batches=1), None
-        feed = self.feeds[name]
-        deal = np.random.default_rng([*key, 104729]).permutation(len(feed.blocks))
-        rows = np.asarray(feed.rows, dtype=np.int64)
-        # the blocks hold equal rows (up to one), but every rank stops where the one with the
+        feed = self._feed(name)
+        order = np.random.default_rng([*key, 104729, self.rank]).permutation(len(feed.blocks))
+        # the partitions hold about equal rows, but every rank stops where the one with the
         # fewest runs out, so that collectives never wait
-        stop = min(int(rows[deal[r::self.world]].sum()) // self.local for r in range(self.world))
-        return (feed.blocks[b] for b in deal[self.rank::self.world]), stop
+        stop = min(sum(f.rows) for f in self.feeds[name]) // self.local
+        return (feed.blocks[b] for b in order), stop
 
     def _observed(self, ref) -> Observed:
         """The membership index of an object-store key array, kept by this source."""
@@ -282,7 +327,7 @@ class StreamSource:
     def _iter(self, name: str, kind, stage: StageInput, epoch: int) -> Iterator[Batch]:
         """Local batches of one shard. Each chunk is mixed with the rows the previous one left
         over and permuted before it is cut, so a batch's rows change from epoch to epoch."""
-        feed, local = self.feeds[name], self.local
+        feed, local = self._feed(name), self.local
         key = [self.seed, zlib.crc32(name.encode()) % 100_003, epoch]  # the shard's randomness
         chunks, stop = self._chunks(name, key)
         exclude = None if feed.exclude is None else self._observed(feed.exclude)

@@ -15,9 +15,11 @@ from mba_dist.data.sampler import Observed
 _OBSERVED: dict[str, Observed] = {}
 
 
-def keys_of(paths: list[str], num_items: int) -> np.ndarray:
+def keys_of(paths: list[str], num_items: int, filters: list | None = None) -> np.ndarray:
+    """The sorted unique keys of the pairs in `paths` (with `filters`, `dataset.user_filters`:
+    of one user range only, read by row-group statistics)."""
     import pyarrow.parquet as pq
-    keys = [pq.read_table(p, columns=["user", "item"]) for p in paths]
+    keys = [pq.read_table(p, columns=["user", "item"], filters=filters) for p in paths]
     return unique_ints(np.concatenate([t.column("user").to_numpy().astype(np.int64) * num_items
                                        + t.column("item").to_numpy().astype(np.int64)
                                        for t in keys]))
