@@ -264,8 +264,13 @@ class StreamPlan:
         if self.cfg.train.stream_shuffle == "full" and self.world > 1:
             raise ValueError("the full order is split across workers by Ray Train only")
         shards = {n: d.iterator() for n, d in self.ray_datasets().items()}
-        return StreamSource(self.feeds(), shards, self.cfg.train, self.cfg.mba.batch_order,
-                            rank, self.world, self.part_rows(), self.ds.num_items)
+        return StreamSource.of(self.worker_inputs(), shards, self.cfg, rank, self.world)
+
+    def worker_inputs(self) -> dict:
+        """What every worker's `StreamSource.of` takes besides its Ray Data shards: plain data
+        and object refs, which travel in the workers' loop config."""
+        return {"feeds": self.feeds(), "part_rows": self.part_rows(),
+                "num_items": self.ds.num_items}
 
 
 # ---- worker side ------------------------------------------------------------------------------
@@ -282,6 +287,13 @@ class StreamSource:
         self.order = train.stream_shuffle
         self.threads = train.data_threads or data_threads()
         self._index: dict[str, Observed] = {}
+
+    @classmethod
+    def of(cls, inputs: dict, shards: dict, cfg: C.Config, rank: int,
+           world: int) -> "StreamSource":
+        """Rank `rank`'s source from a plan's `worker_inputs` and its Ray Data shards."""
+        return cls(inputs["feeds"], shards, cfg.train, cfg.mba.batch_order, rank, world,
+                   inputs["part_rows"], inputs["num_items"])
 
     def check(self, stage: StageInput) -> None:
         for p in (stage.parts if stage.by_kind else ("",)):

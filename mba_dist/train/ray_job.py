@@ -72,11 +72,9 @@ def _train_loop_per_worker(loop_config: dict) -> None:
     cfg = C.load_config(loop_config["config"])
     share_cores(ray.train.get_context().get_local_world_size(), loop_config["cpus_per_worker"])
     source, rank = None, dist.get_rank()
-    if loop_config["feeds"]:
+    if loop_config["stream"] is not None:
         shards = {n: ray.train.get_dataset_shard(n) for n in loop_config["shards"]}
-        source = StreamSource(loop_config["feeds"], shards, cfg.train, cfg.mba.batch_order, rank,
-                              dist.get_world_size(), loop_config["part_rows"],
-                              loop_config["num_items"])
+        source = StreamSource.of(loop_config["stream"], shards, cfg, rank, dist.get_world_size())
     device = ray.train.torch.get_device() if loop_config["use_gpu"] else None
     ckpt = ray.train.get_checkpoint()
     # The checkpoint's directory (a local copy of a remote one) stays while the shards are read.
@@ -151,17 +149,16 @@ def run_with_ray(cfg: C.Config, data_dir: str | Path, run, num_workers: int = 1,
 
     data = str(Path(data_dir).resolve())
     try:
-        datasets, feeds, part_rows, num_items = {}, {}, {}, 0
+        datasets, inputs = {}, None
         if stream:
             skip = reused_stages(reused, cfg) if cfg.method == "mba" and reused else ()
             plan = StreamPlan(cfg, data, skip, num_workers)
-            datasets, feeds, part_rows = plan.ray_datasets(), plan.feeds(), plan.part_rows()
-            num_items = plan.ds.num_items
+            datasets, inputs = plan.ray_datasets(), plan.worker_inputs()
         trainer = TorchTrainer(
             _train_loop_per_worker,
             train_loop_config={"config": C.to_dict(cfg), "data": data, "run": run,
                                "reused": reused, "shards": sorted(datasets),
-                               "feeds": feeds, "part_rows": part_rows, "num_items": num_items,
+                               "stream": inputs,
                                "use_gpu": use_gpu,
                                "epoch_lines": epoch_lines, "cpus_per_worker": cpus_per_worker},
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
