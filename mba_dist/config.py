@@ -140,10 +140,10 @@ class TrainConfig:
     # cores) that small data does not need.
     input: Literal["auto", "stream", "memory"] = "auto"
     stream_min_rows: int = 2_000_000
-    # How the stream orders an epoch: blocks (each part is shuffled once per run into blocks;
-    # every epoch deals the blocks to the workers in a new order and permutes each block's
-    # rows: no all-to-all per epoch) or full (Ray Data's random_shuffle of every part, every
-    # epoch)
+    # How the stream orders an epoch: blocks (each rank's users' part of each pair set is
+    # shuffled once per run into blocks; every epoch each worker reads its blocks in a new
+    # order and permutes each block's rows: no all-to-all per epoch) or full (Ray Data's
+    # random_shuffle of every part, every epoch, split across the workers)
     stream_shuffle: Literal["blocks", "full"] = "blocks"
     checkpoint_every: int = 1  # a resumable checkpoint every N epochs (0 = none; Ray or --local)
 

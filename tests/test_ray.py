@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from mba_dist import config as C
+from mba_dist.data.dataset import Dataset
+from mba_dist.data.pairs import user_range
 from launch.cli import main
 from tests.conftest import stop_process_group
 
@@ -33,11 +35,14 @@ def test_two_workers_stream_every_stage(tiny_dataset, tmp_path):
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
     assert set(m["stages"]) == {"pre_f", "pre_g", "mba"}
-    # Every row of a stage is streamed once per epoch (the tail of each worker's share is
-    # dropped: at most 2 x 127 rows of each part).
+    # Each worker streams its own users' rows once per epoch, up to the step where the smaller
+    # partition ends (less its tail: fewer than a local batch of 128 rows).
     meta = json.loads((tiny_dataset / "meta.json").read_text())["splits"]["train"]
     n_target = meta["purchase"]["rows"]
-    assert n_target - 2 * 128 < m["stages"]["pre_f"]["triples"] / 2 <= n_target
+    ds = Dataset(tiny_dataset)
+    least = min(len(ds.pairs("train", "purchase", user_range(ds.num_users, r, 2))) for r in (0, 1))
+    per_rank_epoch = m["stages"]["pre_f"]["triples"] / (2 * 2)  # 2 epochs, 2 ranks
+    assert least - 128 < per_rank_epoch <= least
     assert 0 < m["stages"]["mba"]["triples"] / 2 <= meta["click"]["rows"] + n_target
     log = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["epoch"]) for r in log] == [
@@ -62,8 +67,8 @@ def test_stream_gives_every_row_once_per_epoch_in_a_new_order(tiny_dataset):
     import numpy as np
     import ray
 
-    from mba_dist.data.dataset import Dataset
     from mba_dist.data.stream import StreamPlan
+    from mba_dist.errors import ConfigError
     from mba_dist.dist.ray import init_ray
     from mba_dist.mba.stages import stage_plan
 
@@ -101,7 +106,13 @@ def test_stream_gives_every_row_once_per_epoch_in_a_new_order(tiny_dataset):
             keys = ray.get(feeds[r].exclude) // Dataset(tiny_dataset).num_items
             assert len(keys) and keys.min() >= lo and keys.max() < hi
         short = abs(sum(feeds[0].rows) - sum(feeds[1].rows))  # the larger partition's excess
+        assert short < len(want) // 4
         assert len(ranks[0] | ranks[1]) > len(want) - 32 - short
+        # a partition smaller than a local batch would train no step: refused, naming it
+        big = StreamPlan(C.load_config("configs/synthetic.yaml", [
+            "data.aux=click", f"train.batch_size={2 * len(want)}"]), str(tiny_dataset), world=2)
+        with pytest.raises(ConfigError, match="fewer than a local batch"):
+            big.feeds()
     finally:
         if started:
             ray.shutdown()

@@ -68,7 +68,12 @@ def test_the_stream_consumes_exactly_the_sets(plan_and_sets, tiny_dataset):
             for stage in plan:
                 for part in (stage.parts if stage.by_kind else (stage.union,)):
                     name = shard_name(stage, part if stage.by_kind else "")
-                    rows = [row for d in per_rank for row in d[name].take_all()]
+                    rows = []
+                    for r, d in enumerate(per_rank):
+                        mine = d[name].take_all()
+                        lo, hi = stream.users[r]
+                        assert all(lo <= row["user"] < hi for row in mine)
+                        rows += mine
                     got = _keys([r["user"] for r in rows], [r["item"] for r in rows], n)
                     assert len(rows) == len(got)  # every pair once per epoch
                     assert got == _keys(sets[part].users, sets[part].items, n), (stage.name,

@@ -61,7 +61,7 @@ def test_observed_rows_answer_like_a_search_over_all_keys():
     mine = Observed(part, n_items)
     assert len(mine.starts) == 10 + 2
     assert (mine.contains(qu, qi) == (got & (qu >= 20) & (qu < 30))).all()
-    assert list(mine.row(23)) == list(obs.row(23)) and len(mine.row(3)) == 0
+    assert list(mine.row(23)) == list(obs.row(23)) and len(mine.row(3)) == len(mine.row(35)) == 0
 
 
 def test_unique_ints_matches_numpy_on_runs_and_on_random_input():

@@ -36,10 +36,11 @@ W = 2-8); every rank stops where the smallest partition runs out, so the larger 
 difference out of the epoch (other rows each epoch). `full` keeps one partition of all users,
 since Ray Train's split does not follow users.
 
-`blocks` trades shuffle quality for speed: every block is a uniform sample of the part, fixed for
-the run; an epoch visits the blocks in a new random order and permutes each block's rows anew,
-so a batch mixes rows of one block (and the few the previous block left); a full shuffle draws
-a new permutation of all rows each epoch.
+`blocks` trades shuffle quality for speed: every block is a uniform sample of its rank's users'
+part, fixed for the run (a global batch: W local batches, one from each rank's users); an epoch
+visits the blocks in a new random order and permutes each block's rows anew, so a local batch
+mixes rows of one block (and the few the previous block left); a full shuffle draws a new
+permutation of all rows each epoch.
 
 The randomness of `blocks` after the once-per-run shuffle (the block order, the permutations, the
 negatives) is keyed by (seed, shard, epoch, rank, chunk) as in `MemorySource`; that shuffle and
@@ -229,9 +230,18 @@ class StreamPlan:
 
     def feeds(self) -> dict[str, tuple[Feed, ...]]:
         """Every shard's feeds, one per partition (rank r reads the r-th, or the only one)."""
-        out = {}
+        out, local = {}, self.cfg.train.batch_size // self.world
         for name, stage, part in self._shards():
             out[name] = tuple(self._feed(stage, part, p) for p in range(len(self.users)))
+            if self.cfg.train.stream_shuffle == "blocks":
+                least = min(range(len(self.users)), key=lambda r: sum(out[name][r].rows))
+                if sum(out[name][least].rows) < local:  # every rank would stop at step 0
+                    lo, hi = self.users[least]
+                    raise ConfigError(
+                        f"{self.ds.root}: the {part} pairs of rank {least}'s users "
+                        f"[{lo}, {hi}) are {sum(out[name][least].rows)}, fewer than a local "
+                        f"batch (train.batch_size / {self.world} = {local}): train on fewer "
+                        "workers or with a smaller train.batch_size")
         return out
 
     def _feed(self, stage: StageInput, part: str, users: int) -> Feed:
@@ -374,7 +384,7 @@ class StreamSource:
             yield from itertools.chain(*its.values())
             return
         # Interleaved: the same draws on every rank (same seed); a part runs out on every rank
-        # at the same step (equal shards, same local batch size), so ranks stay in lockstep.
+        # at the same step (`_chunks`' common stop, or equal shards), so ranks stay in lockstep.
         rng = np.random.default_rng([self.seed, stage.key, epoch])
         left = {p: max(self.part_rows.get(p, 1), 1) for p in its}
         while its:
