@@ -123,27 +123,27 @@ def test_the_stream_gives_each_auxiliary_only_pair_once_with_its_behaviors(two_a
     n = ds.num_items
     started = init_ray()
     try:
-        for world in (2,):  # two ranks: each reads, and holds the keys of, its own users
-            # only the MBA stage's shards (stage 1's are not read here)
-            plan = StreamPlan(cfg, str(two_aux), world=world,
-                              skip=[s.name for s in stage_plan(cfg) if s.name != MBA_INPUT.name])
-            got, seen = [], []
-            for r in range(world):
-                source = plan.source(r)
-                for b in source.epoch(MBA_INPUT, 1):
-                    if b.kind is Kind.A:
-                        got.append(b.users * n + b.pos)
-                        seen.append(b.positive)
-                    else:
-                        assert b.positive is None
-            rows = [sum(f.rows) for f in source.feeds[shard_name(MBA_INPUT, "aux_only")]]
-            keys, seen = np.concatenate(got), np.concatenate(seen, axis=1)
-            # every pair once, less the tails and the larger partition's excess
-            assert len(np.unique(keys)) == len(keys) > len(want) - 256 - (max(rows) - min(rows))
-            assert contains(want.keys(n), keys).all()
-            order = np.argsort(keys)
-            mem_seen = mem.seen_in("aux_only")[:, np.searchsorted(want.keys(n), keys[order])]
-            assert np.array_equal(seen[:, order], mem_seen), world
+        world = 2  # two ranks: each reads, and holds the keys of, its own users
+        # only the MBA stage's shards (stage 1's are not read here)
+        plan = StreamPlan(cfg, str(two_aux), world=world,
+                          skip=[s.name for s in stage_plan(cfg) if s.name != MBA_INPUT.name])
+        got, seen = [], []
+        for r in range(world):
+            source = plan.source(r)
+            for b in source.epoch(MBA_INPUT, 1):
+                if b.kind is Kind.A:
+                    got.append(b.users * n + b.pos)
+                    seen.append(b.positive)
+                else:
+                    assert b.positive is None
+        rows = [sum(f.rows) for f in source.feeds[shard_name(MBA_INPUT, "aux_only")]]
+        keys, seen = np.concatenate(got), np.concatenate(seen, axis=1)
+        # every pair once, less the tails and the larger partition's excess
+        assert len(np.unique(keys)) == len(keys) > len(want) - 256 - (max(rows) - min(rows))
+        assert contains(want.keys(n), keys).all()
+        order = np.argsort(keys)
+        mem_seen = mem.seen_in("aux_only")[:, np.searchsorted(want.keys(n), keys[order])]
+        assert np.array_equal(seen[:, order], mem_seen)
     finally:
         if started:
             ray.shutdown()

@@ -62,22 +62,22 @@ def test_the_stream_consumes_exactly_the_sets(plan_and_sets, tiny_dataset):
     started = init_ray()
     import ray
     try:
-        for world in (2,):  # two ranks: each its users' part of every set, together all of it
-            stream = StreamPlan(cfg, str(tiny_dataset), world=world)
-            per_rank = [stream.datasets(r) for r in range(world)]
-            for stage in plan:
-                for part in (stage.parts if stage.by_kind else (stage.union,)):
-                    name = shard_name(stage, part if stage.by_kind else "")
-                    rows = []
-                    for r, d in enumerate(per_rank):
-                        mine = d[name].take_all()
-                        lo, hi = stream.users[r]
-                        assert all(lo <= row["user"] < hi for row in mine)
-                        rows += mine
-                    got = _keys([r["user"] for r in rows], [r["item"] for r in rows], n)
-                    assert len(rows) == len(got)  # every pair once per epoch
-                    assert got == _keys(sets[part].users, sets[part].items, n), (stage.name,
-                                                                                 part, world)
+        world = 2  # two ranks: each its users' part of every set, together all of it
+        stream = StreamPlan(cfg, str(tiny_dataset), world=world)
+        per_rank = [stream.datasets(r) for r in range(world)]
+        for stage in plan:
+            for part in (stage.parts if stage.by_kind else (stage.union,)):
+                name = shard_name(stage, part if stage.by_kind else "")
+                rows = []
+                for r, d in enumerate(per_rank):
+                    mine = d[name].take_all()
+                    lo, hi = stream.users[r]
+                    assert all(lo <= row["user"] < hi for row in mine)
+                    rows += mine
+                got = _keys([r["user"] for r in rows], [r["item"] for r in rows], n)
+                assert len(rows) == len(got)  # every pair once per epoch
+                assert got == _keys(sets[part].users, sets[part].items, n), (stage.name,
+                                                                             part, world)
     finally:
         if started:
             ray.shutdown()

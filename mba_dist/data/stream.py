@@ -233,15 +233,15 @@ class StreamPlan:
         out, local = {}, self.cfg.train.batch_size // self.world
         for name, stage, part in self._shards():
             out[name] = tuple(self._feed(stage, part, p) for p in range(len(self.users)))
-            if self.cfg.train.stream_shuffle == "blocks":
-                least = min(range(len(self.users)), key=lambda r: sum(out[name][r].rows))
-                if sum(out[name][least].rows) < local:  # every rank would stop at step 0
-                    lo, hi = self.users[least]
-                    raise ConfigError(
-                        f"{self.ds.root}: the {part} pairs of rank {least}'s users "
-                        f"[{lo}, {hi}) are {sum(out[name][least].rows)}, fewer than a local "
-                        f"batch (train.batch_size / {self.world} = {local}): train on fewer "
-                        "workers or with a smaller train.batch_size")
+            rows = [sum(f.rows) for f in out[name]]  # empty sums for `full` (no blocks)
+            least = min(range(len(rows)), key=rows.__getitem__)
+            if self.cfg.train.stream_shuffle == "blocks" and rows[least] < local:
+                lo, hi = self.users[least]  # every rank would stop at step 0
+                raise ConfigError(
+                    f"{self.ds.root}: the {part} pairs of rank {least}'s users [{lo}, {hi}) "
+                    f"are {rows[least]}, fewer than a local batch (train.batch_size / "
+                    f"{self.world} = {local}): train on fewer workers or with a smaller "
+                    "train.batch_size")
         return out
 
     def _feed(self, stage: StageInput, part: str, users: int) -> Feed:
