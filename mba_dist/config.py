@@ -371,7 +371,8 @@ def validate(cfg: Config) -> None:
     if cfg.mba.joint_pretrain and (cfg.pretrain.from_run or cfg.mba.t_init != "random"):
         raise ConfigError("mba.joint_pretrain trains pre_f and pre_g with MBA: it takes neither "
                           "pretrain.from_run nor mba.t_init")
-    if not 0.0 <= cfg.mba.blend_g <= 1.0 - cfg.mba.beta:
+    # 1e-9: 1 - 0.8 is 0.19999999999999996 in floats, and blend_g 0.2 with beta 0.8 is meant
+    if not 0.0 <= cfg.mba.blend_g <= 1.0 - cfg.mba.beta + 1e-9:
         raise ConfigError(f"mba.blend_g must be in [0, 1 - mba.beta] = [0, "
                           f"{1.0 - cfg.mba.beta:g}], got {cfg.mba.blend_g}")
     if any(k < 1 for k in cfg.eval.ks):

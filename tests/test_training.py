@@ -165,6 +165,7 @@ def test_t_can_start_as_a_pretrained_model_and_blend_pre_g(tiny_dataset, tmp_pat
 
     with pytest.raises(C.ConfigError, match=r"mba.blend_g must be in \[0, 1 - mba.beta\]"):
         C.load_config(None, ["mba.beta=0.8", "mba.blend_g=0.3"])
+    assert C.load_config(None, ["mba.beta=0.8", "mba.blend_g=0.2"]).mba.blend_g == 0.2  # the bound
     sets = ["pretrain.epochs=2", "mba.epochs=1", "data.aux=click", "train.merged_baseline=false",
             "mba.t_init=pre_g", "optim.lr=1e-12", "mba.blend_g=0.2", "mba.alpha_f=0"]
     run = fit(tiny_dataset, tmp_path / "run", sets=sets, local=True)

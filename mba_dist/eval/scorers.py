@@ -104,7 +104,7 @@ def mba_scorer(t, pre_f, beta: float, pre_g=None, blend_g: float = 0.0) -> Facto
     """score = beta * sigma(t) + (1 - beta) * sigma(pre_f) (paper Eq. 3); with `blend_g` > 0,
     blend_g of pre_f's weight goes to sigma(pre_g) instead (`mba.blend_g`)."""
     parts = [(beta, t)]
-    if 1.0 - beta - blend_g > 0.0:
+    if 1.0 - beta - blend_g > 1e-9:  # blend_g = 1 - beta leaves pre_f out (float rounding)
         parts.append((1.0 - beta - blend_g, pre_f))
     if blend_g > 0.0:
         parts.append((blend_g, pre_g))
