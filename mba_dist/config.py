@@ -22,6 +22,12 @@ __all__ = ["Config", "ConfigError", "load_config", "validate", "validate_world",
            "to_dict", "config_yaml"]
 
 
+def aux_model_keys(behaviors: tuple[str, ...]) -> tuple[str, ...]:
+    """What names each auxiliary behavior's models (pre_<key>, h1_<key>, h2_<key>): g when
+    there is one (the paper's names), else the behavior itself (DESIGN §11)."""
+    return ("g",) if len(behaviors) == 1 else behaviors
+
+
 @dataclass(frozen=True)
 class DataConfig:
     target: str = "purchase"  # behavior we predict; must be a train behavior of the dataset
@@ -104,7 +110,12 @@ class MBAConfig:
     alpha_each: tuple[float, ...] = ()
     # score = beta*sigma(t) + (1-beta-blend_g)*sigma(pre_f) + blend_g*sigma(pre_g)
     blend_g: float = 0.0
-    t_init: Literal["random", "pre_f", "pre_g"] = "random"  # t starts as N(0, init_std) or a copy
+    # several auxiliary behaviors: the score weight of each one's pre_<b>, in data.aux order
+    # (taken from pre_f's 1 - beta, as blend_g; empty: none)
+    blend_each: tuple[float, ...] = ()
+    # t starts as N(0, init_std) (random) or a copy of a pretrained model: pre_f, or an
+    # auxiliary behavior's (pre_g; with several, pre_<b>, e.g. pre_cart)
+    t_init: str = "random"
     # MBA-PT of paper Table 4: no stage 1; pre_f and pre_g start at random and take BPR steps
     # on the MBA batches beside t
     joint_pretrain: bool = False
@@ -116,6 +127,10 @@ class MBAConfig:
         g = self.alpha if self.alpha_g is None else self.alpha_g
         each = self.alpha_each or (g,) * k
         return f if all(a == f for a in each) else (f, *each)
+
+    def blend_weights(self, k: int = 1) -> tuple[float, ...]:
+        """The score weight of each auxiliary behavior's pretrained model, in data.aux order."""
+        return self.blend_each or ((self.blend_g,) if k == 1 else (0.0,) * k)
 
 
 @dataclass(frozen=True)
@@ -371,10 +386,7 @@ def validate(cfg: Config) -> None:
     if cfg.mba.joint_pretrain and (cfg.pretrain.from_run or cfg.mba.t_init != "random"):
         raise ConfigError("mba.joint_pretrain trains pre_f and pre_g with MBA: it takes neither "
                           "pretrain.from_run nor mba.t_init")
-    # 1e-9: 1 - 0.8 is 0.19999999999999996 in floats, and blend_g 0.2 with beta 0.8 is meant
-    if not 0.0 <= cfg.mba.blend_g <= 1.0 - cfg.mba.beta + 1e-9:
-        raise ConfigError(f"mba.blend_g must be in [0, 1 - mba.beta] = [0, "
-                          f"{1.0 - cfg.mba.beta:g}], got {cfg.mba.blend_g}")
+    _validate_blend(cfg.mba)
     if any(k < 1 for k in cfg.eval.ks):
         raise ConfigError(f"eval.ks must be at least 1, got {list(cfg.eval.ks)}")
     if not set(REPORTED_KS) <= set(cfg.eval.ks):
@@ -388,6 +400,19 @@ def validate(cfg: Config) -> None:
                 else "is not available with model.backend=torch")
         raise ConfigError(f"optim.mode {cfg.optim.mode} {what}; use {', '.join(modes)} with "
                           f"model.backend={cfg.model.backend}")
+
+
+def _validate_blend(m: MBAConfig) -> None:
+    if m.blend_each and m.blend_g:
+        raise ConfigError("mba.blend_g and mba.blend_each both set the score blend; use one")
+    key, ws = ("mba.blend_each", list(m.blend_each)) if m.blend_each else ("mba.blend_g", m.blend_g)
+    each = m.blend_each or (m.blend_g,)
+    if any(not (math.isfinite(w) and w >= 0) for w in each):
+        raise ConfigError(f"{key} must hold finite weights of at least 0, got {ws}")
+    # 1e-9: 1 - 0.8 is 0.19999999999999996 in floats, and blend_g 0.2 with beta 0.8 is meant
+    if sum(each) > 1.0 - m.beta + 1e-9:
+        raise ConfigError(f"{key} must sum to at most 1 - mba.beta = {1.0 - m.beta:g} (the "
+                          f"score weight they take from pre_f), got {ws}")
 
 
 LIGHTGCN_MODES = ("dense_adam", "sparse_adam")  # trained with whole-table Adam (DESIGN §12)
@@ -412,9 +437,10 @@ def _validate_lightgcn(cfg: Config) -> None:
 
 
 # MBA variants that name one auxiliary behavior (DESIGN §10), not defined for several
-ONE_AUX_ONLY = (("mba.joint_pretrain", lambda m: m.joint_pretrain),
-                ("mba.t_init: pre_g", lambda m: m.t_init == "pre_g"),
-                ("mba.blend_g", lambda m: m.blend_g > 0))
+ONE_AUX_ONLY = (("mba.joint_pretrain", lambda m: m.joint_pretrain, ""),
+                ("mba.t_init: pre_g", lambda m: m.t_init == "pre_g",
+                 ": name the behavior's model (pre_<b>)"),
+                ("mba.blend_g", lambda m: m.blend_g > 0, ": use mba.blend_each, one weight each"))
 
 
 def _validate_aux(cfg: Config) -> None:
@@ -423,19 +449,24 @@ def _validate_aux(cfg: Config) -> None:
         raise ConfigError(f"data.aux and data.target both hold {cfg.data.target!r}")
     if len(set(aux)) < len(aux):
         raise ConfigError(f"data.aux names a behavior twice: {list(aux)}")
-    if cfg.mba.alpha_each and len(cfg.mba.alpha_each) != len(aux):
-        raise ConfigError(f"mba.alpha_each has {len(cfg.mba.alpha_each)} weights for "
-                          f"{len(aux)} auxiliary behaviors ({', '.join(aux)})")
+    for key in ("alpha_each", "blend_each"):
+        n = len(getattr(cfg.mba, key))
+        if n and n != len(aux):
+            raise ConfigError(f"mba.{key} has {n} weights for {len(aux)} auxiliary behaviors "
+                              f"({', '.join(aux)})")
+    inits = ("random", "pre_f", *(f"pre_{k}" for k in aux_model_keys(aux)))
+    if cfg.mba.t_init not in inits and not (len(aux) > 1 and cfg.mba.t_init == "pre_g"):
+        raise ConfigError(f"mba.t_init must be one of {', '.join(inits)}, got {cfg.mba.t_init!r}")
     if len(aux) < 2:
         return
     for b in aux:  # each names its models (pre_<b>, h1_<b>, h2_<b>) and baseline rows
         if not b.isidentifier() or b in ("f", "g", "t"):
             raise ConfigError(f"data.aux: {b!r} cannot name models (pre_{b}); with several "
                               "auxiliary behaviors each must be a plain name other than f, g, t")
-    for what, used in ONE_AUX_ONLY:
+    for what, used, hint in ONE_AUX_ONLY:
         if cfg.method == "mba" and used(cfg.mba):
             raise ConfigError(f"{what} is defined for one auxiliary behavior; data.aux has "
-                              f"{len(aux)} ({', '.join(aux)})")
+                              f"{len(aux)} ({', '.join(aux)}){hint}")
 
 
 def evaluate_args(cfg: Config) -> dict[str, Any]:

@@ -369,7 +369,7 @@ class FinishedRun(StageFiles):
     def scorer(self) -> Scorer:
         """The scorer of the run's own model (the MF model of an mf run, or MBA's blend)."""
         needed = ([main_model(self.cfg)] if self.cfg.method == "mf" else
-                  ["mba", "pre_f"] + ["pre_g"] * (self.cfg.mba.blend_g > 0))
+                  ["mba", "pre_f"] + [m for m, _ in baselines.blended_models(self.cfg)])
         return baselines.model_scorer(self.cfg, {n: self.stage_weights(n) for n in needed})
 
     def data(self) -> TrainData:

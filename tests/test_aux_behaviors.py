@@ -43,6 +43,8 @@ def test_the_config_names_each_behavior_and_refuses_what_is_defined_for_one():
     assert C.load_config(None, TWO + ["mba.alpha_g=3"]).mba.kl_weights(2) == (10.0, 3.0, 3.0)
     each = C.load_config(None, TWO + ["mba.alpha_each=[1,2.5]"]).mba
     assert each.kl_weights(2) == (10.0, 1.0, 2.5)
+    assert cfg.mba.blend_weights(2) == (0.0, 0.0)
+    assert C.load_config(None, TWO + ["mba.blend_each=[0,0.3]"]).mba.blend_weights(2) == (0, 0.3)
     bad = {"data.aux=[click,click]": "names a behavior twice",
            "data.aux=[click,purchase]": "data.aux and data.target both hold 'purchase'",
            "data.aux=[click,t]": "cannot name models",
@@ -50,7 +52,10 @@ def test_the_config_names_each_behavior_and_refuses_what_is_defined_for_one():
            "mba.t_init=pre_g": "mba.t_init: pre_g is defined for one auxiliary behavior",
            "mba.joint_pretrain=true": "mba.joint_pretrain is defined for one",
            "mba.alpha_each=[1]": "mba.alpha_each has 1 weights for 2 auxiliary behaviors",
-           "mba.alpha_each=[1,-1]": "mba.alpha_each must hold finite weights of at least 0"}
+           "mba.alpha_each=[1,-1]": "mba.alpha_each must hold finite weights of at least 0",
+           "mba.blend_each=[0.1]": "mba.blend_each has 1 weights for 2 auxiliary behaviors",
+           "mba.blend_each=[0.2,0.2]": r"mba.blend_each must sum to at most 1 - mba.beta = 0.3",
+           "mba.t_init=pre_h": "mba.t_init must be one of random, pre_f, pre_click, pre_cart"}
     for item, msg in bad.items():
         with pytest.raises(C.ConfigError, match=msg):
             C.load_config(None, [item] if item.startswith("data.") else TWO + [item])
@@ -100,11 +105,21 @@ def test_two_behaviors_train_evaluate_and_reuse_their_stage_one(two_aux, tmp_pat
     assert not torch.equal(mba["h1_click"][0], mba["h1_cart"][0])  # each its own model
     evaluated = RunDir(run.path).load().evaluate(with_baselines=True)
     assert evaluated["mba"]["test"]["recall@20"] == pytest.approx(m["test"]["recall@20"])
+    # t starts as pre_cart (a vanishing learning rate keeps it there); the score blends both
+    variants = ["mba.t_init=pre_cart", "optim.lr=1e-12", "mba.blend_each=[0.1,0.05]"]
     again = fit(two_aux, tmp_path / "again", local=True,
-                sets=sets + [f"pretrain.from_run={run.path}"])
+                sets=sets + [f"pretrain.from_run={run.path}"] + variants)
     trained = {n for n, st in again.metrics["stages"].items() if st["epochs_run"]}
     assert trained == {"mba"}  # stage 1 of every behavior reused
     assert {r["stage"] for r in RunDir(again.path).read_log()} == {"mba"}
+    t = checkpoint.load_stage_weights(again.path / "checkpoints" / "mba")["t"]
+    cart = checkpoint.load_stage_weights(run.path / "checkpoints" / "pre_cart")["pre_cart"]
+    for a, b in zip(t, cart):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    finished = RunDir(again.path).load()
+    assert [w for w, _ in finished.scorer().parts] == pytest.approx([0.7, 0.15, 0.1, 0.05])
+    blended = finished.evaluate(with_baselines=False)["mba"]["test"]["recall@20"]
+    assert blended == pytest.approx(again.metrics["test"]["recall@20"])  # fit and read agree
 
 
 def test_the_stream_gives_each_auxiliary_only_pair_once_with_its_behaviors(two_aux):

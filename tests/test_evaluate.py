@@ -117,10 +117,17 @@ def test_mba_scorer_blends_sigmoids():
     torch.testing.assert_close(s, want)
     assert rng is not None
     g = (torch.randn(4, 3), torch.randn(5, 3))
-    sc = mba_scorer(t, f, 0.5, g, 0.2)  # mba.blend_g: 0.2 of pre_f's weight goes to pre_g
+    sc = mba_scorer(t, f, 0.5, [(0.2, g)])  # mba.blend_g: 0.2 of pre_f's weight goes to pre_g
     sc.set_users(torch.arange(4))
     want = (0.5 * torch.sigmoid(t[0] @ t[1].T) + 0.3 * torch.sigmoid(f[0] @ f[1].T)
             + 0.2 * torch.sigmoid(g[0] @ g[1].T))
+    torch.testing.assert_close(sc.scores(0, 5), want)
+    h = (torch.randn(4, 3), torch.randn(5, 3))
+    sc = mba_scorer(t, f, 0.5, [(0.2, g), (0.3, h)])  # mba.blend_each: pre_f's weight all gone
+    sc.set_users(torch.arange(4))
+    assert [w for w, _ in sc.parts] == [0.5, 0.2, 0.3]
+    want = (0.5 * torch.sigmoid(t[0] @ t[1].T) + 0.2 * torch.sigmoid(g[0] @ g[1].T)
+            + 0.3 * torch.sigmoid(h[0] @ h[1].T))
     torch.testing.assert_close(sc.scores(0, 5), want)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
+from typing import Any, Callable
 
 import torch
 
@@ -41,9 +42,20 @@ def model_scorer(cfg: C.Config, stages: StageWeights) -> Scorer:
     if cfg.method == "mf":
         name = main_model(cfg)
         return mf_scorer(stages[name][name])
-    pre_g = stages["pre_g"][Model.PRE_G.value] if cfg.mba.blend_g > 0 else None
-    return mba_scorer(stages["mba"][Model.T.value], stages["pre_f"][Model.PRE_F.value],
-                      cfg.mba.beta, pre_g, cfg.mba.blend_g)
+    return mba_blend(cfg, stages["mba"][Model.T.value], stages["pre_f"][Model.PRE_F.value],
+                     lambda m: stages[m][m])
+
+
+def blended_models(cfg: C.Config) -> list[tuple[str, float]]:
+    """(pre_<b>, weight) of each auxiliary behavior's pretrained model in MBA's score."""
+    roles = AuxRoles(cfg.data.aux_behaviors)
+    ws = cfg.mba.blend_weights(len(roles.behaviors))
+    return [(m, w) for m, w in zip(roles.pre_aux, ws) if w > 0]
+
+
+def mba_blend(cfg: C.Config, t, pre_f, pre: Callable[[str], Any]) -> Scorer:
+    """MBA's score of `cfg` (`mba.beta`, the blend), `pre` giving a pretrained model's factors."""
+    return mba_scorer(t, pre_f, cfg.mba.beta, [(w, pre(m)) for m, w in blended_models(cfg)])
 
 
 def scorers(cfg: C.Config, data, stages: StageWeights) -> dict[str, Scorer]:

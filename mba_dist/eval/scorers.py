@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -100,14 +100,14 @@ class FactorScorer:
         return out
 
 
-def mba_scorer(t, pre_f, beta: float, pre_g=None, blend_g: float = 0.0) -> FactorScorer:
-    """score = beta * sigma(t) + (1 - beta) * sigma(pre_f) (paper Eq. 3); with `blend_g` > 0,
-    blend_g of pre_f's weight goes to sigma(pre_g) instead (`mba.blend_g`)."""
+def mba_scorer(t, pre_f, beta: float, blends: Sequence[tuple[float, Any]] = ()) -> FactorScorer:
+    """score = beta * sigma(t) + (1 - beta) * sigma(pre_f) (paper Eq. 3); each (w, pre_b) of
+    `blends` takes w of pre_f's weight for sigma(pre_b) (`mba.blend_g`, `mba.blend_each`)."""
     parts = [(beta, t)]
-    if 1.0 - beta - blend_g > 1e-9:  # blend_g = 1 - beta leaves pre_f out (float rounding)
-        parts.append((1.0 - beta - blend_g, pre_f))
-    if blend_g > 0.0:
-        parts.append((blend_g, pre_g))
+    rest = 1.0 - beta - sum(w for w, _ in blends)
+    if rest > 1e-9:  # blends summing to 1 - beta leave pre_f out (float rounding)
+        parts.append((rest, pre_f))
+    parts += [(w, f) for w, f in blends if w > 0.0]
     return FactorScorer(parts)
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from mba_dist.config import aux_model_keys
+
 
 class Model(str, Enum):
     PRE_F = "pre_f"
@@ -49,7 +51,7 @@ class AuxRoles:
 
     @property
     def keys(self) -> tuple[str, ...]:
-        return ("g",) if len(self.behaviors) == 1 else self.behaviors
+        return aux_model_keys(self.behaviors)
 
     def pre(self, behavior: str) -> str:
         """The pretrained model (and stage) of one auxiliary behavior."""

@@ -30,7 +30,8 @@ from mba_dist.data.train_data import TrainData
 from mba_dist.dist.collective import all_reduce_sum, rank_world
 from mba_dist.errors import DivergedError
 from mba_dist.eval.ranking import evaluate
-from mba_dist.eval.scorers import Scorer, mba_scorer, mf_scorer
+from mba_dist.eval.baselines import mba_blend
+from mba_dist.eval.scorers import Scorer, mf_scorer
 from mba_dist.mba.roles import AuxRoles, Kind, Model, Phase, model_name, phase_of_step
 from mba_dist.mba.stages import MBA_INPUT, StageInput, graph_models
 from mba_dist.tables.base import TableGroup
@@ -352,8 +353,7 @@ def fit_mba(w: Worker, pre: dict[str, StageTables] | None) -> StageResult:
     def scorer(wts: dict) -> Scorer:
         if pre is not None:  # the frozen models, read from the stage-1 tables
             wts = {k: v for st in pre.values() for k, v in st.factor_map().items()} | wts
-        return mba_scorer(wts[Model.T.value], wts[Model.PRE_F.value], c.mba.beta,
-                          wts.get(Model.PRE_G.value), c.mba.blend_g)
+        return mba_blend(c, wts[Model.T.value], wts[Model.PRE_F.value], wts.__getitem__)
 
     return fit_stage(w, MBA_INPUT, c.mba.epochs, c.mba.patience, step, scorer,
                      [t, dn, dp, *teachers], tags=("dn_steps", "dp_steps"))
