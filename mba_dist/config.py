@@ -380,9 +380,7 @@ def validate(cfg: Config) -> None:
     for key in ("alpha_f", "alpha_g"):
         if getattr(cfg.mba, key) is not None and getattr(cfg.mba, key) < 0:
             raise ConfigError(f"mba.{key} must be at least 0, got {getattr(cfg.mba, key)}")
-    if any(not (math.isfinite(a) and a >= 0) for a in cfg.mba.alpha_each):
-        raise ConfigError(f"mba.alpha_each must hold finite weights of at least 0, got "
-                          f"{list(cfg.mba.alpha_each)}")
+    _check_weights("mba.alpha_each", cfg.mba.alpha_each, list(cfg.mba.alpha_each))
     if cfg.mba.joint_pretrain and (cfg.pretrain.from_run or cfg.mba.t_init != "random"):
         raise ConfigError("mba.joint_pretrain trains pre_f and pre_g with MBA: it takes neither "
                           "pretrain.from_run nor mba.t_init")
@@ -402,13 +400,17 @@ def validate(cfg: Config) -> None:
                           f"model.backend={cfg.model.backend}")
 
 
+def _check_weights(key: str, weights: tuple[float, ...], shown: Any) -> None:
+    if any(not (math.isfinite(w) and w >= 0) for w in weights):
+        raise ConfigError(f"{key} must hold finite weights of at least 0, got {shown}")
+
+
 def _validate_blend(m: MBAConfig) -> None:
     if m.blend_each and m.blend_g:
         raise ConfigError("mba.blend_g and mba.blend_each both set the score blend; use one")
     key, ws = ("mba.blend_each", list(m.blend_each)) if m.blend_each else ("mba.blend_g", m.blend_g)
     each = m.blend_each or (m.blend_g,)
-    if any(not (math.isfinite(w) and w >= 0) for w in each):
-        raise ConfigError(f"{key} must hold finite weights of at least 0, got {ws}")
+    _check_weights(key, each, ws)
     # 1e-9: 1 - 0.8 is 0.19999999999999996 in floats, and blend_g 0.2 with beta 0.8 is meant
     if sum(each) > 1.0 - m.beta + 1e-9:
         raise ConfigError(f"{key} must sum to at most 1 - mba.beta = {1.0 - m.beta:g} (the "
