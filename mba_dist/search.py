@@ -32,6 +32,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -113,20 +114,53 @@ def load_space(path: str | Path, cfg: C.Config) -> Space:
     return space
 
 
-def tune_space(space: Space) -> dict:
-    """The space as Ray Tune's `param_space`."""
+def list_keys(cfg: C.Config | dict) -> set[str]:
+    """The config keys whose value is a list (e.g. mba.blend_each)."""
+    return {k for k, v in C.dotted(cfg).items() if isinstance(v, (list, tuple))}
+
+
+# Ray Tune reads a list inside a trial's values as one value per element (and a point's list as
+# paths into the space it cannot find), so a list-valued key travels through Tune as JSON text.
+def to_tune(values: dict, lists: set[str]) -> dict:
+    return {k: json.dumps(list(v)) if k in lists else v for k, v in values.items()}
+
+
+def from_tune(values: dict, lists: set[str]) -> dict:
+    return {k: json.loads(v) if k in lists and isinstance(v, str) else v
+            for k, v in values.items()}
+
+
+def tune_space(space: Space, base: C.Config) -> tuple[dict, list[dict]]:
+    """The space as Ray Tune's `param_space`, and the points as its `points_to_evaluate`. A key
+    only the points set is a constant of the base config's value there: Tune takes a point's
+    keys only from the space."""
     from ray import tune
 
+    lists = list_keys(base)
     kinds = {"grid": tune.grid_search, "uniform": lambda v: tune.uniform(*v),
              "loguniform": lambda v: tune.loguniform(*v)}
     out = {}
     for key, spec in space.params.items():
         if isinstance(spec, list):
-            out[key] = tune.choice(spec)
+            out[key] = tune.choice([to_tune({key: v}, lists)[key] for v in spec])
         else:
             (kind, values), = spec.items()
+            if kind == "grid":
+                values = [to_tune({key: v}, lists)[key] for v in values]
             out[key] = kinds[kind](values)
-    return out
+    known = C.dotted(base)
+    for key in space.keys():
+        if key not in out:
+            out[key] = to_tune({key: known[key]}, lists)[key]
+    return out, [to_tune(p, lists) for p in space.points]
+
+
+class _QuietPresets:
+    """Drops Tune's warning that a point's value differs from the space's constant for a key
+    only the points set (`tune_space`): that is what such a point means."""
+
+    def filter(self, record) -> bool:
+        return not record.getMessage().startswith("Pre-set value")
 
 
 @dataclass(frozen=True)
@@ -141,7 +175,8 @@ class TrialSetup:
     def trial_config(self, params: dict) -> C.Config:
         """The base config with a trial's values, on the shared stage-1 models (unless the
         trial trains its own: `mba.joint_pretrain`)."""
-        cfg = C.override(C.load_config(self.config), params, "search trial")
+        cfg = C.override(C.load_config(self.config), from_tune(params, list_keys(self.config)),
+                         "search trial")
         if cfg.mba.joint_pretrain:
             return cfg
         return C.override(cfg, {"pretrain.from_run": self.pretrained}, "search trial")
@@ -189,13 +224,13 @@ def fmt(v: Any) -> str:
 
 def trial_rows(results, keys: list[str], base: C.Config) -> list[dict]:
     """One row per trial of a Ray Tune `ResultGrid`, in the order the trials were made."""
-    rows = []
+    rows, lists = [], list_keys(base)
     for r in results:
-        m = r.metrics or {}
+        m, values = r.metrics or {}, from_tune(r.config, lists)
         trial_id = m.get("trial_id") or Path(r.path).name
         # Ray Tune marks a trial ASHA stopped as done too: a trial finished on its own when its
         # fit loop stopped (patience epochs after the best, or mba.epochs)
-        mba = C.override(base, r.config, "search trial").mba
+        mba = C.override(base, values, "search trial").mba
         epoch, best_epoch = m.get("epoch", 0), m.get("best_epoch", 0)
         if r.error is not None:
             ended = "failed"
@@ -205,7 +240,7 @@ def trial_rows(results, keys: list[str], base: C.Config) -> list[dict]:
             ended = "finished"
         else:
             ended = "stopped by ASHA"
-        rows.append({"trial": trial_id, **{k: r.config.get(k) for k in keys},
+        rows.append({"trial": trial_id, **{k: values.get(k) for k in keys},
                      "valid_recall@20": m.get(METRIC, float("nan")),
                      "valid_ndcg@20": m.get("best_valid_ndcg@20", float("nan")),
                      "best_epoch": m.get("best_epoch", -1),
@@ -305,6 +340,9 @@ def search_run(data: str | Path, out: str | Path, config: str | None, space_file
     if base.train.select_on != "valid":
         raise ConfigError("mba-dist search selects on validation: train.select_on must be valid")
     space = load_space(space_file, base)
+    if not space.params and trials != len(space.points):
+        raise ConfigError(f"{space_file} has points only (no space: to draw from): --trials must "
+                          f"be {len(space.points)}, got {trials}")
     if trials < len(space.points):
         raise ConfigError(f"--trials {trials} is fewer than the {len(space.points)} points of "
                           f"{space_file}")
@@ -345,19 +383,21 @@ def search_run(data: str | Path, out: str | Path, config: str | None, space_file
         trainable = tune.with_resources(
             tune.with_parameters(_trial, setup=TrialSetup(C.to_dict(base), data, pre, threads)),
             {"cpu": cpus_per_trial})
+        param_space, points = tune_space(space, base)
+        logging.getLogger("ray.tune.search.variant_generator").addFilter(_QuietPresets())
         path = root / "tune" / "search"
         if tune.Tuner.can_restore(str(path)):
             say(f"continuing the Ray Tune experiment in {path}")
             tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True,
-                                       param_space=tune_space(space))
+                                       param_space=param_space)
         else:
             per_trial = max(1, base.mba.epochs // base.train.eval_every)
             tuner = tune.Tuner(
-                trainable, param_space=tune_space(space),
+                trainable, param_space=param_space,
                 tune_config=tune.TuneConfig(
                     metric=METRIC, mode="max", num_samples=trials,
                     max_concurrent_trials=concurrent or None,
-                    search_alg=BasicVariantGenerator(points_to_evaluate=space.points,
+                    search_alg=BasicVariantGenerator(points_to_evaluate=points,
                                                      random_state=base.train.seed),
                     scheduler=ASHAScheduler(max_t=per_trial, grace_period=space.grace_period,
                                             reduction_factor=space.reduction_factor)),

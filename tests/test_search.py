@@ -44,8 +44,9 @@ def test_the_shipped_space_is_the_papers_grid():
 
 def test_a_search_selects_on_validation_and_resumes(tiny_dataset, tmp_path, capsys):
     """Stage 1 once (SEARCH/base), 3 trials under ASHA, the winner by validation Recall@20 run
-    once in SEARCH/best; the same command again resumes; other settings are refused."""
-    space = _space(tmp_path, "points: [{mba.alpha: 1, mba.c1: 10}]\n"
+    once in SEARCH/best; the same command again resumes; other settings are refused. A key
+    only a point sets, a list among them, reaches that trial alone."""
+    space = _space(tmp_path, "points: [{mba.alpha: 1, mba.c1: 10}, {mba.blend_each: [0.1]}]\n"
                              "space: {mba.alpha: [1, 100], mba.c1: {loguniform: [1, 1000]}}\n"
                              "scheduler: {grace_period: 1, reduction_factor: 2}\n")
     out = tmp_path / "search"
@@ -54,6 +55,10 @@ def test_a_search_selects_on_validation_and_resumes(tiny_dataset, tmp_path, caps
     assert main(argv) == 0
     rows = list(csv.DictReader((out / "trials.csv").open()))
     assert len(rows) == 3 and rows[0]["mba.alpha"] == "1" and rows[0]["mba.c1"] == "10"
+    assert [r["mba.blend_each"] for r in rows] == ["[]", "[0.1]", "[]"]
+    blended = json.loads((out / "tune" / "search").glob("*_00001_*/params.json").__next__()
+                         .read_text())
+    assert blended["mba.blend_each"] == "[0.1]"  # JSON text in Tune, a list in the trial
     best = max(rows, key=lambda r: float(r["valid_recall@20"]))
     metrics = json.loads((out / "best" / "metrics.json").read_text())
     # the winner's run reproduces its trial, and is the search's only read of the test set
@@ -76,6 +81,15 @@ def test_a_search_selects_on_validation_and_resumes(tiny_dataset, tmp_path, caps
 
     assert main(argv[:-len(FAST)] + ["--set", "mba.epochs=5"]) == 2
     assert "holds a search with other settings (differs in config" in capsys.readouterr().err
+
+
+def test_a_space_of_points_only_runs_exactly_its_points(tiny_dataset, tmp_path, capsys):
+    space = _space(tmp_path, "points: [{mba.t_init: pre_g}, {mba.blend_g: 0.1}]\n")
+    assert main(["search", "--data", str(tiny_dataset), "--out", str(tmp_path / "s"),
+                 "--space", str(space), "--trials", "5"]) == 2
+    assert "has points only (no space: to draw from): --trials must be 2, got 5" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
 
 
 @pytest.mark.slow  # a tool's test: three runs
