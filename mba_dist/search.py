@@ -26,6 +26,9 @@ The space file (`configs/search/paper.yaml` is the paper's grid, §4.5):
       mba.lambda_t: {loguniform: [1.0e-6, 1.0]}   # also: uniform
       mba.beta: {grid: [0.7, 0.8, 1.0]}  # every value, --trials times each
     scheduler: {grace_period: 20, reduction_factor: 3}   # ASHA, in validations
+
+A point may set keys the space does not draw (the other trials keep the base config's value);
+a file of points only runs exactly its points (`--trials` their number).
 """
 from __future__ import annotations
 
