@@ -124,8 +124,12 @@ def list_keys(cfg: C.Config | dict) -> set[str]:
 
 # Ray Tune reads a list inside a trial's values as one value per element (and a point's list as
 # paths into the space it cannot find), so a list-valued key travels through Tune as JSON text.
+def tune_value(key: str, value: Any, lists: set[str]) -> Any:
+    return json.dumps(list(value)) if key in lists else value
+
+
 def to_tune(values: dict, lists: set[str]) -> dict:
-    return {k: json.dumps(list(v)) if k in lists else v for k, v in values.items()}
+    return {k: tune_value(k, v, lists) for k, v in values.items()}
 
 
 def from_tune(values: dict, lists: set[str]) -> dict:
@@ -145,16 +149,16 @@ def tune_space(space: Space, base: C.Config) -> tuple[dict, list[dict]]:
     out = {}
     for key, spec in space.params.items():
         if isinstance(spec, list):
-            out[key] = tune.choice([to_tune({key: v}, lists)[key] for v in spec])
+            out[key] = tune.choice([tune_value(key, v, lists) for v in spec])
         else:
             (kind, values), = spec.items()
             if kind == "grid":
-                values = [to_tune({key: v}, lists)[key] for v in values]
+                values = [tune_value(key, v, lists) for v in values]
             out[key] = kinds[kind](values)
     known = C.dotted(base)
     for key in space.keys():
         if key not in out:
-            out[key] = to_tune({key: known[key]}, lists)[key]
+            out[key] = tune_value(key, known[key], lists)
     return out, [to_tune(p, lists) for p in space.points]
 
 
@@ -164,6 +168,9 @@ class _QuietPresets:
 
     def filter(self, record) -> bool:
         return not record.getMessage().startswith("Pre-set value")
+
+
+_QUIET_PRESETS = _QuietPresets()  # one instance: a logger adds the same filter only once
 
 
 @dataclass(frozen=True)
@@ -387,7 +394,7 @@ def search_run(data: str | Path, out: str | Path, config: str | None, space_file
             tune.with_parameters(_trial, setup=TrialSetup(C.to_dict(base), data, pre, threads)),
             {"cpu": cpus_per_trial})
         param_space, points = tune_space(space, base)
-        logging.getLogger("ray.tune.search.variant_generator").addFilter(_QuietPresets())
+        logging.getLogger("ray.tune.search.variant_generator").addFilter(_QUIET_PRESETS)
         path = root / "tune" / "search"
         if tune.Tuner.can_restore(str(path)):
             say(f"continuing the Ray Tune experiment in {path}")
