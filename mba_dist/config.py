@@ -113,6 +113,12 @@ class MBAConfig:
     # several auxiliary behaviors: the score weight of each one's pre_<b>, in data.aux order
     # (taken from pre_f's 1 - beta, as blend_g; empty: none)
     blend_each: tuple[float, ...] = ()
+    # the loss weight of an auxiliary-only (kind-A) triple, one per auxiliary behavior in
+    # data.aux order: a pair seen in several behaviors takes the largest of their weights;
+    # target pairs weigh 1 (empty: every triple 1, the paper's loss). With clicks and carts,
+    # [0, 1] trains t on the cart-only pairs as a cart run would, intermediate weights ask how
+    # much the many noisier click pairs add (DESIGN §10)
+    aux_weight_each: tuple[float, ...] = ()
     # t starts as N(0, init_std) (random) or a copy of a pretrained model: pre_f, or an
     # auxiliary behavior's (pre_g; with several, pre_<b>, e.g. pre_cart)
     t_init: str = "random"
@@ -380,7 +386,8 @@ def validate(cfg: Config) -> None:
     for key in ("alpha_f", "alpha_g"):
         if getattr(cfg.mba, key) is not None and getattr(cfg.mba, key) < 0:
             raise ConfigError(f"mba.{key} must be at least 0, got {getattr(cfg.mba, key)}")
-    _check_weights("mba.alpha_each", cfg.mba.alpha_each, list(cfg.mba.alpha_each))
+    for key in ("alpha_each", "aux_weight_each"):
+        _check_weights(f"mba.{key}", getattr(cfg.mba, key), list(getattr(cfg.mba, key)))
     if cfg.mba.joint_pretrain and (cfg.pretrain.from_run or cfg.mba.t_init != "random"):
         raise ConfigError("mba.joint_pretrain trains pre_f and pre_g with MBA: it takes neither "
                           "pretrain.from_run nor mba.t_init")
@@ -451,7 +458,7 @@ def _validate_aux(cfg: Config) -> None:
         raise ConfigError(f"data.aux and data.target both hold {cfg.data.target!r}")
     if len(set(aux)) < len(aux):
         raise ConfigError(f"data.aux names a behavior twice: {list(aux)}")
-    for key in ("alpha_each", "blend_each"):
+    for key in ("alpha_each", "blend_each", "aux_weight_each"):
         n = len(getattr(cfg.mba, key))
         if n and n != len(aux):
             raise ConfigError(f"mba.{key} has {n} weights for {len(aux)} auxiliary behaviors "

@@ -44,11 +44,15 @@ def mba_batch(kind, phase, P, N, alpha, c1, c2):
     return kl_terms - like
 
 
-def mba_batch_k(phase, P, N, positive, alphas, c1, c2):
+def mba_batch_k(phase, P, N, positive, alphas, c1, c2, weight=None):
     """The loss of k auxiliary behaviors (DESIGN §11) term by term. P, N: {"t": [B], "pre": [1+k
     arrays], "h": [1+k arrays]} at the observed and the sampled item; positive [1+k, B] bool:
-    for which models each observed item is a positive; alphas: one KL weight per model."""
-    m = np.mean
+    for which models each observed item is a positive; alphas: one KL weight per model;
+    weight [B]: each triple's terms times its weight (None: 1), still a mean over B."""
+    w = np.ones(len(P["t"])) if weight is None else np.asarray(weight, dtype=np.float64)
+
+    def m(x):
+        return np.mean(w * x)
     total = 0.0
     for j, a in enumerate(alphas):
         total += a * (m(kl(P["pre"][j], P["t"])) + m(kl(N["pre"][j], N["t"])))

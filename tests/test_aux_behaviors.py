@@ -54,6 +54,8 @@ def test_the_config_names_each_behavior_and_refuses_what_is_defined_for_one():
            "mba.alpha_each=[1]": "mba.alpha_each has 1 weights for 2 auxiliary behaviors",
            "mba.alpha_each=[1,-1]": "mba.alpha_each must hold finite weights of at least 0",
            "mba.blend_each=[0.1]": "mba.blend_each has 1 weights for 2 auxiliary behaviors",
+           "mba.aux_weight_each=[1,1,1]": "mba.aux_weight_each has 3 weights for 2 auxiliary",
+           "mba.aux_weight_each=[0.5,nan]": "mba.aux_weight_each must hold finite weights",
            "mba.blend_each=[0.2,0.2]": r"mba.blend_each must sum to at most 1 - mba.beta = 0.3",
            "mba.t_init=pre_h": "mba.t_init must be one of random, pre_f, pre_click, pre_cart"}
     for item, msg in bad.items():

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from mba_dist.mba.losses import (Logits, bernoulli_kl, bpr_loss, l2, mba_loss, neg_term, pos_term)
+from mba_dist.mba.losses import (Logits, aux_pair_weights, bernoulli_kl, bpr_loss, l2, mba_loss,
+                                 neg_term, pos_term)
 from mba_dist.mba.roles import Kind, Phase, phase_of_step
 from tests import oracle
 
@@ -189,3 +190,44 @@ def test_k1_masks_per_pair_are_the_kinds_of_today(kind):
     for phase in (Phase.DN, Phase.DP):
         np.testing.assert_allclose(float(mba_loss(kind, phase, lg, 10.0, 100.0, 1.0, positive)),
                                    float(mba_loss(kind, phase, lg, 10.0, 100.0, 1.0)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("phase", ["DN", "DP"])
+def test_weighted_auxiliary_pairs_match_the_oracle(k, phase):
+    """mba.aux_weight_each: a kind-A triple's terms times the largest weight of the behaviors
+    it was seen in, at 1e-6 against the oracle; a triple of weight 0 gets no gradient."""
+    rng = np.random.default_rng(30 + k)
+    n = 200
+    P, N, lg = _k_logits(rng, k, n, 5.0, grad=True)
+    seen = rng.random((k, n)) < 0.5
+    seen[rng.integers(0, k, n), np.arange(n)] = True  # an auxiliary-only pair is seen somewhere
+    weights = tuple(float(w) for w in rng.choice([0.0, 0.25, 1.0], k))
+    w = aux_pair_weights(weights, torch.tensor(seen))
+    np.testing.assert_array_equal(w.numpy(), (seen * np.array(weights)[:, None]).max(0))
+    positive = np.concatenate([np.zeros((1, n), bool), seen])
+    loss = mba_loss(Kind.A, Phase(phase), lg, 10.0, 100.0, 1.0, torch.tensor(positive), w)
+    want = oracle.mba_batch_k(phase, P, N, positive, (10.0,) * (k + 1), 100.0, 1.0, w.numpy())
+    np.testing.assert_allclose(float(loss.detach()), want, rtol=RTOL, atol=ATOL)
+    loss.backward()
+    zero = w.numpy() == 0
+    assert torch.isfinite(lg.t.grad).all()
+    assert (lg.t.grad[torch.tensor(zero)] == 0).all() and (lg.h.grad[torch.tensor(zero)] == 0).all()
+    assert zero.any() or min(weights) > 0
+
+
+def test_unit_weights_are_the_paper_loss_and_k1_weighs_the_batch():
+    rng = np.random.default_rng(40)
+    _, _, lg = _k_logits(rng, 2, 128, 5.0)
+    positive = torch.tensor(rng.random((3, 128)) < 0.5)
+    positive[0] = False
+    positive[2] |= ~positive[1]  # an auxiliary-only pair is seen in one behavior at least
+    plain = mba_loss(Kind.A, Phase.DP, lg, 10.0, 100.0, 1.0, positive)
+    ones = aux_pair_weights((1.0, 1.0), positive[1:])
+    np.testing.assert_allclose(float(mba_loss(Kind.A, Phase.DP, lg, 10.0, 100.0, 1.0, positive,
+                                              ones)), float(plain), rtol=1e-12)
+    _, _, lg1 = _k_logits(rng, 1, 128, 5.0)
+    assert aux_pair_weights((0.5,), None) == 0.5  # k = 1: every kind-A pair is seen in g
+    np.testing.assert_allclose(float(mba_loss(Kind.A, Phase.DN, lg1, 10.0, 100.0, 1.0, weight=0.5)),
+                               0.5 * float(mba_loss(Kind.A, Phase.DN, lg1, 10.0, 100.0, 1.0)),
+                               rtol=1e-12)

@@ -132,14 +132,17 @@ def _pos_mask(kind: Kind, device: torch.device, models: int = 2) -> torch.Tensor
 
 
 def mba_loss(kind: Kind, phase: Phase, lg_: Logits, alpha: float | tuple[float, ...],
-             c1: float, c2: float, positive: torch.Tensor | None = None) -> torch.Tensor:
+             c1: float, c2: float, positive: torch.Tensor | None = None,
+             weight: torch.Tensor | float | None = None) -> torch.Tensor:
     """The kind-B / kind-A batch loss of the module docstring (without the L2 term); scalar.
     `alpha`: one KL weight, or one per model of `lg_.pre` ((alpha_f, alpha_g) for k = 1).
 
     k auxiliary behaviors (DESIGN §11): `lg_.pre` and `lg_.h` hold 1 + k models (f first), and
     `positive` [1 + k, B] says for which models each pair's observed item is a positive (a
     target pair: all; an auxiliary-only pair: the behaviors it was observed in); None: the
-    kind's mask of k = 1, broadcast over the batch (`_pos_mask`).
+    kind's mask of k = 1, broadcast over the batch (`_pos_mask`). `weight` (a variant, DESIGN
+    §10): each triple's terms, KL and likelihood, times its weight ([B], or one for the batch);
+    still divided by B, so a weight of 0 removes a triple and a weight of 1 is the paper's loss.
 
     The 4 KL terms and the 4 likelihood terms are computed as one [model, side, batch] block
     each: a few dozen ops on contiguous rows instead of about 140 on strided [B]-vectors
@@ -153,11 +156,28 @@ def mba_loss(kind: Kind, phase: Phase, lg_: Logits, alpha: float | tuple[float, 
                     for x in lg_)
     t, t1 = _probs(t_lg)
     kl = _kl(*_probs(pre), t, t1)
-    kl = (alpha * kl.sum() if not isinstance(alpha, tuple)  # one weight: as it always was
-          else (kl.sum(dim=(1, 2)) * kl.new_tensor(alpha)).sum())
     if positive is None:
         mask = _pos_mask(kind, h.device, h.shape[0])[..., None]
     else:  # the observed item is at side 0; the sampled negative (side 1) is never positive
         mask = torch.stack([positive, torch.zeros_like(positive)], 1)
-    like = _likelihood(phase, t, t1, h, mask, c1, c2).sum()
-    return (kl - like) / b
+    like = _likelihood(phase, t, t1, h, mask, c1, c2)
+    if weight is not None:  # [B] (or a number) over the innermost batch dimension
+        kl, like = kl * weight, like * weight
+    kl = (alpha * kl.sum() if not isinstance(alpha, tuple)  # one weight: as it always was
+          else (kl.sum(dim=(1, 2)) * kl.new_tensor(alpha)).sum())
+    return (kl - like.sum()) / b
+
+
+@functools.lru_cache(maxsize=None)
+def _behavior_weights(weights: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    return torch.tensor(weights, dtype=torch.float64, device=device)[:, None]
+
+
+def aux_pair_weights(weights: tuple[float, ...], seen_in: torch.Tensor | None
+                     ) -> torch.Tensor | float:
+    """The weight of each auxiliary-only pair of a kind-A batch (`mba.aux_weight_each`): the
+    largest weight of the behaviors it was seen in. `seen_in` bool [k, B]; None (k = 1): the
+    one behavior's weight, for the whole batch. Cached per device, as `_pos_mask`."""
+    if seen_in is None:
+        return weights[0]
+    return (seen_in * _behavior_weights(weights, seen_in.device)).amax(0)

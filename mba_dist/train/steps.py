@@ -22,7 +22,7 @@ from torch.profiler import record_function
 
 from mba_dist import config as C
 from mba_dist.dist.collective import rank_world
-from mba_dist.mba.losses import Logits, bpr_loss, l2, mba_loss
+from mba_dist.mba.losses import Logits, aux_pair_weights, bpr_loss, l2, mba_loss
 from mba_dist.mba.roles import Kind, Model, Phase
 from mba_dist.tables.base import Rows, TableGroup
 
@@ -72,7 +72,9 @@ def mba_step(m: C.MBAConfig, reg: L2, kind: Kind, phase: Phase, ids: Sequence[to
         k = lg.pre.shape[1] - 1
         positive = (None if seen_in is None  # the observed item is never a target positive
                     else torch.cat([torch.zeros_like(seen_in[:1]), seen_in]))
-        loss = (mba_loss(kind, phase, lg, m.kl_weights(k), m.c1, m.c2, positive)
+        weight = (aux_pair_weights(m.aux_weight_each, seen_in)  # a variant (DESIGN §10)
+                  if m.aux_weight_each and kind is Kind.A else None)
+        loss = (mba_loss(kind, phase, lg, m.kl_weights(k), m.c1, m.c2, positive, weight)
                 + m.lambda_t * reg(t, Model.T.value, t_rows))
     backward_and_step(loss, (t, h))
     return float(loss.detach())
