@@ -113,11 +113,11 @@ class MBAConfig:
     # several auxiliary behaviors: the score weight of each one's pre_<b>, in data.aux order
     # (taken from pre_f's 1 - beta, as blend_g; empty: none)
     blend_each: tuple[float, ...] = ()
-    # the loss weight of an auxiliary-only (kind-A) triple, one per auxiliary behavior in
-    # data.aux order: a pair seen in several behaviors takes the largest of their weights;
-    # target pairs weigh 1 (empty: every triple 1, the paper's loss). With clicks and carts,
-    # [0, 1] trains t on the cart-only pairs as a cart run would, intermediate weights ask how
-    # much the many noisier click pairs add (DESIGN §10)
+    # the weight of each auxiliary behavior in the loss, in data.aux order: an auxiliary-only
+    # (kind-A) triple weighs the largest weight of the behaviors its pair was seen in (target
+    # triples 1), and behavior b's likelihood terms weigh w_b (empty: all 1, the paper's loss).
+    # With clicks and carts and alpha_each [0, 1], [0, 1] is the cart run's loss; weights
+    # between ask how much the many noisier click pairs add (DESIGN §10)
     aux_weight_each: tuple[float, ...] = ()
     # t starts as N(0, init_std) (random) or a copy of a pretrained model: pre_f, or an
     # auxiliary behavior's (pre_g; with several, pre_<b>, e.g. pre_cart)

@@ -44,11 +44,12 @@ def mba_batch(kind, phase, P, N, alpha, c1, c2):
     return kl_terms - like
 
 
-def mba_batch_k(phase, P, N, positive, alphas, c1, c2, weight=None):
+def mba_batch_k(phase, P, N, positive, alphas, c1, c2, weight=None, like_weights=None):
     """The loss of k auxiliary behaviors (DESIGN §11) term by term. P, N: {"t": [B], "pre": [1+k
     arrays], "h": [1+k arrays]} at the observed and the sampled item; positive [1+k, B] bool:
     for which models each observed item is a positive; alphas: one KL weight per model;
-    weight [B]: each triple's terms times its weight (None: 1), still a mean over B."""
+    weight [B]: each triple's terms times its weight (None: 1), still a mean over B;
+    like_weights: one weight per model on its likelihood terms (None: 1)."""
     w = np.ones(len(P["t"])) if weight is None else np.asarray(weight, dtype=np.float64)
 
     def m(x):
@@ -58,7 +59,8 @@ def mba_batch_k(phase, P, N, positive, alphas, c1, c2, weight=None):
         total += a * (m(kl(P["pre"][j], P["t"])) + m(kl(N["pre"][j], N["t"])))
         seen = np.where(positive[j], pos(phase, P["t"], P["h"][j], c1),
                         neg(phase, P["t"], P["h"][j], c2))
-        total -= m(seen) + m(neg(phase, N["t"], N["h"][j], c2))
+        lw = 1.0 if like_weights is None else like_weights[j]
+        total -= lw * (m(seen) + m(neg(phase, N["t"], N["h"][j], c2)))
     return total
 
 

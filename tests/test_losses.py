@@ -196,7 +196,8 @@ def test_k1_masks_per_pair_are_the_kinds_of_today(kind):
 @pytest.mark.parametrize("phase", ["DN", "DP"])
 def test_weighted_auxiliary_pairs_match_the_oracle(k, phase):
     """mba.aux_weight_each: a kind-A triple's terms times the largest weight of the behaviors
-    it was seen in, at 1e-6 against the oracle; a triple of weight 0 gets no gradient."""
+    it was seen in, each behavior model's likelihood terms times its weight, at 1e-6 against the
+    oracle; a triple of weight 0 gets no gradient."""
     rng = np.random.default_rng(30 + k)
     n = 200
     P, N, lg = _k_logits(rng, k, n, 5.0, grad=True)
@@ -206,8 +207,10 @@ def test_weighted_auxiliary_pairs_match_the_oracle(k, phase):
     w = aux_pair_weights(weights, torch.tensor(seen))
     np.testing.assert_array_equal(w.numpy(), (seen * np.array(weights)[:, None]).max(0))
     positive = np.concatenate([np.zeros((1, n), bool), seen])
-    loss = mba_loss(Kind.A, Phase(phase), lg, 10.0, 100.0, 1.0, torch.tensor(positive), w)
-    want = oracle.mba_batch_k(phase, P, N, positive, (10.0,) * (k + 1), 100.0, 1.0, w.numpy())
+    like_w = (1.0, *weights)
+    loss = mba_loss(Kind.A, Phase(phase), lg, 10.0, 100.0, 1.0, torch.tensor(positive), w, like_w)
+    want = oracle.mba_batch_k(phase, P, N, positive, (10.0,) * (k + 1), 100.0, 1.0, w.numpy(),
+                              like_w)
     np.testing.assert_allclose(float(loss.detach()), want, rtol=RTOL, atol=ATOL)
     loss.backward()
     zero = w.numpy() == 0
@@ -225,9 +228,25 @@ def test_unit_weights_are_the_paper_loss_and_k1_weighs_the_batch():
     plain = mba_loss(Kind.A, Phase.DP, lg, 10.0, 100.0, 1.0, positive)
     ones = aux_pair_weights((1.0, 1.0), positive[1:])
     np.testing.assert_allclose(float(mba_loss(Kind.A, Phase.DP, lg, 10.0, 100.0, 1.0, positive,
-                                              ones)), float(plain), rtol=1e-12)
+                                              ones, (1.0, 1.0, 1.0))), float(plain), rtol=1e-12)
     _, _, lg1 = _k_logits(rng, 1, 128, 5.0)
     assert aux_pair_weights((0.5,), None) == 0.5  # k = 1: every kind-A pair is seen in g
     np.testing.assert_allclose(float(mba_loss(Kind.A, Phase.DN, lg1, 10.0, 100.0, 1.0, weight=0.5)),
                                0.5 * float(mba_loss(Kind.A, Phase.DN, lg1, 10.0, 100.0, 1.0)),
                                rtol=1e-12)
+
+
+def test_a_behavior_of_weight_0_leaves_the_loss_of_the_others():
+    """aux_weight_each [0, 1] on click + cart: a target batch's loss is the cart-only loss of
+    k = 1 (with no KL weight on the click model), the click model's h logits get no gradient."""
+    rng = np.random.default_rng(50)
+    _, _, lg = _k_logits(rng, 2, 96, 5.0, grad=True)
+    keep = [0, 2]  # f, cart
+    lg1 = Logits(lg.t, lg.pre[:, keep], lg.h[:, keep])
+    for phase in (Phase.DN, Phase.DP):
+        two = mba_loss(Kind.B, phase, lg, (1.0, 0.0, 1.0), 10.0, 1.0, like_weights=(1.0, 0.0, 1.0))
+        one = mba_loss(Kind.B, phase, lg1, 1.0, 10.0, 1.0)
+        np.testing.assert_allclose(float(two.detach()), float(one.detach()), rtol=1e-12)
+        two.backward()
+        assert (lg.h.grad[:, 1] == 0).all() and (lg.h.grad[:, keep] != 0).any()
+        lg.h.grad = None

@@ -133,7 +133,8 @@ def _pos_mask(kind: Kind, device: torch.device, models: int = 2) -> torch.Tensor
 
 def mba_loss(kind: Kind, phase: Phase, lg_: Logits, alpha: float | tuple[float, ...],
              c1: float, c2: float, positive: torch.Tensor | None = None,
-             weight: torch.Tensor | float | None = None) -> torch.Tensor:
+             weight: torch.Tensor | float | None = None,
+             like_weights: tuple[float, ...] | None = None) -> torch.Tensor:
     """The kind-B / kind-A batch loss of the module docstring (without the L2 term); scalar.
     `alpha`: one KL weight, or one per model of `lg_.pre` ((alpha_f, alpha_g) for k = 1).
 
@@ -143,6 +144,7 @@ def mba_loss(kind: Kind, phase: Phase, lg_: Logits, alpha: float | tuple[float, 
     kind's mask of k = 1, broadcast over the batch (`_pos_mask`). `weight` (a variant, DESIGN
     §10): each triple's terms, KL and likelihood, times its weight ([B], or one for the batch);
     still divided by B, so a weight of 0 removes a triple and a weight of 1 is the paper's loss.
+    `like_weights` (the same variant): one weight per model on its likelihood terms (f first).
 
     The 4 KL terms and the 4 likelihood terms are computed as one [model, side, batch] block
     each: a few dozen ops on contiguous rows instead of about 140 on strided [B]-vectors
@@ -161,6 +163,8 @@ def mba_loss(kind: Kind, phase: Phase, lg_: Logits, alpha: float | tuple[float, 
     else:  # the observed item is at side 0; the sampled negative (side 1) is never positive
         mask = torch.stack([positive, torch.zeros_like(positive)], 1)
     like = _likelihood(phase, t, t1, h, mask, c1, c2)
+    if like_weights is not None:
+        like = like * _weights_on(like_weights, h.device)[:, None, None]
     if weight is not None:  # [B] (or a number) over the innermost batch dimension
         kl, like = kl * weight, like * weight
     kl = (alpha * kl.sum() if not isinstance(alpha, tuple)  # one weight: as it always was
@@ -169,8 +173,8 @@ def mba_loss(kind: Kind, phase: Phase, lg_: Logits, alpha: float | tuple[float, 
 
 
 @functools.lru_cache(maxsize=None)
-def _behavior_weights(weights: tuple[float, ...], device: torch.device) -> torch.Tensor:
-    return torch.tensor(weights, dtype=torch.float64, device=device)[:, None]
+def _weights_on(weights: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    return torch.tensor(weights, dtype=torch.float64, device=device)
 
 
 def aux_pair_weights(weights: tuple[float, ...], seen_in: torch.Tensor | None
@@ -180,4 +184,4 @@ def aux_pair_weights(weights: tuple[float, ...], seen_in: torch.Tensor | None
     one behavior's weight, for the whole batch. Cached per device, as `_pos_mask`."""
     if seen_in is None:
         return weights[0]
-    return (seen_in * _behavior_weights(weights, seen_in.device)).amax(0)
+    return (seen_in * _weights_on(weights, seen_in.device)[:, None]).amax(0)

@@ -72,9 +72,10 @@ def mba_step(m: C.MBAConfig, reg: L2, kind: Kind, phase: Phase, ids: Sequence[to
         k = lg.pre.shape[1] - 1
         positive = (None if seen_in is None  # the observed item is never a target positive
                     else torch.cat([torch.zeros_like(seen_in[:1]), seen_in]))
-        weight = (aux_pair_weights(m.aux_weight_each, seen_in)  # a variant (DESIGN §10)
-                  if m.aux_weight_each and kind is Kind.A else None)
-        loss = (mba_loss(kind, phase, lg, m.kl_weights(k), m.c1, m.c2, positive, weight)
+        w = m.aux_weight_each  # a variant (DESIGN §10): a behavior's pairs and its model's terms
+        weight = aux_pair_weights(w, seen_in) if w and kind is Kind.A else None
+        loss = (mba_loss(kind, phase, lg, m.kl_weights(k), m.c1, m.c2, positive, weight,
+                         (1.0, *w) if w else None)
                 + m.lambda_t * reg(t, Model.T.value, t_rows))
     backward_and_step(loss, (t, h))
     return float(loss.detach())
