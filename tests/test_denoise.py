@@ -38,6 +38,6 @@ def test_denoising_table_of_a_run(tiny_dataset, tmp_path, capsys):
     assert "positive by the planted truth" in out
     rows = dict(line.strip("|").split("|")[:2] for line in out.splitlines()
                 if line.startswith("| ") and "AUC" not in line)
-    assert {r.strip() for r in rows} == {"mostpop", "mf_purchase", "mf_click", "mba"}
+    assert {r.strip() for r in rows} == {"mostpop", "mf_purchase", "mf_click", "mba", "mba_t"}
     assert all(0.0 <= float(v) <= 1.0 for v in rows.values())
     assert (run / "denoising.md").is_file() and (run / "denoising.csv").is_file()

@@ -216,3 +216,32 @@ def test_csr_of_sorted_and_shuffled_pairs_and_of_a_users_range():
     c = CSR(Pairs(p.users[part], p.items[part]), 35, first=20)
     users = np.array([34, 20, 27])
     assert [x.tolist() for x in c.cells(users, 5, 25)] == [x.tolist() for x in a.cells(users, 5, 25)]
+
+
+def test_mba_t_row_is_t_alone_and_only_when_the_score_blends_it():
+    """The `mba_t` row ranks by t's own logits (the `mba` row blends t with pre_f); with
+    `eval.aux_first` it gets its "+aux_first" row; a score of t alone (beta 1) has no such row."""
+    from types import SimpleNamespace
+
+    from mba_dist import config as C
+    from mba_dist.eval import baselines
+
+    torch.manual_seed(0)
+    nu, ni = 6, 9
+    fac = {m: (torch.randn(nu, 4), torch.randn(ni, 4)) for m in ("t", "pre_f", "pre_g")}
+    stages = {"pre_f": {"pre_f": fac["pre_f"]}, "pre_g": {"pre_g": fac["pre_g"]},
+              "mba": {"t": fac["t"]}}
+    aux = Pairs(np.array([0, 1, 1]), np.array([2, 3, 4]))
+    data = SimpleNamespace(item_counts=lambda: np.arange(ni), users=None, aux=aux,
+                           csr=lambda p: CSR(p, nu))
+    cfg = C.load_config("configs/synthetic.yaml", ["eval.aux_first=true", "mba.beta=0.8"])
+    rows = baselines.scorers(cfg, data, stages)
+    assert {"mba", "mba_t", "mba+aux_first", "mba_t+aux_first"} <= set(rows)
+    users = torch.arange(nu)
+    for sc in rows.values():
+        sc.set_users(users)
+    assert torch.allclose(rows["mba_t"].scores(0, ni), fac["t"][0] @ fac["t"][1].T)
+    blend, alone = (rows[n].scores(0, ni).argsort() for n in ("mba", "mba_t"))
+    assert not torch.equal(blend, alone)  # the blend ranks otherwise: a row of its own
+    one = C.load_config("configs/synthetic.yaml", ["mba.beta=1"])
+    assert "mba_t" not in baselines.scorers(one, data, stages)

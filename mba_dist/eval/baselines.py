@@ -10,6 +10,8 @@ Rows (those the run has checkpoints for):
     aux_memory_<aux>     the user's auxiliary-but-not-target items by popularity, then popular items
                          (several behaviors: their union, aux_memory_<b1>+<b2>...)
     mba                  t and pre_f blended (paper Eq. 3)
+    mba_t                MBA's t alone, when the score blends it (beta < 1): what the alternating
+                         steps trained, apart from the pretrained models the score mixes in
     mf_<on>              the model of an `method: mf` run
     <model>+aux_first    (`eval.aux_first`) the same candidates as the auxiliary memory, ordered by
                          the model instead of popularity
@@ -33,6 +35,7 @@ from mba_dist.eval.scorers import (AuxFirst, MemoryScorer, Scorer, mba_scorer, m
 from mba_dist.mba.roles import AuxRoles, Model
 from mba_dist.mba.stages import LIGHTGCN_BPR, main_model
 
+MBA_T = "mba_t"  # the row of t alone
 StageWeights = dict[str, dict[str, tuple]]  # stage name -> model name -> (user, item) factors
 COLUMNS = ["recall@10", "recall@20", "ndcg@10", "ndcg@20"]
 
@@ -79,6 +82,8 @@ def scorers(cfg: C.Config, data, stages: StageWeights) -> dict[str, Scorer]:
         out[f"aux_memory_{cfg.data.aux_label}"] = MemoryScorer(pop, aux)
     if "mba" in stages:
         out["mba"] = model_scorer(cfg, stages)
+        if cfg.mba.beta < 1.0:
+            out[MBA_T] = mf_scorer(stages["mba"][Model.T.value])
     return with_aux_first(cfg, out, aux)
 
 
@@ -108,7 +113,7 @@ def with_aux_first(cfg: C.Config, rows: dict[str, Scorer], aux: CSR | None) -> d
     if not cfg.eval.aux_first or aux is None:
         return rows
     return {**rows, **{f"{n}+aux_first": AuxFirst(sc, aux) for n, sc in rows.items()
-                       if is_single_model(n) or n == "mba"}}
+                       if is_single_model(n) or n in ("mba", MBA_T)}}
 
 
 def table(cfg: C.Config, data, rows: dict[str, Scorer], splits=("test", "truth"),
