@@ -33,8 +33,8 @@ def test_run_mba_end_to_end(tiny_dataset, tmp_path, capsys):
     assert m["selected_on"] == "valid" and m["model"] == "mba"
     assert set(m["test"]) >= {"recall@10", "recall@20", "ndcg@10", "ndcg@20"}
     assert 0.0 <= m["test"]["recall@20"] <= 1.0 and "truth" in m
-    assert set(m["baselines"]) == {"mba", "mf_purchase", "mf_click", "mf_merged", "mostpop",
-                                   "aux_memory_click"}
+    assert set(m["baselines"]) == {"mba", "mba_t", "mf_purchase", "mf_click", "mf_merged",
+                                   "mostpop", "aux_memory_click"}
     for name in ("pre_f", "pre_g", "mf_merged", "mba"):
         assert (out / "checkpoints" / name / "stage.pt").is_file()
     stages = [json.loads(line)["stage"] for line in (out / "log.jsonl").read_text().splitlines()]
