@@ -96,6 +96,10 @@ class MBAConfig:
     c1: float = 100.0  # replaces -lg h(u,i) for the dropped model in the DN step
     c2: float = 100.0  # replaces -lg(1-h(u,i)) for the dropped model in the DP step
     lambda_t: float = 1e-4  # L2 weight on t's rows (authors' code: lambda0; DESIGN §1)
+    # the MBA stage's learning rate (None: optim.lr). Stage 1 keeps optim.lr: a search, whose
+    # trials share the stage-1 models, varies this key, so that each trial's config says what
+    # it trained and a from-scratch run of the winner pretrains as the search did
+    lr: float | None = None
     beta: float = 0.7  # score = beta*sigma(t) + (1-beta)*sigma(pre_f)
     # sequential: every epoch runs all target (kind-B) batches, then all auxiliary-only (kind-A)
     # batches, as the authors' code; interleaved: the two kinds' batches in one shuffled order.
@@ -198,6 +202,13 @@ class Config:
     mba: MBAConfig = field(default_factory=MBAConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def stage_optim(self, mba: bool) -> OptimConfig:
+        """The optimizer settings of a stage's trained tables: the MBA stage's learning rate is
+        `mba.lr` where it is set, every other stage's `optim.lr`."""
+        if mba and self.mba.lr is not None:
+            return dataclasses.replace(self.optim, lr=self.mba.lr)
+        return self.optim
 
 
 def _coerce(value: Any, tp: Any, key: str, origin: str) -> Any:
@@ -336,7 +347,8 @@ RANGES = (
     ("optim.lr", 0.0, False),
     ("pretrain.lambda0", 0.0, True), ("pretrain.epochs", 1, True), ("pretrain.patience", 1, True),
     ("mba.alpha", 0.0, True), ("mba.c1", 0.0, True), ("mba.c2", 0.0, True),
-    ("mba.lambda_t", 0.0, True), ("mba.epochs", 1, True), ("mba.patience", 1, True),
+    ("mba.lambda_t", 0.0, True), ("mba.lr", 0.0, False), ("mba.epochs", 1, True),
+    ("mba.patience", 1, True),
     ("train.batch_size", 1, True), ("train.eval_every", 1, True), ("train.eval_every_steps", 0, True),
     ("train.max_steps_per_epoch", 0, True), ("train.data_threads", 0, True),
     ("train.stream_min_rows", 0, True), ("train.checkpoint_every", 0, True),
@@ -369,6 +381,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key} must be a finite number, got {v}")
     for key, low, inclusive in RANGES:
         v = leaves[key]
+        if v is None:  # optional keys (mba.lr): unset
+            continue
         if v < low or (v == low and not inclusive):
             if key in ZERO_MEANS:
                 raise ConfigError(f"{key} must be 0 ({ZERO_MEANS[key]}) or positive, got {v}")

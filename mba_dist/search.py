@@ -28,7 +28,10 @@ The space file (`configs/search/paper.yaml` is the paper's grid, §4.5):
     scheduler: {grace_period: 20, reduction_factor: 3}   # ASHA, in validations
 
 A point may set keys the space does not draw (the other trials keep the base config's value);
-a file of points only runs exactly its points (`--trials` their number).
+a file of points only runs exactly its points (`--trials` their number). Keys are MBA's own
+(`mba.*`, the MBA stage's learning rate `mba.lr` included): every trial shares stage 1, so a
+key that stage 1 reads (`optim.lr`, `pretrain.*`) would leave best.yaml describing a training
+that no trial ran; such a key is refused.
 """
 from __future__ import annotations
 
@@ -105,6 +108,10 @@ def load_space(path: str | Path, cfg: C.Config) -> Space:
     for key in [*params, *(k for p in points for k in p)]:
         if key not in known:
             raise ConfigError(f"{path}: {key} is not a config key (e.g. mba.alpha, mba.beta)")
+        if not key.startswith("mba."):  # stage 1 would read it, and stage 1 is shared
+            raise ConfigError(f"{path}: {key} is not an MBA-stage key: every trial shares the "
+                              "stage-1 models, so a search varies mba.* keys only (the MBA "
+                              "stage's learning rate is mba.lr)")
     for key, spec in params.items():
         for v in _values_to_check(spec):
             C.override(cfg, {key: v}, f"{path}: space.{key}")

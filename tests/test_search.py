@@ -26,6 +26,7 @@ def _space(tmp_path, text: str):
     ("points: [{mba.alpha: -1}]", "points[0]: mba.alpha must be at least 0.0"),
     ("space: {mba.alpha: [1]}\nscheduler: {grace: 2}", "scheduler takes grace_period"),
     ("[1, 2]", "expected a mapping of points, space and scheduler"),
+    ("points: [{optim.lr: 0.0001}]", "optim.lr is not an MBA-stage key: every trial shares"),
 ])
 def test_a_bad_space_file_is_one_error_naming_it(tmp_path, text, message):
     path = _space(tmp_path, text)

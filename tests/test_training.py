@@ -202,3 +202,33 @@ def test_joint_pretraining_trains_the_teachers_inside_the_mba_stage(tiny_dataset
         torch.testing.assert_close(trained[1], finished.stage_weights("mba")[m.value][1])
     assert "mf_purchase" in run.metrics["baselines"]
     assert set(run.metrics["stages"]) == {"mba", "pre_f", "pre_g"}
+
+
+def test_mba_lr_is_the_learning_rate_of_the_mba_stage_alone(tiny_dataset, monkeypatch):
+    """Every table the MBA stage trains (t, the h models, MBA-PT's teachers) takes mba.lr;
+    stage 1 keeps optim.lr (a search shares stage 1 and varies mba.lr); unset, MBA takes
+    optim.lr; a non-positive mba.lr is refused at load."""
+    import mba_dist.train.fit as fit
+
+    seen = []
+
+    def spy(models, *args):
+        optim = args[3]
+        seen.append((tuple(getattr(m, "value", m) for m in models), optim and optim.lr))
+        return build(models, *args)
+
+    build = fit.build_group
+    monkeypatch.setattr(fit, "build_group", spy)
+    cfg = C.load_config("configs/synthetic.yaml", [
+        "mba.lr=0.0002", "optim.lr=0.003", "pretrain.epochs=1", "mba.epochs=1",
+        "mba.joint_pretrain=true", "train.max_steps_per_epoch=2"])
+    w = Worker.of(cfg, TrainData.load(Dataset(tiny_dataset), cfg))
+    fit_bpr(w, bpr_input("pre_f", "target"))
+    fit.fit_mba(w, None)
+    assert seen[0] == (("pre_f",), 0.003)  # stage 1
+    mba = [s for s in seen[1:] if s[1] is not None]
+    assert {m for ms, _ in mba for m in ms} >= {"t", "h1_f", "pre_f", "pre_g"}  # MBA-PT's too
+    assert {lr for _, lr in mba} == {0.0002}
+    assert C.load_config("configs/synthetic.yaml").stage_optim(True).lr == C.OptimConfig().lr
+    with pytest.raises(C.ConfigError, match="mba.lr must be greater than 0.0, got 0"):
+        C.load_config("configs/synthetic.yaml", ["mba.lr=0"])

@@ -140,14 +140,16 @@ class Worker:
             source = MemorySource(data, cfg.train, cfg.mba.batch_order, rank, world)
         return cls(cfg, data, source, device or torch.device("cpu"), **kw)
 
-    def group(self, models, trained: bool, init: bool = True) -> TableGroup:
+    def group(self, models, trained: bool, init: bool = True, mba: bool = False) -> TableGroup:
         """The tables of `models`; a trained LightGCN model (`stages.graph_models`) is built over
-        the target train graph (a finished one is kept as MF-shaped tables, `tables.lightgcn`)."""
+        the target train graph (a finished one is kept as MF-shaped tables, `tables.lightgcn`).
+        `mba`: trained by the MBA stage (its learning rate, `Config.stage_optim`)."""
         c, d = self.cfg, self.data
         names = {model_name(m) for m in models}
         graph = self.graph if trained and names <= graph_models(c) else None
         return build_group(models, d.num_users, d.num_items, c.model,
-                           c.optim if trained else None, self.device, c.train.seed, init, graph)
+                           c.stage_optim(mba) if trained else None, self.device, c.train.seed,
+                           init, graph)
 
     @cached_property
     def graph(self):
@@ -191,8 +193,10 @@ def _timed(it: Iterator[Batch], waited: list[float]) -> Iterator[Batch]:
 
 
 def _diverged(stage: str, epoch: int, what: str) -> str:
+    cure = ("mba.lr (or smaller mba.alpha / mba.c1 / mba.c2)" if stage == MBA_INPUT.name
+            else "optim.lr")
     return (f"stage {stage} diverged in epoch {epoch} ({what}): nothing is exported; a smaller "
-            "optim.lr (or smaller mba.alpha / mba.c1 / mba.c2) usually helps")
+            f"{cure} usually helps")
 
 
 def fit_stage(w: Worker, stage: StageInput, max_epochs: int, patience: int, step: Step,
@@ -322,10 +326,11 @@ def fit_mba(w: Worker, pre: dict[str, StageTables] | None) -> StageResult:
     batch, pre_f on target batches), and the stage's weights include them."""
     c = w.cfg
     roles = AuxRoles(c.data.aux_behaviors)
-    t = w.group([Model.T], trained=True)
+    t = w.group([Model.T], trained=True, mba=True)
     teachers: list[TableGroup] = []
     if pre is None:
-        teachers = [w.group([Model.PRE_F], trained=True), w.group([Model.PRE_G], trained=True)]
+        teachers = [w.group([Model.PRE_F], trained=True, mba=True),
+                    w.group([Model.PRE_G], trained=True, mba=True)]
         frozen = _JointTeachers(*teachers)
     else:
         # the stage-1 tables are copied over a chunk at a time (the groups' plans may differ)
@@ -334,7 +339,7 @@ def fit_mba(w: Worker, pre: dict[str, StageTables] | None) -> StageResult:
             pre[m].copy_into(frozen, m)
         if c.mba.t_init != "random":  # t starts as a copy of a pretrained model
             pre[c.mba.t_init].copy_into(t, c.mba.t_init, Model.T.value)
-    dn, dp = w.group(roles.h(1), trained=True), w.group(roles.h(2), trained=True)
+    dn, dp = w.group(roles.h(1), trained=True, mba=True), w.group(roles.h(2), trained=True, mba=True)
     w.source.check(MBA_INPUT)
     w.global_step = 0  # the alternation starts with DP at the first MBA step (or the resumed one)
     reg = L2.of(c.optim, w.data.num_users)
