@@ -43,6 +43,18 @@ def test_the_shipped_space_is_the_papers_grid():
             "mba.lambda_t": 1e-4} in space.points  # the authors' run.sh setting
 
 
+@pytest.mark.parametrize("config, key", [("configs/beibei_cart.yaml", "mba.blend_g"),
+                                         ("configs/taobao_click_cart.yaml", "mba.blend_each")])
+def test_the_papers_grid_on_a_blended_config_says_how_to_run_it(config, key):
+    # beta 1 leaves no score share for the shipped configs' blend: the error names the
+    # override that gives the paper's score, and with it the grid loads
+    with pytest.raises(C.ConfigError) as e:
+        load_space("configs/search/paper.yaml", C.load_config(config))
+    zero = f"{key}=[]" if key.endswith("each") else f"{key}=0"
+    assert "space.mba.beta" in str(e.value) and f"--set {zero}" in str(e.value)
+    assert load_space("configs/search/paper.yaml", C.load_config(config, [zero])).params
+
+
 def test_a_search_selects_on_validation_and_resumes(tiny_dataset, tmp_path, capsys):
     """Stage 1 once (SEARCH/base), 3 trials under ASHA, the winner by validation Recall@20 run
     once in SEARCH/best; the same command again resumes; other settings are refused. A key
