@@ -434,8 +434,12 @@ def _validate_blend(m: MBAConfig) -> None:
     _check_weights(key, each, ws)
     # 1e-9: 1 - 0.8 is 0.19999999999999996 in floats, and blend_g 0.2 with beta 0.8 is meant
     if sum(each) > 1.0 - m.beta + 1e-9:
+        # e.g. the paper's search grid (beta 1 among its values) on a shipped config, all of
+        # which blend: the override below gives the paper's score, which blends none
+        none = "[]" if m.blend_each else "0"
         raise ConfigError(f"{key} must sum to at most 1 - mba.beta = {1.0 - m.beta:g} (the "
-                          f"score weight they take from pre_f), got {ws}")
+                          f"score weight they take from pre_f), got {ws}; --set {key}={none} "
+                          "gives the paper's score, which blends no auxiliary model")
 
 
 LIGHTGCN_MODES = ("dense_adam", "sparse_adam")  # trained with whole-table Adam (DESIGN §12)

@@ -112,21 +112,9 @@ def load_space(path: str | Path, cfg: C.Config) -> Space:
             raise ConfigError(f"{path}: {key} is not an MBA-stage key: every trial shares the "
                               "stage-1 models, so a search varies mba.* keys only (the MBA "
                               "stage's learning rate is mba.lr)")
-    blends = [k for k, v in (("mba.blend_g", [cfg.mba.blend_g]),
-                             ("mba.blend_each", cfg.mba.blend_each)) if any(v)]
     for key, spec in params.items():
         for v in _values_to_check(spec):
-            try:
-                C.override(cfg, {key: v}, f"{path}: space.{key}")
-            except ConfigError as e:
-                if key != "mba.beta" or not blends:
-                    raise
-                # the shipped real-data configs blend pre_<b> into the score, and the paper's
-                # grid (beta 1 among its values) is over the paper's score, which blends none
-                zero = " ".join(f"--set {k}={'[]' if k.endswith('each') else 0}" for k in blends)
-                raise ConfigError(f"{e}; the base config blends a pretrained auxiliary model into "
-                                  f"the score: run the grid on the paper's score with {zero}, or "
-                                  "leave such beta values out of the space") from None
+            C.override(cfg, {key: v}, f"{path}: space.{key}")
     for i, p in enumerate(points):
         C.override(cfg, p, f"{path}: points[{i}]")
     space = Space(points, params, **sched)
