@@ -1,17 +1,26 @@
 """`mba-dist search`: Ray Tune over MBA's settings, selected on validation only.
 
     SEARCH/search.json   what is searched (dataset, config, overrides, space, trials): the same
-                         command again resumes the Ray Tune experiment; other settings are refused
+                         command again resumes the Ray Tune experiment; a larger --trials adds
+                         trials (below); other settings are refused
     SEARCH/base/         the stage-1 models every trial shares: a finished run of the base config
                          (its table holds the MF baselines of the same split), unless
                          --pretrained names such a run
-    SEARCH/tune/         the Ray Tune experiment (trials running when it stopped start again)
+    SEARCH/tune/         the Ray Tune experiments (trials running when one stopped start again):
+                         search/ the first --trials, search-2/, search-3/ ... each later growth
     SEARCH/trials.csv, search.md, search.png
                          every trial: its values, best validation Recall@20 / NDCG@20 and epoch,
                          epochs run, how it ended
     SEARCH/best.yaml     the winner as a config file (the base config's values and the winner's)
     SEARCH/best/         a run of best.yaml on the shared stage-1 models: the one place the test
-                         set is read for the search's choice
+                         set is read for the search's choice (when more trials pick another
+                         winner, the earlier winner's run is moved to SEARCH/best-earlier-N/)
+
+More trials: the same command with a larger `--trials` keeps every trial run so far and adds
+the difference as a further Ray Tune experiment (Tune fixes an experiment's number of samples).
+Its draws come from a random stream of its own (the seed plus the part's index; the points were
+tried in the first part), and its ASHA compares its own trials only: the scheduler's rungs are
+Tune's internal state, so trials of earlier parts do not stop the new ones.
 
 A trial is MBA's stage 2 (`train.runner.run_training` with `read_test=False`) in a Ray Tune
 actor; it reports after every validation, and ASHA stops the trials whose best validation
@@ -239,8 +248,14 @@ def fmt(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-def trial_rows(results, keys: list[str], base: C.Config) -> list[dict]:
-    """One row per trial of a Ray Tune `ResultGrid`, in the order the trials were made."""
+def trial_rows(grids: list, keys: list[str], base: C.Config) -> list[dict]:
+    """One row per trial of the search's Ray Tune `ResultGrid`s, in the order the trials were
+    made (the experiments in turn)."""
+    return [{**row, "trial": i} for i, row in
+            enumerate((row for grid in grids for row in _grid_rows(grid, keys, base)), 1)]
+
+
+def _grid_rows(results, keys: list[str], base: C.Config) -> list[dict]:
     rows, lists = [], list_keys(base)
     for r in results:
         m, values = r.metrics or {}, from_tune(r.config, lists)
@@ -263,10 +278,7 @@ def trial_rows(results, keys: list[str], base: C.Config) -> list[dict]:
                      "best_epoch": m.get("best_epoch", -1),
                      "validations": m.get("training_iteration", 0), "ended": ended,
                      "seconds": round(m.get("time_total_s", 0.0), 1)})
-    rows.sort(key=lambda row: row["trial"].rsplit("_", 1)[-1])
-    for i, row in enumerate(rows, 1):
-        row["trial"] = i
-    return rows
+    return sorted(rows, key=lambda row: row["trial"].rsplit("_", 1)[-1])
 
 
 def best_row(rows: list[dict]) -> dict:
@@ -313,11 +325,13 @@ def _identity(data: str, config: str | None, base: C.Config, sets: list[str], sp
               trials: int, pretrained: str | None) -> dict:
     return {"tool": "mba-dist", "kind": "search", "data": data,
             "config": C.to_dict(base), "config_file": config,
-            "sets": sets, "space": asdict(space), "trials": trials, "pretrained": pretrained}
+            "sets": sets, "space": asdict(space), "trials": trials, "pretrained": pretrained,
+            "parts": [trials]}
 
 
-def check_search_dir(root: Path, ident: dict) -> bool:
-    """Whether `root` continues this search (True), is new (False), or is refused."""
+def check_search_dir(root: Path, ident: dict) -> list[int] | None:
+    """The trials of each Ray Tune experiment so far when `root` continues this search (with
+    as many trials or more), None when it is new; a search of other settings is refused."""
     path = root / "search.json"
     if path.is_file():
         try:
@@ -330,14 +344,20 @@ def check_search_dir(root: Path, ident: dict) -> bool:
             had = {**had, "config": C.to_dict(C.load_config(had.get("config") or {}))}
         except ConfigError as e:
             raise ConfigError(f"{path}: its config does not load here ({e})") from None
-        diff = sorted(k for k in ident if k != "config_file" and had.get(k) != ident[k])
+        parts = had.get("parts") or [had.get("trials")]  # searches before parts had one
+        fixed = ("config_file", "trials", "parts")
+        diff = sorted(k for k in ident if k not in fixed and had.get(k) != ident[k])
         if diff:
             raise ConfigError(f"{root} holds a search with other settings (differs in "
                               f"{', '.join(diff)}); give another --out")
-        return True
+        done, trials = sum(parts), ident["trials"]
+        if trials < done:
+            raise ConfigError(f"{root} holds a search of {done} trials: --trials may grow, "
+                              f"not shrink (got {trials})")
+        return parts
     if root.exists() and any(root.iterdir()):
         raise ConfigError(f"{root} exists and is not a search directory; give another --out")
-    return False
+    return None
 
 
 def search_run(data: str | Path, out: str | Path, config: str | None, space_file: str | Path,
@@ -369,10 +389,15 @@ def search_run(data: str | Path, out: str | Path, config: str | None, space_file
     data = str(Path(data).resolve())
     pre = str(Path(pretrained).resolve()) if pretrained else None
     ident = _identity(data, config, base, sets, space, trials, pre)
-    resumed = check_search_dir(root, ident)
+    had = check_search_dir(root, ident)
+    resumed = had is not None
+    parts = [trials] if had is None else had + [trials - sum(had)] * (trials > sum(had))
+    if resumed and parts != had:
+        say(f"adding {parts[-1]} trials to the {sum(had)} of the search")
     ensure_dir(root)
-    if not resumed:
-        atomic_write_bytes(root / "search.json", json.dumps(ident, indent=1).encode())
+    if parts != had:
+        atomic_write_bytes(root / "search.json",
+                           json.dumps({**ident, "parts": parts}, indent=1).encode())
     say(f"{'resuming ' if resumed else ''}search in {root}: {trials} trials of "
         f"{', '.join(space.keys())} on {ds.root}")
 
@@ -402,26 +427,30 @@ def search_run(data: str | Path, out: str | Path, config: str | None, space_file
             {"cpu": cpus_per_trial})
         param_space, points = tune_space(space, base)
         logging.getLogger("ray.tune.search.variant_generator").addFilter(_QUIET_PRESETS)
-        path = root / "tune" / "search"
-        if tune.Tuner.can_restore(str(path)):
-            say(f"continuing the Ray Tune experiment in {path}")
-            tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True,
-                                       param_space=param_space)
-        else:
-            per_trial = max(1, base.mba.epochs // base.train.eval_every)
-            tuner = tune.Tuner(
-                trainable, param_space=param_space,
-                tune_config=tune.TuneConfig(
-                    metric=METRIC, mode="max", num_samples=trials,
-                    max_concurrent_trials=concurrent or None,
-                    search_alg=BasicVariantGenerator(points_to_evaluate=points,
-                                                     random_state=base.train.seed),
-                    scheduler=ASHAScheduler(max_t=per_trial, grace_period=space.grace_period,
-                                            reduction_factor=space.reduction_factor)),
-                run_config=tune.RunConfig(
-                    name="search", storage_path=str(root / "tune"), verbose=0,
-                    callbacks=[search_lines.TrialLines(trials, METRIC, fmt)]))
-        results = tuner.fit()
+        results, per_trial = [], max(1, base.mba.epochs // base.train.eval_every)
+        for i, n in enumerate(parts):
+            name = "search" if i == 0 else f"search-{i + 1}"
+            path = root / "tune" / name
+            if tune.Tuner.can_restore(str(path)):
+                say(f"continuing the Ray Tune experiment in {path}")
+                tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True,
+                                           param_space=param_space)
+            else:
+                tuner = tune.Tuner(
+                    trainable, param_space=param_space,
+                    tune_config=tune.TuneConfig(
+                        metric=METRIC, mode="max", num_samples=n,
+                        max_concurrent_trials=concurrent or None,
+                        search_alg=BasicVariantGenerator(points_to_evaluate=[] if i else points,
+                                                         random_state=base.train.seed + i),
+                        scheduler=ASHAScheduler(max_t=per_trial,
+                                                grace_period=space.grace_period,
+                                                reduction_factor=space.reduction_factor)),
+                    run_config=tune.RunConfig(
+                        name=name, storage_path=str(root / "tune"), verbose=0,
+                        callbacks=[search_lines.TrialLines(trials, METRIC, fmt,
+                                                           before=sum(parts[:i]))]))
+            results.append(tuner.fit())
     finally:
         if started:
             import ray
@@ -449,6 +478,7 @@ def finish_search(root: Path, data: str, base: C.Config, space: Space, results, 
     best_yaml = root / "best.yaml"
     atomic_write_bytes(best_yaml, best_config_yaml(base, values, header).encode())
     run = RunDir(root / "best")
+    keep_earlier_winner(run, best_yaml, say)
     if run.metrics_path.is_file():
         metrics = run.read_metrics()
     else:
@@ -460,6 +490,24 @@ def finish_search(root: Path, data: str, base: C.Config, space: Space, results, 
     report = summary(rows, keys, best, metrics, trials)
     atomic_write_bytes(root / "search.md", report.encode())
     return {"rows": rows, "best": best, "metrics": metrics, "report": report}
+
+
+def keep_earlier_winner(run, best_yaml: Path, say: Callable[[str], None]) -> None:
+    """When SEARCH/best holds a run of another config than best.yaml (the winner before more
+    trials were added), move it to SEARCH/best-earlier-N: the user's run is kept, not mixed
+    with the new winner's."""
+    if not run.config_path.is_file():
+        return
+    had = C.to_dict(C.load_config(run.config_path))
+    now = C.to_dict(C.load_config(best_yaml))
+    had["pretrain"]["from_run"] = now["pretrain"]["from_run"]  # the shared stage 1 or its own
+    if had == now:
+        return
+    root = run.root.parent
+    moved = next(root / f"best-earlier-{n}" for n in range(1, 10**6)
+                 if not (root / f"best-earlier-{n}").exists())
+    run.root.rename(moved)
+    say(f"more trials chose another winner: the earlier winner's run is now in {moved}")
 
 
 def mf_rows(metrics: dict) -> dict[str, float]:

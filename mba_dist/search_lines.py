@@ -17,8 +17,9 @@ say: Callable[[str], None] = lambda line: None
 class TrialLines(tune.Callback):
     """One line per ended trial (Ray Tune's own progress tables are switched off)."""
 
-    def __init__(self, total: int, metric: str, fmt: Callable[[Any], str]):
-        self.total, self.metric, self.fmt, self.ended = total, metric, fmt, 0
+    def __init__(self, total: int, metric: str, fmt: Callable[[Any], str], before: int = 0):
+        """`before`: the trials of the search's earlier experiments (`search.py`, more trials)."""
+        self.total, self.metric, self.fmt, self.ended = total, metric, fmt, before
 
     def _line(self, trial, how: str) -> None:
         self.ended += 1

@@ -94,6 +94,47 @@ def test_a_search_selects_on_validation_and_resumes(tiny_dataset, tmp_path, caps
 
     assert main(argv[:-len(FAST)] + ["--set", "mba.epochs=5"]) == 2
     assert "holds a search with other settings (differs in config" in capsys.readouterr().err
+    assert main(argv[:argv.index("--trials") + 1] + ["2"] + FAST) == 2
+    assert "holds a search of 3 trials: --trials may grow, not shrink (got 2)" in \
+        capsys.readouterr().err
+
+    # more trials: the first three are kept as they were, one more is drawn in a new experiment
+    more = argv[:argv.index("--trials") + 1] + ["4"] + FAST
+    assert main(more) == 0
+    said = capsys.readouterr()
+    assert "adding 1 trials to the 3 of the search" in said.err
+    assert "trial 4/4" in said.err
+    grown = list(csv.DictReader((out / "trials.csv").open()))
+    assert grown[:3] == rows and grown[3]["trial"] == "4"
+    assert json.loads((out / "search.json").read_text())["parts"] == [3, 1]
+    assert len(list((out / "tune" / "search-2").glob("_trial_*"))) == 1
+    best4 = max(grown, key=lambda r: float(r["valid_recall@20"]))
+    if best4["trial"] != best["trial"]:  # the earlier winner's run is kept, not overwritten
+        assert (out / "best-earlier-1" / "metrics.json").is_file()
+    metrics4 = json.loads((out / "best" / "metrics.json").read_text())
+    assert metrics4["valid"]["recall@20"] == pytest.approx(float(best4["valid_recall@20"]))
+
+
+def test_an_earlier_winners_run_is_moved_aside_not_reused(tmp_path):
+    from mba_dist.run_dir import RunDir
+    from mba_dist.search import keep_earlier_winner
+
+    root, said = tmp_path / "search", []
+    (root / "best").mkdir(parents=True)
+    (root / "best" / "config.yaml").write_text(
+        C.config_yaml(C.load_config("configs/synthetic.yaml", ["mba.alpha=10"])))
+    (root / "best-earlier-1").mkdir()
+    (root / "best.yaml").write_text(
+        C.config_yaml(C.load_config("configs/synthetic.yaml", ["mba.alpha=10"])))
+    keep_earlier_winner(RunDir(root / "best"), root / "best.yaml", said.append)
+    assert (root / "best" / "config.yaml").is_file() and not said  # the same winner: kept
+    (root / "best.yaml").write_text(
+        C.config_yaml(C.load_config("configs/synthetic.yaml", ["mba.alpha=100"])))
+    keep_earlier_winner(RunDir(root / "best"), root / "best.yaml", said.append)
+    assert not (root / "best").exists()
+    assert C.load_config(root / "best-earlier-2" / "config.yaml").mba.alpha == 10
+    assert said == [f"more trials chose another winner: the earlier winner's run is now in "
+                    f"{root / 'best-earlier-2'}"]
 
 
 def test_a_space_of_points_only_runs_exactly_its_points(tiny_dataset, tmp_path, capsys):
