@@ -410,7 +410,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a base config value (repeat)")
     s.add_argument("--trials", type=at_least(1), default=44,
-                   help="trials in all, the space file's points included")
+                   help="trials in all, the space file's points included (more than an "
+                        "existing search holds: it adds the difference)")
     s.add_argument("--pretrained", default=None, metavar="RUN",
                    help="a finished run whose stage-1 models the trials share (default: a run "
                         "of the base config in SEARCH/base)")

@@ -345,8 +345,16 @@ def check_search_dir(root: Path, ident: dict) -> list[int] | None:
         except ConfigError as e:
             raise ConfigError(f"{path}: its config does not load here ({e})") from None
         parts = had.get("parts") or [had.get("trials")]  # searches before parts had one
-        fixed = ("config_file", "trials", "parts")
+        # the resolved config is what must match, not the file or the --set lines that gave it
+        fixed = ("config_file", "sets", "trials", "parts")
         diff = sorted(k for k in ident if k not in fixed and had.get(k) != ident[k])
+        if "config" in diff:
+            was = C.dotted(C.load_config(had["config"]))
+            now = C.dotted(C.load_config(ident["config"]))
+            keys = [k for k in now if was.get(k) != now[k]]
+            diff[diff.index("config")] = "config: " + ", ".join(
+                f"{k} {fmt(was.get(k))} there, {fmt(now[k])} here" for k in keys[:4]) + \
+                (" ..." if len(keys) > 4 else "")
         if diff:
             raise ConfigError(f"{root} holds a search with other settings (differs in "
                               f"{', '.join(diff)}); give another --out")

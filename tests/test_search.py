@@ -93,7 +93,7 @@ def test_a_search_selects_on_validation_and_resumes(tiny_dataset, tmp_path, caps
     assert (out / "trials.csv").read_text() == before
 
     assert main(argv[:-len(FAST)] + ["--set", "mba.epochs=5"]) == 2
-    assert "holds a search with other settings (differs in config" in capsys.readouterr().err
+    assert "(differs in config: mba.epochs 4 there, 5 here)" in capsys.readouterr().err
     assert main(argv[:argv.index("--trials") + 1] + ["2"] + FAST) == 2
     assert "holds a search of 3 trials: --trials may grow, not shrink (got 2)" in \
         capsys.readouterr().err
