@@ -1,7 +1,8 @@
 """`mba-dist search`: Ray Tune over MBA's settings, selected on validation only.
 
-    SEARCH/search.json   what is searched (dataset, config, overrides, space, trials): the same
-                         command again resumes the Ray Tune experiment; a larger --trials adds
+    SEARCH/search.json   what is searched (dataset, resolved config, space, trials; the command's
+                         config file and --set lines as first given): a command of the same
+                         resolved config resumes the Ray Tune experiments, a larger --trials adds
                          trials (below); other settings are refused
     SEARCH/base/         the stage-1 models every trial shares: a finished run of the base config
                          (its table holds the MF baselines of the same split), unless
@@ -18,8 +19,8 @@
 
 More trials: the same command with a larger `--trials` keeps every trial run so far and adds
 the difference as a further Ray Tune experiment (Tune fixes an experiment's number of samples).
-Its draws come from a random stream of its own (the seed plus the part's index; the points were
-tried in the first part), and its ASHA compares its own trials only: the scheduler's rungs are
+Its draws come from a random stream of its own (`train.seed` + K - 1 for tune/search-K; the
+points were tried in the first part), and its ASHA compares its own trials only: the scheduler's rungs are
 Tune's internal state, so trials of earlier parts do not stop the new ones.
 
 A trial is MBA's stage 2 (`train.runner.run_training` with `read_test=False`) in a Ray Tune
@@ -344,7 +345,9 @@ def check_search_dir(root: Path, ident: dict) -> list[int] | None:
             had = {**had, "config": C.to_dict(C.load_config(had.get("config") or {}))}
         except ConfigError as e:
             raise ConfigError(f"{path}: its config does not load here ({e})") from None
-        parts = had.get("parts") or [had.get("trials")]  # searches before parts had one
+        parts = list(had.get("parts") or [had.get("trials")])  # searches before parts had one
+        while len(parts) > 1 and not (root / "tune" / f"search-{len(parts)}").exists():
+            parts.pop()  # more trials asked for, but the command stopped before they began
         # the resolved config is what must match, not the file or the --set lines that gave it
         fixed = ("config_file", "sets", "trials", "parts")
         diff = sorted(k for k in ident if k not in fixed and had.get(k) != ident[k])
@@ -352,12 +355,12 @@ def check_search_dir(root: Path, ident: dict) -> list[int] | None:
             was = C.dotted(C.load_config(had["config"]))
             now = C.dotted(C.load_config(ident["config"]))
             keys = [k for k in now if was.get(k) != now[k]]
-            diff[diff.index("config")] = "config: " + ", ".join(
-                f"{k} {fmt(was.get(k))} there, {fmt(now[k])} here" for k in keys[:4]) + \
+            diff[diff.index("config")] = "config" + ": " * bool(keys) + ", ".join(
+                f"{k} {was.get(k)!r} there, {now[k]!r} here" for k in keys[:4]) + \
                 (" ..." if len(keys) > 4 else "")
         if diff:
             raise ConfigError(f"{root} holds a search with other settings (differs in "
-                              f"{', '.join(diff)}); give another --out")
+                              f"{'; '.join(diff)}); give another --out")
         done, trials = sum(parts), ident["trials"]
         if trials < done:
             raise ConfigError(f"{root} holds a search of {done} trials: --trials may grow, "
@@ -403,9 +406,8 @@ def search_run(data: str | Path, out: str | Path, config: str | None, space_file
     if resumed and parts != had:
         say(f"adding {parts[-1]} trials to the {sum(had)} of the search")
     ensure_dir(root)
-    if parts != had:
-        atomic_write_bytes(root / "search.json",
-                           json.dumps({**ident, "parts": parts}, indent=1).encode())
+    if not resumed:
+        atomic_write_bytes(root / "search.json", json.dumps(ident, indent=1).encode())
     say(f"{'resuming ' if resumed else ''}search in {root}: {trials} trials of "
         f"{', '.join(space.keys())} on {ds.root}")
 
@@ -435,10 +437,15 @@ def search_run(data: str | Path, out: str | Path, config: str | None, space_file
             {"cpu": cpus_per_trial})
         param_space, points = tune_space(space, base)
         logging.getLogger("ray.tune.search.variant_generator").addFilter(_QUIET_PRESETS)
+        recorded = json.loads((root / "search.json").read_text())
+        if recorded.get("parts") != parts:  # a growth: recorded once it is about to begin
+            atomic_write_bytes(root / "search.json", json.dumps(
+                {**recorded, "trials": trials, "parts": parts}, indent=1).encode())
         results, per_trial = [], max(1, base.mba.epochs // base.train.eval_every)
         for i, n in enumerate(parts):
             name = "search" if i == 0 else f"search-{i + 1}"
             path = root / "tune" / name
+            search_lines.total, search_lines.ended = trials, sum(len(g) for g in results)
             if tune.Tuner.can_restore(str(path)):
                 say(f"continuing the Ray Tune experiment in {path}")
                 tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True,
@@ -456,8 +463,7 @@ def search_run(data: str | Path, out: str | Path, config: str | None, space_file
                                                 reduction_factor=space.reduction_factor)),
                     run_config=tune.RunConfig(
                         name=name, storage_path=str(root / "tune"), verbose=0,
-                        callbacks=[search_lines.TrialLines(trials, METRIC, fmt,
-                                                           before=sum(parts[:i]))]))
+                        callbacks=[search_lines.TrialLines(METRIC, fmt)]))
             results.append(tuner.fit())
     finally:
         if started:

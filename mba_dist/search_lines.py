@@ -2,8 +2,9 @@
 
 Its own module because it subclasses `ray.tune.Callback`, so importing it imports Ray: the
 search imports it only after `dist.ray.init_ray` has set the loopback environment that Ray
-reads at import. Where the lines go (`say`) is a module value, not an attribute of the
-callback, because Ray Tune pickles its callbacks with the experiment and restores them.
+reads at import. Where the lines go (`say`) and the count they show (`ended` of `total`, set
+for each of the search's experiments) are module values, not attributes of the callback,
+because Ray Tune pickles its callbacks with the experiment and restores them as they were.
 """
 from __future__ import annotations
 
@@ -12,20 +13,21 @@ from typing import Any, Callable
 from ray import tune
 
 say: Callable[[str], None] = lambda line: None
+total, ended = 0, 0
 
 
 class TrialLines(tune.Callback):
     """One line per ended trial (Ray Tune's own progress tables are switched off)."""
 
-    def __init__(self, total: int, metric: str, fmt: Callable[[Any], str], before: int = 0):
-        """`before`: the trials of the search's earlier experiments (`search.py`, more trials)."""
-        self.total, self.metric, self.fmt, self.ended = total, metric, fmt, before
+    def __init__(self, metric: str, fmt: Callable[[Any], str]):
+        self.metric, self.fmt = metric, fmt
 
     def _line(self, trial, how: str) -> None:
-        self.ended += 1
+        global ended
+        ended += 1
         r = trial.last_result or {}
         values = " ".join(f"{k}={self.fmt(v)}" for k, v in trial.config.items())
-        say(f"trial {self.ended}/{self.total} ({how}): {values}: best valid R@20 "
+        say(f"trial {ended}/{total} ({how}): {values}: best valid R@20 "
             f"{r.get(self.metric, float('nan')):.4f} at epoch {r.get('best_epoch', '-')}, "
             f"{r.get('training_iteration', 0)} validations")
 

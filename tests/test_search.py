@@ -93,7 +93,8 @@ def test_a_search_selects_on_validation_and_resumes(tiny_dataset, tmp_path, caps
     assert (out / "trials.csv").read_text() == before
 
     assert main(argv[:-len(FAST)] + ["--set", "mba.epochs=5"]) == 2
-    assert "(differs in config: mba.epochs 4 there, 5 here)" in capsys.readouterr().err
+    assert "(differs in config: pretrain.epochs 2 there, 300 here, mba.epochs 4 there, 5 here" \
+        in capsys.readouterr().err
     assert main(argv[:argv.index("--trials") + 1] + ["2"] + FAST) == 2
     assert "holds a search of 3 trials: --trials may grow, not shrink (got 2)" in \
         capsys.readouterr().err
@@ -113,6 +114,12 @@ def test_a_search_selects_on_validation_and_resumes(tiny_dataset, tmp_path, caps
         assert (out / "best-earlier-1" / "metrics.json").is_file()
     metrics4 = json.loads((out / "best" / "metrics.json").read_text())
     assert metrics4["valid"]["recall@20"] == pytest.approx(float(best4["valid_recall@20"]))
+
+    # a growth recorded but stopped before its experiment began does not bind: 4 resumes
+    recorded = json.loads((out / "search.json").read_text())
+    (out / "search.json").write_text(json.dumps({**recorded, "trials": 6, "parts": [3, 1, 2]}))
+    assert main(more) == 0 and "adding" not in capsys.readouterr().err
+    assert list(csv.DictReader((out / "trials.csv").open())) == grown
 
 
 def test_an_earlier_winners_run_is_moved_aside_not_reused(tmp_path):
