@@ -20,8 +20,8 @@
 More trials: the same command with a larger `--trials` keeps every trial run so far and adds
 the difference as a further Ray Tune experiment (Tune fixes an experiment's number of samples).
 Its draws come from a random stream of its own (`train.seed` + K - 1 for tune/search-K; the
-points were tried in the first part), and its ASHA compares its own trials only: the scheduler's rungs are
-Tune's internal state, so trials of earlier parts do not stop the new ones.
+points were tried in the first part), and its ASHA starts with the earlier trials recorded at
+the rungs they reached (`seed_rungs`), so the new trials are stopped against every trial so far.
 
 A trial is MBA's stage 2 (`train.runner.run_training` with `read_test=False`) in a Ray Tune
 actor; it reports after every validation, and ASHA stops the trials whose best validation
@@ -458,9 +458,9 @@ def search_run(data: str | Path, out: str | Path, config: str | None, space_file
                         max_concurrent_trials=concurrent or None,
                         search_alg=BasicVariantGenerator(points_to_evaluate=[] if i else points,
                                                          random_state=base.train.seed + i),
-                        scheduler=ASHAScheduler(max_t=per_trial,
-                                                grace_period=space.grace_period,
-                                                reduction_factor=space.reduction_factor)),
+                        scheduler=seed_rungs(ASHAScheduler(
+                            max_t=per_trial, grace_period=space.grace_period,
+                            reduction_factor=space.reduction_factor), results, say)),
                     run_config=tune.RunConfig(
                         name=name, storage_path=str(root / "tune"), verbose=0,
                         callbacks=[search_lines.TrialLines(METRIC, fmt)]))
@@ -471,6 +471,34 @@ def search_run(data: str | Path, out: str | Path, config: str | None, space_file
 
             ray.shutdown()
     return finish_search(root, data, base, space, results, pre, trials, say)
+
+
+def seed_rungs(asha, grids: list, say: Callable[[str], None] = lambda line: None):
+    """`asha` with the trials of the search's earlier experiments recorded at every rung they
+    reached, so that a grown search stops its new trials against all the trials so far, as one
+    experiment would. The rungs are Ray Tune's internal state (`_brackets`, `_rungs`): where
+    that layout is not found, the scheduler is left empty and the search says so."""
+    brackets = getattr(asha, "_brackets", None)
+    if not grids:
+        return asha
+    if not brackets or not all(hasattr(b, "_rungs") for b in brackets):
+        say("ASHA's rungs could not be given the earlier trials (an unknown Ray Tune layout): "
+            "the new trials are compared among themselves")
+        return asha
+    seeded = 0
+    for part, grid in enumerate(grids):
+        for n, result in enumerate(grid):
+            df = result.metrics_dataframe
+            if df is None or METRIC not in df or "training_iteration" not in df:
+                continue
+            seeded += 1
+            history = dict(zip(df["training_iteration"], df[METRIC]))
+            for bracket in brackets:
+                for milestone, recorded in bracket._rungs:
+                    if milestone in history:  # mode max: Tune records the metric as it is
+                        recorded[f"earlier-{part}-{n}"] = float(history[milestone])
+    say(f"ASHA compares the new trials with each other and the {seeded} earlier ones")
+    return asha
 
 
 def finish_search(root: Path, data: str, base: C.Config, space: Space, results, pre: str,

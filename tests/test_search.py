@@ -104,6 +104,7 @@ def test_a_search_selects_on_validation_and_resumes(tiny_dataset, tmp_path, caps
     assert main(more) == 0
     said = capsys.readouterr()
     assert "adding 1 trials to the 3 of the search" in said.err
+    assert "ASHA compares the new trials with each other and the 3 earlier ones" in said.err
     assert "trial 4/4" in said.err
     grown = list(csv.DictReader((out / "trials.csv").open()))
     assert grown[:3] == rows and grown[3]["trial"] == "4"
@@ -142,6 +143,32 @@ def test_an_earlier_winners_run_is_moved_aside_not_reused(tmp_path):
     assert C.load_config(root / "best-earlier-2" / "config.yaml").mba.alpha == 10
     assert said == [f"more trials chose another winner: the earlier winner's run is now in "
                     f"{root / 'best-earlier-2'}"]
+
+
+def test_a_grown_searchs_asha_stops_new_trials_against_the_earlier_ones():
+    import types
+
+    import pandas as pd
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    from mba_dist.search import METRIC, seed_rungs
+
+    def asha():
+        return ASHAScheduler(metric=METRIC, mode="max", max_t=9, grace_period=1,
+                             reduction_factor=3)
+
+    earlier = [types.SimpleNamespace(metrics_dataframe=pd.DataFrame(
+        {"training_iteration": [1, 2, 3], METRIC: [v, v, v]})) for v in (0.5, 0.6, 0.7)]
+    said = []
+    seeded, empty = seed_rungs(asha(), [earlier], said.append), asha()
+    trial = types.SimpleNamespace(trial_id="new")
+    for sched in (seeded, empty):
+        sched.on_trial_add(None, trial)
+    weak = {"training_iteration": 1, METRIC: 0.1}
+    assert seeded.on_trial_result(None, trial, weak) == TrialScheduler.STOP
+    assert empty.on_trial_result(None, trial, weak) == TrialScheduler.CONTINUE  # the first
+    assert said == ["ASHA compares the new trials with each other and the 3 earlier ones"]
+    assert seed_rungs(object(), [earlier], said.append) is not None and "could not" in said[1]
 
 
 def test_a_space_of_points_only_runs_exactly_its_points(tiny_dataset, tmp_path, capsys):
