@@ -544,6 +544,13 @@ def dotted(d: dict | Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def differing_keys(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The keys of two `dotted` configs whose values differ (b's order, then keys a alone has):
+    what a refusal to resume names."""
+    keys = [*b, *(k for k in a if k not in b)]
+    return [k for k in keys if a.get(k) != b.get(k)]
+
+
 def config_yaml(cfg: Config) -> str:
     """The resolved config as YAML (what `load_config` reads back)."""
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)

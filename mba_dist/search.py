@@ -352,11 +352,10 @@ def check_search_dir(root: Path, ident: dict) -> list[int] | None:
         fixed = ("config_file", "sets", "trials", "parts")
         diff = sorted(k for k in ident if k not in fixed and had.get(k) != ident[k])
         if "config" in diff:
-            was = C.dotted(C.load_config(had["config"]))
-            now = C.dotted(C.load_config(ident["config"]))
-            keys = [k for k in now if was.get(k) != now[k]]
+            was, now = C.dotted(had["config"]), C.dotted(ident["config"])
+            keys = C.differing_keys(was, now)
             diff[diff.index("config")] = "config" + ": " * bool(keys) + ", ".join(
-                f"{k} {was.get(k)!r} there, {now[k]!r} here" for k in keys[:4]) + \
+                f"{k} {was.get(k)!r} there, {now.get(k)!r} here" for k in keys[:4]) + \
                 (" ..." if len(keys) > 4 else "")
         if diff:
             raise ConfigError(f"{root} holds a search with other settings (differs in "

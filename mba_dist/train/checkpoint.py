@@ -277,6 +277,6 @@ def check_resumable(state: dict, cfg: C.Config) -> None:
         raise ConfigError(f"cannot resume: the checkpoint's config does not load here ({e})") from None
     now = C.dotted(cfg)
     if saved != now:
-        diff = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+        diff = sorted(C.differing_keys(saved, now))
         raise ConfigError(f"cannot resume: the checkpoint was written with another config "
                           f"(differs in {', '.join(diff) or 'layout'})")
