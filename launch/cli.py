@@ -512,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mba-dist {a.cmd}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        hint = ("; the same command resumes from the last checkpoint" if a.cmd == "run" else "")
+        hint = {"run": "; the same command resumes from the last checkpoint",
+                "search": "; the same command resumes the search"}.get(a.cmd, "")
         print(f"mba-dist {a.cmd}: interrupted{hint}", file=sys.stderr)
         return 130
     except OSError as e:

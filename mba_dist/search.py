@@ -421,6 +421,11 @@ def search_run(data: str | Path, out: str | Path, config: str | None, space_file
     from mba_dist.dist.ray import init_ray
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables from Tune
+    # Tune's own Ctrl-C handler ends fit() as if the experiment were complete (every trial
+    # marked terminated), so the search would go on to pick a winner from unfinished trials.
+    # Without it Ctrl-C is a KeyboardInterrupt here; the experiment state Tune saves as it
+    # runs resumes as after a kill.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     started = init_ray()  # before any import of Ray: it sets the loopback environment
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler

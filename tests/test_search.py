@@ -180,6 +180,44 @@ def test_a_space_of_points_only_runs_exactly_its_points(tiny_dataset, tmp_path, 
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.slow  # a search of its own, stopped by a signal (about 50 s)
+def test_ctrl_c_stops_a_search_with_no_winner_and_leaves_it_resumable(tiny_dataset, tmp_path):
+    """Ray Tune ends `fit()` normally on Ctrl-C: the search must not go on to pick a winner
+    from unfinished trials (nor read the test set), and says the same command resumes it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from ray import tune
+
+    out, err = tmp_path / "search", tmp_path / "err.txt"
+    long = ["--set", "pretrain.epochs=2", "--set", "mba.epochs=500", "--set", "mba.patience=500"]
+    with err.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "launch.cli", "search", "--data", str(tiny_dataset), "--out",
+             str(out), "--config", "configs/synthetic.yaml", "--trials", "3"] + long,
+            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            deadline = time.monotonic() + 240
+            while (not list((out / "tune" / "search").glob("_trial_*/progress.csv"))
+                   and time.monotonic() < deadline and proc.poll() is None):
+                time.sleep(0.2)
+            assert proc.poll() is None, err.read_text()[-2000:]
+            proc.send_signal(signal.SIGINT)  # a trial is reporting: the search is under way
+            assert proc.wait(timeout=120) == 130, err.read_text()[-2000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    said = err.read_text()
+    assert said.rstrip().endswith("mba-dist search: interrupted; the same command resumes the "
+                                  "search"), said[-2000:]
+    assert "Traceback" not in said
+    assert not any((out / name).exists() for name in ("best", "best.yaml", "trials.csv"))
+    assert tune.Tuner.can_restore(str(out / "tune" / "search"))
+
+
 @pytest.mark.slow  # a tool's test: three runs
 def test_the_ablation_tool_runs_each_variant_on_the_shared_models(tiny_dataset, tmp_path):
     import subprocess
