@@ -179,15 +179,20 @@ def tune_space(space: Space, base: C.Config) -> tuple[dict, list[dict]]:
     return out, [to_tune(p, lists) for p in space.points]
 
 
-class _QuietPresets:
-    """Drops Tune's warning that a point's value differs from the space's constant for a key
-    only the points set (`tune_space`): that is what such a point means."""
+class _QuietTune:
+    """Drops two of Tune's warnings that say nothing wrong here: that a point's value differs
+    from the space's constant for a key only the points set (`tune_space`: that is what such a
+    point means), and, when an experiment is resumed, a line per trial that has not reported
+    yet (no result file: the trials still to run)."""
 
     def filter(self, record) -> bool:
-        return not record.getMessage().startswith("Pre-set value")
+        message = record.getMessage()
+        if message.startswith("Failed to fetch metrics"):
+            return not all("FileNotFoundError" in line for line in message.splitlines()[1:])
+        return not message.startswith("Pre-set value")
 
 
-_QUIET_PRESETS = _QuietPresets()  # one instance: a logger adds the same filter only once
+_QUIET_TUNE = _QuietTune()  # one instance: a logger adds the same filter only once
 
 
 @dataclass(frozen=True)
@@ -261,18 +266,7 @@ def _grid_rows(results, keys: list[str], base: C.Config) -> list[dict]:
     for r in results:
         m, values = r.metrics or {}, from_tune(r.config, lists)
         trial_id = m.get("trial_id") or Path(r.path).name
-        # Ray Tune marks a trial ASHA stopped as done too: a trial finished on its own when its
-        # fit loop stopped (patience epochs after the best, or mba.epochs)
-        mba = C.override(base, values, "search trial").mba
-        epoch, best_epoch = m.get("epoch", 0), m.get("best_epoch", 0)
-        if r.error is not None:
-            ended = "failed"
-        elif m.get("diverged"):
-            ended = "diverged"
-        elif epoch >= mba.epochs or epoch - best_epoch >= mba.patience:
-            ended = "finished"
-        else:
-            ended = "stopped by ASHA"
+        ended = "failed" if r.error is not None else how_ended(m, values, base)
         rows.append({"trial": trial_id, **{k: values.get(k) for k in keys},
                      "valid_recall@20": m.get(METRIC, float("nan")),
                      "valid_ndcg@20": m.get("best_valid_ndcg@20", float("nan")),
@@ -280,6 +274,19 @@ def _grid_rows(results, keys: list[str], base: C.Config) -> list[dict]:
                      "validations": m.get("training_iteration", 0), "ended": ended,
                      "seconds": round(m.get("time_total_s", 0.0), 1)})
     return sorted(rows, key=lambda row: row["trial"].rsplit("_", 1)[-1])
+
+
+def how_ended(metrics: dict, values: dict, base: C.Config) -> str:
+    """How a trial that raised no error ended, from its last result: Ray Tune marks a trial
+    that ASHA stopped as done too, so a trial finished on its own when its fit loop stopped
+    (patience epochs after the best, or mba.epochs)."""
+    mba = C.override(base, values, "search trial").mba
+    epoch, best_epoch = metrics.get("epoch", 0), metrics.get("best_epoch", 0)
+    if metrics.get("diverged"):
+        return "diverged"
+    if epoch >= mba.epochs or epoch - best_epoch >= mba.patience:
+        return "finished"
+    return "stopped by ASHA"
 
 
 def best_row(rows: list[dict]) -> dict:
@@ -434,13 +441,18 @@ def search_run(data: str | Path, out: str | Path, config: str | None, space_file
     from mba_dist import search_lines
 
     search_lines.say = say
+    lists = list_keys(base)
+    search_lines.ended_as = lambda config, result: how_ended(result, from_tune(config, lists),
+                                                              base)
     try:
         threads = max(1, int(cpus_per_trial))
         trainable = tune.with_resources(
             tune.with_parameters(_trial, setup=TrialSetup(C.to_dict(base), data, pre, threads)),
             {"cpu": cpus_per_trial})
         param_space, points = tune_space(space, base)
-        logging.getLogger("ray.tune.search.variant_generator").addFilter(_QUIET_PRESETS)
+        for logger in ("ray.tune.search.variant_generator",
+                       "ray.tune.analysis.experiment_analysis"):
+            logging.getLogger(logger).addFilter(_QUIET_TUNE)
         recorded = json.loads((root / "search.json").read_text())
         if recorded.get("parts") != parts:  # a growth: recorded once it is about to begin
             atomic_write_bytes(root / "search.json", json.dumps(
@@ -449,7 +461,12 @@ def search_run(data: str | Path, out: str | Path, config: str | None, space_file
         for i, n in enumerate(parts):
             name = "search" if i == 0 else f"search-{i + 1}"
             path = root / "tune" / name
-            search_lines.total, search_lines.ended = trials, sum(len(g) for g in results)
+            search_lines.total, search_lines.earlier = trials, sum(len(g) for g in results)
+            try:
+                b = best_row(trial_rows(results, space.keys(), base))
+                search_lines.earlier_best = (b["valid_recall@20"], b["trial"])
+            except ConfigError:  # no earlier trial, or none with a result
+                search_lines.earlier_best = None
             if tune.Tuner.can_restore(str(path)):
                 say(f"continuing the Ray Tune experiment in {path}")
                 tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True,

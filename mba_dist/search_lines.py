@@ -2,37 +2,57 @@
 
 Its own module because it subclasses `ray.tune.Callback`, so importing it imports Ray: the
 search imports it only after `dist.ray.init_ray` has set the loopback environment that Ray
-reads at import. Where the lines go (`say`) and the count they show (`ended` of `total`, set
-for each of the search's experiments) are module values, not attributes of the callback,
-because Ray Tune pickles its callbacks with the experiment and restores them as they were.
+reads at import. What the lines need from the search (where they go, `say`; its size,
+`total`; the trials of its earlier experiments, `earlier` and `earlier_best`; how a trial
+ended, `ended_as`) are module values set for each of its experiments, not attributes of the
+callback, because Ray Tune pickles its callbacks with the experiment and restores them as
+they were.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 from ray import tune
 
 say: Callable[[str], None] = lambda line: None
-total, ended = 0, 0
+total, earlier = 0, 0
+earlier_best: tuple[float, int] | None = None  # (valid R@20, trial number)
+ended_as: Callable[[dict, dict], str] = lambda config, result: "ended"
+
+_ENDED = ("TERMINATED", "ERROR")  # Ray Tune's Trial.TERMINATED and Trial.ERROR
+
+
+def number(trial) -> int:
+    """The trial's number in the search's tables: Ray Tune ids end in the trial's index within
+    its experiment (`..._00003`), and the experiments' trials are counted in turn."""
+    return earlier + int(trial.trial_id.rsplit("_", 1)[-1]) + 1
 
 
 class TrialLines(tune.Callback):
-    """One line per ended trial (Ray Tune's own progress tables are switched off)."""
+    """One line per ended trial (Ray Tune's own progress tables are switched off): its number
+    and values, how it ended, its best validation, how many trials have ended and the best so
+    far. Counted from Tune's list of trials, so a resumed experiment goes on where it stopped."""
 
     def __init__(self, metric: str, fmt: Callable[[Any], str]):
         self.metric, self.fmt = metric, fmt
 
-    def _line(self, trial, how: str) -> None:
-        global ended
-        ended += 1
+    def _line(self, trials: list, trial, how: str) -> None:
+        # the ending trial is still RUNNING in Tune's list while its callbacks run
+        done = [t for t in trials if t.status in _ENDED or t is trial]
+        scored = [(t.last_result[self.metric], number(t)) for t in done if t.status != "ERROR"
+                  and math.isfinite((t.last_result or {}).get(self.metric, math.nan))]
+        best = max(scored + ([earlier_best] if earlier_best else []),
+                   key=lambda s: (s[0], -s[1]), default=None)
         r = trial.last_result or {}
         values = " ".join(f"{k}={self.fmt(v)}" for k, v in trial.config.items())
-        say(f"trial {ended}/{total} ({how}): {values}: best valid R@20 "
-            f"{r.get(self.metric, float('nan')):.4f} at epoch {r.get('best_epoch', '-')}, "
-            f"{r.get('training_iteration', 0)} validations")
+        say(f"trial {number(trial)} {how} ({earlier + len(done)} of {total} ended): {values}: "
+            f"best valid R@20 {r.get(self.metric, math.nan):.4f} at epoch "
+            f"{r.get('best_epoch', '-')}, {r.get('training_iteration', 0)} validations"
+            + (f"; the best so far: trial {best[1]}, {best[0]:.4f}" if best else ""))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._line(trial, "diverged" if (trial.last_result or {}).get("diverged") else "done")
+        self._line(trials, trial, ended_as(trial.config, trial.last_result or {}))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._line(trial, "failed")
+        self._line(trials, trial, "failed")

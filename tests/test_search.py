@@ -105,7 +105,7 @@ def test_a_search_selects_on_validation_and_resumes(tiny_dataset, tmp_path, caps
     said = capsys.readouterr()
     assert "adding 1 trials to the 3 of the search" in said.err
     assert "ASHA compares the new trials with each other and the 3 earlier ones" in said.err
-    assert "trial 4/4" in said.err
+    assert "trial 4 " in said.err and "(4 of 4 ended)" in said.err
     grown = list(csv.DictReader((out / "trials.csv").open()))
     assert grown[:3] == rows and grown[3]["trial"] == "4"
     assert json.loads((out / "search.json").read_text())["parts"] == [3, 1]
@@ -169,6 +169,52 @@ def test_a_grown_searchs_asha_stops_new_trials_against_the_earlier_ones():
     assert empty.on_trial_result(None, trial, weak) == TrialScheduler.CONTINUE  # the first
     assert said == ["ASHA compares the new trials with each other and the 3 earlier ones"]
     assert seed_rungs(object(), [earlier], said.append) is not None and "could not" in said[1]
+
+
+def test_a_resumed_search_counts_its_lines_on_from_the_trials_that_ended_before(monkeypatch):
+    """After a kill, Tune's list holds the trials that ended before: the lines go on counting
+    from them (not from 1), number trials as the tables do and name the best so far."""
+    import types
+
+    from mba_dist import search_lines as L
+    from mba_dist.search import METRIC
+
+    def trial(i, status, r20):
+        return types.SimpleNamespace(trial_id=f"ab12c_{i:05d}", status=status,
+                                     config={"mba.alpha": 10 ** i},
+                                     last_result={METRIC: r20, "best_epoch": 3,
+                                                  "training_iteration": 5})
+    said = []
+    for name, value in {"say": said.append, "total": 44, "earlier": 10, "earlier_best": (0.15, 4),
+                        "ended_as": lambda config, result: "stopped by ASHA"}.items():
+        monkeypatch.setattr(L, name, value)
+    trials = [trial(0, "TERMINATED", 0.16), trial(1, "TERMINATED", 0.12),
+              trial(2, "RUNNING", 0.14), trial(3, "PENDING", 0.0)]
+    lines = L.TrialLines(METRIC, str)
+    lines.on_trial_complete(0, trials, trials[2])
+    trials[2].status = "TERMINATED"
+    trials[3].status = "ERROR"
+    lines.on_trial_error(0, trials, trials[3])
+    assert said == [
+        "trial 13 stopped by ASHA (13 of 44 ended): mba.alpha=100: best valid R@20 0.1400 at "
+        "epoch 3, 5 validations; the best so far: trial 11, 0.1600",
+        "trial 14 failed (14 of 44 ended): mba.alpha=1000: best valid R@20 0.0000 at epoch 3, "
+        "5 validations; the best so far: trial 11, 0.1600"]
+
+
+def test_a_resumed_search_drops_tunes_warning_for_the_trials_still_to_run():
+    import logging
+
+    from mba_dist.search import _QUIET_TUNE
+
+    def passes(message: str) -> bool:
+        return _QUIET_TUNE.filter(logging.LogRecord("t", logging.WARNING, "", 0, message, (), None))
+    pending = "- _trial_1: FileNotFoundError('Could not fetch metrics for _trial_1: both ...')"
+    broken = "- _trial_2: ParserError('Error tokenizing data')"
+    assert not passes(f"Failed to fetch metrics for 2 trial(s):\n{pending}\n{pending}")
+    assert passes(f"Failed to fetch metrics for 2 trial(s):\n{pending}\n{broken}")
+    assert not passes("Pre-set value `1` is not equal to the value of parameter `mba.alpha`")
+    assert passes("something else")
 
 
 def test_a_space_of_points_only_runs_exactly_its_points(tiny_dataset, tmp_path, capsys):
