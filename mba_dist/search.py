@@ -440,7 +440,7 @@ def search_run(data: str | Path, out: str | Path, config: str | None, space_file
 
     from mba_dist import search_lines
 
-    search_lines.say = say
+    search_lines.say, search_lines.best_of = say, best_row
     lists = list_keys(base)
     search_lines.ended_as = lambda config, result: how_ended(result, from_tune(config, lists),
                                                               base)
@@ -461,12 +461,8 @@ def search_run(data: str | Path, out: str | Path, config: str | None, space_file
         for i, n in enumerate(parts):
             name = "search" if i == 0 else f"search-{i + 1}"
             path = root / "tune" / name
-            search_lines.total, search_lines.earlier = trials, sum(len(g) for g in results)
-            try:
-                b = best_row(trial_rows(results, space.keys(), base))
-                search_lines.earlier_best = (b["valid_recall@20"], b["trial"])
-            except ConfigError:  # no earlier trial, or none with a result
-                search_lines.earlier_best = None
+            search_lines.total = trials
+            search_lines.earlier_rows = trial_rows(results, space.keys(), base)
             if tune.Tuner.can_restore(str(path)):
                 say(f"continuing the Ray Tune experiment in {path}")
                 tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True,

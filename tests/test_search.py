@@ -177,7 +177,7 @@ def test_a_resumed_search_counts_its_lines_on_from_the_trials_that_ended_before(
     import types
 
     from mba_dist import search_lines as L
-    from mba_dist.search import METRIC
+    from mba_dist.search import METRIC, best_row
 
     def trial(i, status, r20):
         return types.SimpleNamespace(trial_id=f"ab12c_{i:05d}", status=status,
@@ -185,8 +185,11 @@ def test_a_resumed_search_counts_its_lines_on_from_the_trials_that_ended_before(
                                      last_result={METRIC: r20, "best_epoch": 3,
                                                   "training_iteration": 5})
     said = []
-    for name, value in {"say": said.append, "total": 44, "earlier": 10, "earlier_best": (0.15, 4),
-                        "ended_as": lambda config, result: "stopped by ASHA"}.items():
+    earlier = [{"trial": n, "valid_recall@20": 0.15 if n == 4 else 0.1, "ended": "finished"}
+               for n in range(1, 11)]
+    for name, value in {"say": said.append, "total": 44, "earlier_rows": earlier,
+                        "ended_as": lambda config, result: "stopped by ASHA",
+                        "best_of": best_row}.items():
         monkeypatch.setattr(L, name, value)
     trials = [trial(0, "TERMINATED", 0.16), trial(1, "TERMINATED", 0.12),
               trial(2, "RUNNING", 0.14), trial(3, "PENDING", 0.0)]
